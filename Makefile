@@ -1,0 +1,46 @@
+# pilegate: the two commands are `make setup` and `make test`; `make help` lists the rest.
+SHELL := /bin/sh
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-py test-mpy lint firmware bench demo lock clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## install everything: system packages (apt-get), .venv with pinned deps, MicroPython runtime (npm)
+	@scripts/setup.sh
+
+test: ## run every test: pytest on CPython, then the core tests on MicroPython
+	@$(PY) -m pytest
+	@scripts/test-mpy.sh
+
+test-py: ## run the pytest suite only
+	@$(PY) -m pytest
+
+test-mpy: ## run the portable-core tests on MicroPython (official WebAssembly build under Node)
+	@scripts/test-mpy.sh
+
+lint: ## ruff: style and static checks
+	@$(VENV)/bin/ruff check .
+
+firmware: ## compile firmware/ with mpy-cross into build/firmware/, with module sizes
+	@$(PY) -m piletools.firmware_build
+
+bench: ## benchmarks, each printed as a ratio against a baseline measured in the same run
+	@$(VENV)/bin/pilegate bench all
+
+demo: ## private broker + simulated 8-pile site + gateway + verifier; Ctrl-C stops all
+	@$(VENV)/bin/pilegate demo
+
+lock: ## re-resolve requirements.in into requirements.lock
+	@$(PY) -m pip install -q -r requirements.in
+	@{ echo "# Exact pins of every Python package pilegate installs (runtime, build, tests)."; \
+	   echo "# Regenerate with 'make lock' after changing requirements.in."; \
+	   $(PY) -m pip freeze | grep -v '^-e'; } > requirements.lock
+
+clean: ## remove build output and caches (keeps .venv and node_modules)
+	rm -rf build .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

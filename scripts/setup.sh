@@ -1,0 +1,40 @@
+#!/bin/sh
+# make setup: everything pilegate needs on a fresh Debian / Raspberry Pi OS machine.
+#   1. system packages (mosquitto for tests and the demo; Node.js to run MicroPython's
+#      official WebAssembly build) with apt-get, only when missing;
+#   2. a virtual environment in .venv with the exact pins of requirements.lock;
+#   3. the MicroPython WebAssembly runtime from npm, as locked in package-lock.json.
+# Safe to run again: each step skips what is already in place.
+set -eu
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+
+need_pkgs=""
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs="$need_pkgs mosquitto"
+command -v node >/dev/null 2>&1 || need_pkgs="$need_pkgs nodejs"
+command -v npm >/dev/null 2>&1 || need_pkgs="$need_pkgs npm"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs="$need_pkgs python3-venv"
+if [ -n "$need_pkgs" ]; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    say "installing system packages with apt-get:$need_pkgs"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need_pkgs
+    # Debian starts a system-wide broker on port 1883; tests start their own on free ports,
+    # so the system one is left as the distribution configured it.
+else
+    say "system packages present (mosquitto, node, npm, python3-venv)"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    say "creating virtual environment .venv"
+    python3 -m venv .venv
+fi
+say "installing pinned Python packages (requirements.lock)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+
+say "installing the MicroPython WebAssembly runtime (npm ci)"
+npm ci --no-audit --no-fund --loglevel=error
+
+say "done. Next: make test"
