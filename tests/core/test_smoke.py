@@ -1,6 +1,5 @@
-from mpytest import raises
-
 import pilecore
+from mpytest import raises
 
 
 def test_version_is_a_string():

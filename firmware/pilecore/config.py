@@ -1,0 +1,427 @@
+"""Site configuration: validation and compilation, the same rules on both ports.
+
+`validate_site(cfg, boards, profiles)` takes the parsed site file (a dict from TOML on the Pi,
+from the compiled JSON on the ESP32), the known boards and meter profiles (dicts keyed by id),
+and returns `(compiled, problems)`:
+
+    compiled  the configuration with every default filled in, plus the board definition and the
+              profiles it uses embedded, so the ESP32 needs nothing else (None when problems)
+    problems  a list of (key, message) pairs, every problem found, not only the first; key is a
+              dotted path such as "pile[P03].meter.address" (an item without a usable id is
+              named by its 1-based position: "pile[#3]")
+
+The rules of one pile, one meter (一桩一表) are enforced here: every pile has exactly one meter,
+no two piles (nor the site main meter) share a meter by bus and address or by bound serial.
+"""
+
+from pilecore import schema as _schema
+
+COMPILED_VERSION = 1
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+
+
+def validate_site(cfg, boards, profiles):
+    """Validate a site configuration; return (compiled or None, problems)."""
+    problems = []
+    out = check_table(cfg, _schema.site_schema(), "", problems)
+    if out is None:
+        return None, problems
+    board = _check_board_ref(out, boards, problems)
+    buses = _check_buses(out, board, problems)
+    claims = _check_piles(out, buses, board, profiles, problems)
+    _check_main_meter(out, buses, profiles, claims, problems)
+    _check_bays(out, problems)
+    _check_mqtt(out.get("mqtt"), problems)
+    if problems:
+        return None, problems
+    out["version"] = COMPILED_VERSION
+    out["board_def"] = board
+    used = {}
+    for pile in out["pile"]:
+        used[pile["meter"]["profile"]] = profiles[pile["meter"]["profile"]]
+    if "main_meter" in out:
+        used[out["main_meter"]["profile"]] = profiles[out["main_meter"]["profile"]]
+    out["profiles"] = used
+    return out, problems
+
+
+def validate_board(board, name):
+    """Validate one board definition; `name` is its file name (without extension)."""
+    problems = []
+    out = check_table(board, _schema.board_schema(), "", problems)
+    if out is None:
+        return None, problems
+    if out["id"] != name:
+        problems.append(("id", "is %r but the file is named %r; they must match" % (out["id"], name)))
+    esp = out["platform"] in ("esp32", "esp32s3")
+    if esp and "firmware_offset" not in out:
+        problems.append(("firmware_offset", "missing: an ESP32 board must say where the firmware is flashed"))
+    seen = {}
+    for kind in ("uart", "input", "relay"):
+        for item in out.get(kind, ()):
+            where = "%s[%s]" % (kind, item["name"])
+            if item["name"] in seen:
+                problems.append((where + ".name", "duplicate name (also used by %s)" % seen[item["name"]]))
+            seen[item["name"]] = where
+            if kind == "uart":
+                _check_board_uart(item, where, esp, problems)
+    if not any(u["role"] == "rs485" for u in out["uart"]):
+        problems.append(("uart", "no UART with role \"rs485\": the board cannot reach the meters"))
+    return (None if problems else out), problems
+
+
+def _check_board_uart(uart, where, esp, problems):
+    if esp:
+        for pin in ("tx", "rx"):
+            if pin not in uart:
+                problems.append((where + "." + pin, "missing: an ESP32 UART needs its %s pin" % pin))
+        if uart["role"] == "rs485" and uart["de_mode"] == "gpio" and "de" not in uart:
+            problems.append((where + ".de", "missing: RS-485 on an ESP32 needs the DE/RE direction pin"))
+    elif "device" not in uart:
+        problems.append((where + ".device", "missing: a Raspberry Pi UART is named by its device path"))
+
+
+# ---------------------------------------------------------------- generic schema walk
+
+def check_table(data, fields, path, problems):
+    """Check `data` against a dict of field specs; return it with defaults filled in.
+
+    Appends every problem to `problems`.  Returns None only when `data` is not a table at all.
+    """
+    if not isinstance(data, dict):
+        problems.append((path or "(top)", "must be a table, not %s" % _kind_of(data)))
+        return None
+    out = {}
+    for key in sorted(data):
+        if key not in fields:
+            problems.append((_join(path, key), "unknown key" + _suggest(key, fields)))
+    for key in sorted(fields):
+        spec = fields[key]
+        where = _join(path, key)
+        if key not in data:
+            if spec[1]:
+                problems.append((where, "missing: this key is required"))
+            elif spec[2] is not None:
+                out[key] = spec[2]
+            continue
+        value = _check_value(data[key], spec, where, problems)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _check_value(value, spec, where, problems):
+    kind, extra = spec[0], spec[3]
+    if kind == "table":
+        return check_table(value, extra, where, problems)
+    if kind == "tables":
+        return _check_tables(value, extra, where, problems)
+    why = _scalar_problem(value, kind, extra)
+    if why:
+        problems.append((where, why))
+        return None
+    return value
+
+
+def _check_tables(value, fields, where, problems):
+    if not isinstance(value, list):
+        problems.append((where, "must be an array of tables ([[%s]]), not %s" % (where, _kind_of(value))))
+        return None
+    items = []
+    for i, item in enumerate(value):
+        label = "%s[%s]" % (where, _item_label(item, i))
+        checked = check_table(item, fields, label, problems)
+        if checked is not None:
+            items.append(checked)
+    return items
+
+
+def _scalar_problem(value, kind, extra):
+    """Return why `value` is not a valid `kind`, or "" when it is."""
+    if kind == "str":
+        if not isinstance(value, str):
+            return "must be a string, not %s" % _kind_of(value)
+        if len(value) > extra:
+            return "is %d characters long; at most %d allowed" % (len(value), extra)
+        return ""
+    if kind == "id":
+        if not isinstance(value, str):
+            return "must be a string, not %s" % _kind_of(value)
+        return id_problem(value)
+    if kind in ("int", "num"):
+        if isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float)):
+            return "must be %s, not %s" % ("a whole number" if kind == "int" else "a number", _kind_of(value))
+        if value < extra[0] or value > extra[1]:
+            return "%s is out of range: allowed %s to %s" % (_fmt(value), _fmt(extra[0]), _fmt(extra[1]))
+        return ""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            return "must be true or false, not %s" % _kind_of(value)
+        return ""
+    if kind == "enum":
+        for choice in extra:
+            if value == choice and type(value) is type(choice):
+                return ""
+        return "%s is not allowed: use one of %s" % (_fmt(value), ", ".join([_fmt(c) for c in extra]))
+    return ""
+
+
+def id_problem(value):
+    """Return why `value` is not a usable id (1-32 of A-Z a-z 0-9 - _ .), or ""."""
+    if not value:
+        return "must not be empty"
+    if len(value) > 32:
+        return "%r is too long: at most 32 characters" % value
+    for ch in value:
+        if ch not in _ID_CHARS:
+            return "%r contains %r: ids may use only letters, digits, '-', '_' and '.'" % (value, ch)
+    return ""
+
+
+# ---------------------------------------------------------------- cross checks
+
+def _check_board_ref(cfg, boards, problems):
+    gw = cfg.get("gateway")
+    if not gw or "board" not in gw:
+        return None
+    board = boards.get(gw["board"])
+    if board is None:
+        problems.append(("gateway.board", "unknown board %r; known boards: %s"
+                         % (gw["board"], ", ".join(sorted(boards)) or "(none)")))
+    return board
+
+
+def _check_buses(cfg, board, problems):
+    buses = {}
+    for bus in cfg.get("bus", ()):
+        where = "bus[%s]" % bus.get("name", "?")
+        if "name" not in bus:
+            continue
+        if bus["name"] in buses:
+            problems.append((where + ".name", "duplicate bus name %r" % bus["name"]))
+            continue
+        buses[bus["name"]] = bus
+        if "port" in bus and board is not None:
+            why = port_problem(bus["port"], board)
+            if why:
+                problems.append((where + ".port", why))
+    return buses
+
+
+def port_problem(port, board):
+    """Return why `port` cannot carry an RS-485 bus on `board`, or ""."""
+    uarts = {}
+    for u in board.get("uart", ()):
+        uarts[u["name"]] = u
+    if port in uarts:
+        if uarts[port]["role"] != "rs485":
+            return ("%r is the board's %s UART; meters must be on an RS-485 UART (%s)"
+                    % (port, uarts[port]["role"], _names(uarts, "rs485")))
+        return ""
+    if board.get("platform", "").startswith("esp32"):
+        return ("%r is not a UART of board %s; use one of: %s"
+                % (port, board.get("id"), _names(uarts, "rs485")))
+    if port.startswith("/dev/"):
+        for u in uarts.values():
+            if u.get("device") == port and u["role"] == "console":
+                return "%r is the board's console UART; meters must be on an RS-485 port" % port
+        return ""
+    for scheme in ("tcp://", "rtu+tcp://"):
+        if port.startswith(scheme):
+            return _hostport_problem(port[len(scheme):], port)
+    return ("%r is not a serial device (/dev/...), tcp://host:port, rtu+tcp://host:port "
+            "or a UART of the board (%s)" % (port, _names(uarts, "rs485")))
+
+
+def _names(uarts, role):
+    names = [n for n in sorted(uarts) if uarts[n]["role"] == role]
+    return ", ".join(names) if names else "none"
+
+
+def _hostport_problem(rest, port):
+    host, sep, num = rest.rpartition(":")
+    if not sep or not host:
+        return "%r needs a host and a port, e.g. tcp://192.168.1.50:502" % port
+    if not num.isdigit() or not 1 <= int(num) <= 65535:
+        return "%r has no valid port number (1-65535)" % port
+    return ""
+
+
+def _meter_problems(meter, where, buses, profiles, problems):
+    if "bus" in meter and meter["bus"] not in buses:
+        problems.append((where + ".bus", "unknown bus %r; define it in a [[bus]] table (buses: %s)"
+                         % (meter["bus"], ", ".join(sorted(buses)) or "none")))
+    if "profile" in meter and meter["profile"] not in profiles:
+        problems.append((where + ".profile", "unknown meter profile %r; known profiles: %s"
+                         % (meter["profile"], ", ".join(sorted(profiles)) or "none")))
+
+
+def _check_piles(cfg, buses, board, profiles, problems):
+    ids = {}
+    by_addr = {}
+    by_serial = {}
+    for i, pile in enumerate(cfg.get("pile", ())):
+        where = "pile[%s]" % _item_label(pile, i)
+        pid = pile.get("id")
+        if pid is not None:
+            if pid in ids:
+                problems.append((where + ".id", "duplicate pile id %r (also %s)" % (pid, ids[pid])))
+            ids[pid] = where
+        meter = pile.get("meter")
+        if meter is None:
+            continue
+        _meter_problems(meter, where + ".meter", buses, profiles, problems)
+        _claim_meter(meter, where, by_addr, by_serial, problems)
+        _check_interlock(pile, where, buses, board, problems)
+    return by_addr, by_serial
+
+
+def _claim_meter(meter, where, by_addr, by_serial, problems):
+    """One pile, one meter: a meter (bus+address, or serial) may belong to one pile only."""
+    if "bus" in meter and "address" in meter:
+        key = "%s/%d" % (meter["bus"], meter["address"])
+        if key in by_addr:
+            problems.append((where + ".meter.address",
+                             "bus %s address %d is already the meter of %s; every pile needs a "
+                             "meter of its own (一桩一表)" % (meter["bus"], meter["address"], by_addr[key])))
+        else:
+            by_addr[key] = where
+    serial = meter.get("serial", "")
+    if serial:
+        if serial in by_serial:
+            problems.append((where + ".meter.serial",
+                             "serial %r is already bound to %s; one meter cannot meter two piles"
+                             % (serial, by_serial[serial])))
+        else:
+            by_serial[serial] = where
+
+
+def _check_interlock(pile, where, buses, board, problems):
+    relays = [r["name"] for r in (board or {}).get("relay", ())]
+    if "relay" in pile and board is not None and pile["relay"] not in relays:
+        problems.append((where + ".relay", "board %s has no relay output %r (relays: %s)"
+                         % (board["id"], pile["relay"], ", ".join(relays) or "none")))
+    coil = pile.get("coil")
+    if coil and coil.get("bus") is not None and coil["bus"] not in buses:
+        problems.append((where + ".coil.bus", "unknown bus %r" % coil["bus"]))
+    if pile.get("interlock") == "relay" and "relay" not in pile and not coil:
+        problems.append((where + ".interlock", "is \"relay\" but the pile names neither a `relay` "
+                         "output nor a Modbus `coil` to switch"))
+
+
+def _check_main_meter(cfg, buses, profiles, claims, problems):
+    """The optional site main meter: known bus and profile, and not any pile's meter."""
+    meter = cfg.get("main_meter")
+    if not meter:
+        return
+    _meter_problems(meter, "main_meter", buses, profiles, problems)
+    by_addr, by_serial = claims
+    if "bus" in meter and "address" in meter:
+        key = "%s/%d" % (meter["bus"], meter["address"])
+        if key in by_addr:
+            problems.append(("main_meter.address", "bus %s address %d is the meter of %s; the site "
+                             "main meter must be a separate meter" % (meter["bus"], meter["address"],
+                                                                      by_addr[key])))
+    if meter.get("serial") and meter["serial"] in by_serial:
+        problems.append(("main_meter.serial", "serial %r is bound to %s" % (meter["serial"],
+                                                                             by_serial[meter["serial"]])))
+
+
+def _check_bays(cfg, problems):
+    piles = set([p.get("id") for p in cfg.get("pile", ())])
+    ids = {}
+    for i, bay in enumerate(cfg.get("bay", ())):
+        where = "bay[%s]" % _item_label(bay, i)
+        bid = bay.get("id")
+        if bid is not None:
+            if bid in ids:
+                problems.append((where + ".id", "duplicate bay id %r" % bid))
+            ids[bid] = where
+        if "pile" in bay and bay["pile"] not in piles:
+            problems.append((where + ".pile", "names pile %r, which is not defined; piles: %s"
+                             % (bay["pile"], ", ".join(sorted([p for p in piles if p])) or "none")))
+
+
+def _check_mqtt(mqtt, problems):
+    if not mqtt or "url" not in mqtt:
+        return
+    url = mqtt["url"]
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        problems.append(("mqtt.url", "%r must start with mqtts:// (TLS) or mqtt:// (plain, lab only)"
+                         % url))
+        return
+    host = rest.split("/")[0]
+    why = _hostport_problem(host, url) if ":" in host else ("" if host else "%r has no host" % url)
+    if why:
+        problems.append(("mqtt.url", why))
+    if scheme == "mqtt" and not mqtt.get("allow_insecure"):
+        problems.append(("mqtt.url", "plain mqtt:// sends telemetry unencrypted; use mqtts://, or set "
+                         "allow_insecure = true for a lab"))
+    if not mqtt.get("tls_verify", True) and not mqtt.get("allow_insecure"):
+        problems.append(("mqtt.tls_verify", "false turns off certificate checks; allowed only with "
+                         "allow_insecure = true (labs)"))
+    if ("cert_file" in mqtt) != ("key_file" in mqtt):
+        problems.append(("mqtt.cert_file", "a client certificate needs both cert_file and key_file"))
+
+
+# ---------------------------------------------------------------- helpers
+
+def _join(path, key):
+    return key if not path else path + "." + key
+
+
+def _item_label(item, index):
+    if isinstance(item, dict):
+        for key in ("id", "name"):
+            value = item.get(key)
+            if isinstance(value, str) and value and not id_problem(value):
+                return value
+    return "#%d" % (index + 1)
+
+
+def _kind_of(value):
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a %s" % type(value).__name__
+
+
+def _fmt(value):
+    if isinstance(value, str):
+        return '"%s"' % value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _suggest(key, fields):
+    best, best_d = None, 3
+    for name in fields:
+        d = _distance(key, name)
+        if d < best_d:
+            best, best_d = name, d
+    if best is None:
+        return "; allowed keys: " + ", ".join(sorted(fields))
+    return "; did you mean %r?" % best
+
+
+def _distance(a, b):
+    """Levenshtein distance (small strings only)."""
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+        prev = cur
+    return prev[len(b)]

@@ -1,0 +1,5 @@
+"""pilegate: the Raspberry Pi port of the pilegate gateway, and its command line."""
+
+from pilecore import VERSION
+
+__all__ = ["VERSION"]

@@ -1,0 +1,192 @@
+"""Load site.toml, boards and meter profiles; validate with the core; compile to JSON.
+
+Every problem is reported as a `Problem(file, key, message, line)` and printed by the CLI as
+`FILE:KEY: message (line N)`.  Nothing here raises to the caller for bad input: a missing
+file, a TOML syntax error or an invalid value all become problems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pilecore import config as core_config
+from pilecore import profile as core_profile
+
+from pilegate import paths
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    key: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.file}:{self.key}: {self.message}{where}"
+
+
+class ConfigError(Exception):
+    """Raised by `load_site_or_raise` with every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass
+class Site:
+    """A validated site: the compiled configuration, its canonical JSON and its hash."""
+
+    path: Path
+    config: dict[str, Any]
+    json_bytes: bytes
+    config_hash: str
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Parse a TOML file; a read or syntax error becomes a problem with line and column."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, [Problem(name, "(file)", "not found; check the path")]
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Problem(name, "(file)", f"cannot be read: {exc}")]
+    try:
+        return tomllib.loads(text), []
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        if m:
+            base = msg[: m.start()].strip()
+            return None, [Problem(name, f"{m.group(1)}:{m.group(2)}", f"TOML syntax error: {base}")]
+        return None, [Problem(name, "(file)", f"TOML syntax error: {msg}")]
+
+
+def load_boards(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+    """Load and validate every board file; invalid boards are reported and left out."""
+    folder = folder or paths.boards_dir()
+    boards: dict[str, dict] = {}
+    problems: list[Problem] = []
+    for path in sorted(folder.glob("*.toml")):
+        data, errs = read_toml(path)
+        problems += errs
+        if data is None:
+            continue
+        board, errs2 = core_config.validate_board(data, path.stem)
+        problems += [Problem(str(path), k, m) for k, m in errs2]
+        if board is not None:
+            boards[path.stem] = board
+    return boards, problems
+
+
+def load_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+    """Load and validate every meter profile; invalid profiles are reported and left out."""
+    folder = folder or paths.meter_profiles_dir()
+    profiles: dict[str, dict] = {}
+    problems: list[Problem] = []
+    for path in sorted(folder.glob("*.toml")):
+        data, errs = read_toml(path)
+        problems += errs
+        if data is None:
+            continue
+        errs2 = core_profile.validate_profile(data, path.stem)
+        problems += [Problem(str(path), k, m) for k, m in errs2]
+        if not errs2:
+            profiles[path.stem] = data
+    return profiles, problems
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The compiled-config encoding: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_site(path: Path | str) -> tuple[Site | None, list[Problem]]:
+    """Read, validate and compile a site file. Returns (site, []) or (None, problems)."""
+    path = Path(path)
+    data, problems = read_toml(path)
+    if data is None:
+        return None, problems
+    boards, board_problems = load_boards()
+    profiles, profile_problems = load_profiles()
+    compiled, errs = core_config.validate_site(data, boards, profiles)
+    text = path.read_text(encoding="utf-8")
+    problems = [Problem(str(path), k, m, find_line(text, k)) for k, m in errs]
+    if problems:
+        # A broken board or profile file explains an "unknown board/profile" problem.
+        return None, board_problems + profile_problems + problems
+    assert compiled is not None
+    blob = canonical_json(compiled)
+    return Site(path, compiled, blob, hashlib.sha256(blob).hexdigest()), []
+
+
+def load_site_or_raise(path: Path | str) -> Site:
+    site, problems = load_site(path)
+    if site is None:
+        raise ConfigError(problems)
+    return site
+
+
+# ---------------------------------------------------------------- key path -> line number
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?\s*(#.*)?$")
+_KEYLINE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def find_line(text: str, keypath: str) -> int | None:
+    """Best-effort line number of a key path such as "pile[P03].meter.address".
+
+    Finds the table (the Nth [[pile]], or the one whose id/name matches), then the first key
+    of the path inside it.  Returns None when the key is absent (e.g. a missing key).
+    """
+    m = re.match(r"^([A-Za-z0-9_]+)(?:\[([^\]]+)\])?(?:\.([A-Za-z0-9_]+))?", keypath)
+    if not m:
+        return None
+    table, item, key = m.group(1), m.group(2), m.group(3)
+    lines = text.splitlines()
+    sections = _sections(lines, table)
+    if item is None and not sections:
+        return None
+    if item is not None:
+        sections = _pick_item(lines, sections, item)
+    if not sections:
+        return None
+    start, end = sections[0]
+    if key is None:
+        return start + 1
+    for n in range(start + 1, end):
+        km = _KEYLINE.match(lines[n])
+        if km and km.group(1) == key:
+            return n + 1
+    return start + 1
+
+
+def _sections(lines: list[str], table: str) -> list[tuple[int, int]]:
+    heads = [(i, _HEADER.match(line)) for i, line in enumerate(lines)]
+    heads = [(i, h.group(1)) for i, h in heads if h]
+    out = []
+    for k, (i, name) in enumerate(heads):
+        if name == table:
+            end = heads[k + 1][0] if k + 1 < len(heads) else len(lines)
+            out.append((i, end))
+    return out
+
+
+def _pick_item(lines: list[str], sections: list[tuple[int, int]], item: str):
+    if item.startswith("#") and item[1:].isdigit():
+        n = int(item[1:]) - 1
+        return [sections[n]] if 0 <= n < len(sections) else []
+    pat = re.compile(r"^\s*(id|name)\s*=\s*[\"']" + re.escape(item) + r"[\"']")
+    for start, end in sections:
+        if any(pat.match(lines[n]) for n in range(start, end)):
+            return [(start, end)]
+    return []

@@ -1,0 +1,192 @@
+"""Site configuration rules, on both interpreters (inline data: no TOML on MicroPython)."""
+
+from pilecore import config
+
+BOARD = {
+    "id": "b1", "name": "test board", "platform": "rpi", "flash_mb": 16384,
+    "uart": [{"name": "usb0", "role": "rs485", "device": "/dev/ttyUSB0", "de_mode": "auto"},
+             {"name": "serial0", "role": "console", "device": "/dev/serial0"}],
+    "relay": [{"name": "K1", "pin": 5}],
+}
+ESP_BOARD = {
+    "id": "e1", "name": "esp", "platform": "esp32", "flash_mb": 4, "firmware_offset": 4096,
+    "uart": [{"name": "uart2", "role": "rs485", "tx": 17, "rx": 16, "de": 4},
+             {"name": "uart0", "role": "console", "tx": 1, "rx": 3}],
+}
+PROFILES = {"m1": {"id": "m1"}, "m3": {"id": "m3"}}
+
+
+def boards():
+    b, p = config.validate_board(BOARD, "b1")
+    assert p == [], p
+    e, p = config.validate_board(ESP_BOARD, "e1")
+    assert p == [], p
+    return {"b1": b, "e1": e}
+
+
+def site(**over):
+    cfg = {
+        "gateway": {"id": "GW-1", "site": "s1", "board": "b1"},
+        "mqtt": {"url": "mqtts://broker.example:8883"},
+        "bus": [{"name": "bus1", "port": "/dev/ttyUSB0"}],
+        "pile": [
+            {"id": "P01", "meter": {"bus": "bus1", "address": 1, "profile": "m1"}},
+            {"id": "P02", "meter": {"bus": "bus1", "address": 2, "profile": "m3"}},
+        ],
+        "bay": [{"id": "B01", "pile": "P01"}],
+    }
+    for k in over:
+        cfg[k] = over[k]
+    return cfg
+
+
+def check(cfg):
+    compiled, problems = config.validate_site(cfg, boards(), PROFILES)
+    return compiled, dict(problems), problems
+
+
+def test_valid_site_compiles_with_defaults_and_embedded_data():
+    compiled, d, problems = check(site())
+    assert problems == []
+    assert compiled["bus"][0]["baud"] == 9600 and compiled["bus"][0]["parity"] == "N"
+    assert compiled["pile"][0]["interlock"] == "report"
+    assert compiled["pile"][0]["meter"]["serial"] == ""
+    assert compiled["mqtt"]["tls_verify"] is True and compiled["mqtt"]["allow_insecure"] is False
+    assert compiled["board_def"]["id"] == "b1"
+    assert sorted(compiled["profiles"]) == ["m1", "m3"]
+    assert compiled["version"] == config.COMPILED_VERSION
+
+
+def test_two_piles_on_one_meter_address():
+    cfg = site()
+    cfg["pile"][1]["meter"]["address"] = 1
+    _, d, _ = check(cfg)
+    msg = d["pile[P02].meter.address"]
+    assert "already the meter of pile[P01]" in msg and "一桩一表" in msg
+
+
+def test_two_piles_bound_to_one_serial():
+    cfg = site()
+    cfg["pile"][0]["meter"]["serial"] = "A123"
+    cfg["pile"][1]["meter"]["serial"] = "A123"
+    _, d, _ = check(cfg)
+    assert "already bound to pile[P01]" in d["pile[P02].meter.serial"]
+
+
+def test_pile_without_meter():
+    cfg = site()
+    del cfg["pile"][1]["meter"]
+    _, d, _ = check(cfg)
+    assert d["pile[P02].meter"].startswith("missing")
+
+
+def test_bay_naming_missing_pile():
+    _, d, _ = check(site(bay=[{"id": "B09", "pile": "P09"}]))
+    assert "P09" in d["bay[B09].pile"] and "not defined" in d["bay[B09].pile"]
+
+
+def test_unknown_profile_bus_and_board():
+    cfg = site()
+    cfg["pile"][0]["meter"]["profile"] = "nosuch"
+    cfg["pile"][1]["meter"]["bus"] = "bus9"
+    cfg["gateway"]["board"] = "zz"
+    _, d, problems = check(cfg)
+    assert "unknown meter profile 'nosuch'" in d["pile[P01].meter.profile"]
+    assert "m1, m3" in d["pile[P01].meter.profile"]
+    assert "unknown bus 'bus9'" in d["pile[P02].meter.bus"]
+    assert "unknown board 'zz'" in d["gateway.board"]
+
+
+def test_every_problem_is_listed_not_only_the_first():
+    cfg = site()
+    cfg["pile"][0]["meter"]["address"] = 300
+    cfg["bus"][0]["baud"] = 9601
+    cfg["bus"][0]["parity"] = "X"
+    cfg["gateway"]["id"] = "bad/id"
+    cfg["pile"][1]["id"] = "P01"
+    _, d, problems = check(cfg)
+    assert "out of range" in d["pile[P01].meter.address"]
+    assert "9601 is not allowed" in d["bus[bus1].baud"]
+    assert '"X" is not allowed' in d["bus[bus1].parity"]
+    assert "'/'" in d["gateway.id"]
+    assert any(k.endswith(".id") and "duplicate pile id" in m for k, m in problems)
+    assert len(problems) >= 5
+
+
+def test_unknown_key_suggests_the_right_one():
+    cfg = site()
+    cfg["pile"][0]["meter"]["adress"] = 3
+    _, d, _ = check(cfg)
+    assert "did you mean 'address'" in d["pile[P01].meter.adress"]
+
+
+def test_types_are_checked():
+    cfg = site()
+    cfg["pile"][0]["meter"]["address"] = "1"
+    cfg["bus"][0]["timeout_ms"] = True
+    _, d, _ = check(cfg)
+    assert "whole number" in d["pile[P01].meter.address"]
+    assert "whole number" in d["bus[bus1].timeout_ms"]
+
+
+def test_items_without_id_are_named_by_position():
+    cfg = site()
+    cfg["pile"].append({"meter": {"bus": "bus1", "address": 9, "profile": "m1"}})
+    _, d, _ = check(cfg)
+    assert "pile[#3].id" in d
+
+
+def test_plain_mqtt_needs_allow_insecure():
+    _, d, _ = check(site(mqtt={"url": "mqtt://broker:1883"}))
+    assert "allow_insecure" in d["mqtt.url"]
+    _, d, problems = check(site(mqtt={"url": "mqtt://broker:1883", "allow_insecure": True}))
+    assert problems == []
+    _, d, _ = check(site(mqtt={"url": "mqtts://b:8883", "tls_verify": False}))
+    assert "mqtt.tls_verify" in d
+
+
+def test_tcp_ports_and_console_uart():
+    _, d, problems = check(site(bus=[{"name": "bus1", "port": "rtu+tcp://10.0.0.5:4196"}]))
+    assert problems == []
+    _, d, _ = check(site(bus=[{"name": "bus1", "port": "tcp://10.0.0.5"}]))
+    assert "host and a port" in d["bus[bus1].port"]
+    _, d, _ = check(site(bus=[{"name": "bus1", "port": "serial0"}]))
+    assert "console" in d["bus[bus1].port"]
+
+
+def test_esp32_bus_must_be_an_rs485_uart():
+    gw = {"id": "GW-1", "site": "s1", "board": "e1"}
+    _, d, problems = check(site(gateway=gw, bus=[{"name": "bus1", "port": "uart2"}]))
+    assert problems == []
+    _, d, _ = check(site(gateway=gw, bus=[{"name": "bus1", "port": "/dev/ttyUSB0"}]))
+    assert "uart2" in d["bus[bus1].port"]
+
+
+def test_relay_interlock_needs_an_output():
+    cfg = site()
+    cfg["pile"][0]["interlock"] = "relay"
+    _, d, _ = check(cfg)
+    assert "neither" in d["pile[P01].interlock"]
+    cfg["pile"][0]["relay"] = "K9"
+    _, d, _ = check(cfg)
+    assert "no relay output 'K9'" in d["pile[P01].relay"]
+    cfg["pile"][0]["relay"] = "K1"
+    _, d, problems = check(cfg)
+    assert problems == []
+
+
+def test_main_meter_must_be_separate():
+    mm = {"bus": "bus1", "address": 2, "profile": "m3"}
+    _, d, _ = check(site(main_meter=mm))
+    assert "separate meter" in d["main_meter.address"]
+
+
+def test_board_validation():
+    bad = dict(ESP_BOARD)
+    bad["uart"] = [{"name": "uart2", "role": "rs485", "tx": 17, "rx": 16}]
+    del bad["firmware_offset"]
+    _, problems = config.validate_board(bad, "other")
+    d = dict(problems)
+    assert "must match" in d["id"]
+    assert "firmware_offset" in d
+    assert "DE/RE" in d["uart[uart2].de"]

@@ -1,0 +1,1 @@
+"""piletools: installer and technician tools (firmware build, console client, verifier, ...)."""
