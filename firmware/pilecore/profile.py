@@ -1,0 +1,366 @@
+"""Meter profiles: the contract checker and the few lookups the core needs.
+
+A meter profile is plain data (one TOML file per model under profiles/meters/, embedded as
+JSON on the ESP32) describing where a meter keeps its readings.  The format is specified in
+docs/meters.md ("Profile format reference").  This module never reads files: the ports load
+the data and hand the resulting dict to `validate_profile`, which returns every problem it
+finds instead of stopping at the first, so `pilegate check` can report them all at once.
+
+Register addresses are 0-based protocol addresses (what goes on the wire).  A value is read
+with the profile's default function (3 = holding, 4 = input) unless it overrides it.
+"""
+
+# Canonical values, in the fixed order the core reports them, with their canonical units.
+_VALUE_NAMES = ("energy_import", "power", "voltage", "current", "frequency", "power_factor")
+_UNITS = {
+    "energy_import": "kWh",
+    "power": "W",
+    "voltage": "V",
+    "current": "A",
+    "frequency": "Hz",
+    "power_factor": "",
+}
+_REQUIRED_VALUES = ("energy_import", "power")
+_PER_PHASE = ("voltage", "current")
+
+# Registers spanned by each numeric type.
+_WIDTHS = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "u64": 4, "s64": 4}
+_IDENTITY_INT_TYPES = ("u16", "u32", "u64")
+_IDENTITY_BLOB_TYPES = ("ascii", "bcd")
+
+_TOP_KEYS = (
+    "id", "kind", "maker", "model", "phases", "source", "function", "byte_order",
+    "word_order", "max_block", "min_gap_ms", "response_ms", "timeout_ms", "quirks",
+    "serial", "values", "identity",
+)
+_VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function")
+_SERIAL_KEYS = ("baud", "parity", "stopbits")
+_IDENTITY_KEYS = ("kind", "register", "type", "count", "function", "note")
+_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+# Inclusive bounds for the timing fields, in milliseconds.  Wide enough for any RS-485 meter
+# at any supported baud rate, narrow enough to catch seconds typed where milliseconds belong.
+_MS_BOUNDS = {"min_gap_ms": (0, 1000), "response_ms": (1, 2000), "timeout_ms": (20, 10000)}
+
+MAX_BLOCK_LIMIT = 125  # Modbus: at most 125 registers in one read (function 3 or 4)
+
+
+def value_names():
+    """The canonical value names, in the fixed order the core reports them."""
+    return _VALUE_NAMES
+
+
+def canonical_unit(name):
+    """The unit every profile must declare for canonical value `name` (KeyError if unknown)."""
+    return _UNITS[name]
+
+
+def is_per_phase(name):
+    """True for values given as one register per phase (voltage, current)."""
+    return name in _PER_PHASE
+
+
+def type_width(vtype):
+    """Number of 16-bit registers a value of numeric type `vtype` spans.
+
+    u16/s16 -> 1, u32/s32/f32 -> 2, u64/s64 -> 4.  Raises ValueError for any other type.
+    """
+    try:
+        return _WIDTHS[vtype]
+    except (KeyError, TypeError):
+        raise ValueError("unknown value type %r" % (vtype,))
+
+
+def value_registers(p, name):
+    """Where to read canonical value `name` of a valid profile `p`.
+
+    Returns a list of (function, register, type) tuples: one for a total value, one per phase
+    (in phase order L1, L2, L3) for voltage and current.  An empty list means the profile does
+    not provide that value.  Raises KeyError if `name` is not a canonical value name.
+    The profile must already have passed `validate_profile`.
+    """
+    if name not in _UNITS:
+        raise KeyError(name)
+    spec = p.get("values", {}).get(name)
+    if spec is None:
+        return []
+    function = spec.get("function", p["function"])
+    regs = spec["register"]
+    if not isinstance(regs, list):
+        regs = [regs]
+    return [(function, reg, spec["type"]) for reg in regs]
+
+
+def validate_profile(p, name):
+    """Check profile `p` (a dict, as loaded from profiles/meters/<name>.toml) against the format.
+
+    Returns a list of (key, message) pairs, empty when the profile is valid.  `key` is the
+    dotted path of the offending entry (for example "values.voltage.register[2]"), so a caller
+    can prefix the file name and show the user exactly what to fix.
+    """
+    errors = []
+    if not isinstance(p, dict):
+        return [("", "a profile must be a table, got %s" % _kind(p))]
+    for key in p:
+        if key not in _TOP_KEYS:
+            errors.append((key, "unknown key"))
+
+    if p.get("id") != name:
+        errors.append(("id", "must equal the file name %r, got %r" % (name, p.get("id"))))
+    if p.get("kind") != "meter":
+        errors.append(("kind", "must be \"meter\", got %r" % (p.get("kind"),)))
+    for key in ("maker", "model", "source"):
+        _check_text(p, key, key, errors)
+    phases = p.get("phases")
+    if not _is_int(phases) or phases not in (1, 3):
+        errors.append(("phases", "must be 1 or 3, got %r" % (phases,)))
+        phases = None
+    function = p.get("function")
+    if not _is_int(function) or function not in (3, 4):
+        errors.append(("function", "must be 3 (holding) or 4 (input), got %r" % (function,)))
+    for key in ("byte_order", "word_order"):
+        if p.get(key) not in ("big", "little"):
+            errors.append((key, "must be \"big\" or \"little\", got %r" % (p.get(key),)))
+    max_block = p.get("max_block")
+    if not _is_int(max_block) or not 1 <= max_block <= MAX_BLOCK_LIMIT:
+        errors.append(("max_block", "must be an integer 1..%d, got %r"
+                       % (MAX_BLOCK_LIMIT, max_block)))
+        max_block = None
+    _check_timing(p, errors)
+    _check_quirks(p, errors)
+    _check_serial(p.get("serial"), errors)
+    spans = _check_values(p.get("values"), phases, max_block, errors)
+    ident = _check_identity(p.get("identity"), max_block, errors)
+    if ident is not None:
+        spans.append(ident)
+    if _is_int(function):
+        _check_overlaps(spans, function, errors)
+    return errors
+
+
+def _kind(x):
+    return type(x).__name__
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x):
+    """A finite int or float (bools excluded)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return x - x == 0  # inf - inf and nan - nan are nan, never 0
+
+
+def _check_text(table, key, path, errors):
+    value = table.get(key)
+    if not isinstance(value, str) or not value.strip():
+        errors.append((path, "must be a non-empty string, got %r" % (value,)))
+
+
+def _check_timing(p, errors):
+    for key in ("min_gap_ms", "response_ms", "timeout_ms"):
+        lo, hi = _MS_BOUNDS[key]
+        value = p.get(key)
+        if not _is_int(value) or not lo <= value <= hi:
+            errors.append((key, "must be an integer %d..%d ms, got %r" % (lo, hi, value)))
+    response, timeout = p.get("response_ms"), p.get("timeout_ms")
+    if _is_int(response) and _is_int(timeout) and response >= timeout:
+        errors.append(("timeout_ms", "must be greater than response_ms (%d), got %d"
+                       % (response, timeout)))
+
+
+def _check_quirks(p, errors):
+    if "quirks" not in p:
+        return
+    quirks = p["quirks"]
+    if not isinstance(quirks, list):
+        errors.append(("quirks", "must be a list of strings, got %s" % _kind(quirks)))
+        return
+    for i, item in enumerate(quirks):
+        if not isinstance(item, str) or not item.strip():
+            errors.append(("quirks[%d]" % i, "must be a non-empty string, got %r" % (item,)))
+
+
+def _check_serial(serial, errors):
+    if not isinstance(serial, dict):
+        errors.append(("serial", "missing table of factory line settings (baud, parity, stopbits)"))
+        return
+    for key in serial:
+        if key not in _SERIAL_KEYS:
+            errors.append(("serial." + key, "unknown key"))
+    baud = serial.get("baud")
+    if not _is_int(baud) or baud not in _BAUDS:
+        errors.append(("serial.baud", "must be one of %s, got %r"
+                       % (", ".join([str(b) for b in _BAUDS]), baud)))
+    if serial.get("parity") not in ("N", "E", "O"):
+        errors.append(("serial.parity", "must be \"N\", \"E\" or \"O\", got %r"
+                       % (serial.get("parity"),)))
+    stopbits = serial.get("stopbits")
+    if not _is_int(stopbits) or stopbits not in (1, 2):
+        errors.append(("serial.stopbits", "must be 1 or 2, got %r" % (stopbits,)))
+
+
+def _check_register(reg, path, width, errors):
+    """A register address that, with `width` registers, stays inside 0..65535."""
+    if not _is_int(reg) or not 0 <= reg <= 0xFFFF:
+        errors.append((path, "must be an integer register address 0..65535 (0x0000..0xFFFF), "
+                             "got %r" % (reg,)))
+        return False
+    if width is not None and reg + width - 1 > 0xFFFF:
+        errors.append((path, "value of %d registers at 0x%04X runs past 0xFFFF" % (width, reg)))
+        return False
+    return True
+
+
+def _check_values(values, phases, max_block, errors):
+    """Check the [values] tables; return (function or None, first, last, path) spans."""
+    spans = []
+    if not isinstance(values, dict):
+        errors.append(("values", "missing table of canonical values"))
+        return spans
+    for req in _REQUIRED_VALUES:
+        if req not in values:
+            errors.append(("values." + req, "required value is missing"))
+    for vname in values:
+        path = "values." + vname
+        spec = values[vname]
+        if vname not in _UNITS:
+            errors.append((path, "unknown value; canonical names are " + ", ".join(_VALUE_NAMES)))
+            continue
+        if not isinstance(spec, dict):
+            errors.append((path, "must be a table, got %s" % _kind(spec)))
+            continue
+        spans.extend(_check_value(vname, spec, path, phases, max_block, errors))
+    return spans
+
+
+def _check_value(vname, spec, path, phases, max_block, errors):
+    spans = []
+    for key in spec:
+        if key not in _VALUE_KEYS:
+            errors.append((path + "." + key, "unknown key"))
+    vtype = spec.get("type")
+    width = _WIDTHS.get(vtype) if isinstance(vtype, str) else None
+    if width is None:
+        errors.append((path + ".type", "must be one of %s, got %r"
+                       % (" ".join(sorted(_WIDTHS)), vtype)))
+    elif max_block is not None and width > max_block:
+        errors.append((path + ".type", "%s spans %d registers, more than max_block %d"
+                       % (vtype, width, max_block)))
+    function = spec.get("function")
+    if "function" in spec and (not _is_int(function) or function not in (3, 4)):
+        errors.append((path + ".function", "must be 3 or 4, got %r" % (function,)))
+        function = -1  # keeps this value out of the overlap check
+    reg = spec.get("register")
+    if vname in _PER_PHASE:
+        if not isinstance(reg, list):
+            errors.append((path + ".register", "must be a list of registers, one per phase "
+                                               "(L1, L2, L3), got %r" % (reg,)))
+        else:
+            if phases is not None and len(reg) != phases:
+                errors.append((path + ".register", "must list %d register(s), one per phase, "
+                                                   "got %d" % (phases, len(reg))))
+            for i, r in enumerate(reg):
+                rpath = "%s.register[%d]" % (path, i)
+                if _check_register(r, rpath, width, errors) and width is not None:
+                    spans.append((function, r, r + width - 1, rpath))
+    else:
+        rpath = path + ".register"
+        if isinstance(reg, list):
+            errors.append((rpath, "must be a single register (only voltage and current are "
+                                  "per-phase), got a list"))
+        elif _check_register(reg, rpath, width, errors) and width is not None:
+            spans.append((function, reg, reg + width - 1, rpath))
+    scale = spec.get("scale")
+    if not _is_number(scale) or scale == 0:
+        errors.append((path + ".scale", "must be a finite non-zero number, got %r" % (scale,)))
+    unit = _UNITS[vname]
+    if spec.get("unit") != unit:
+        errors.append((path + ".unit", "must be the canonical unit %r, got %r"
+                       % (unit, spec.get("unit"))))
+    _check_range(vname, spec, path, errors)
+    return spans
+
+
+def _check_range(vname, spec, path, errors):
+    lo, hi = spec.get("min"), spec.get("max")
+    ok = True
+    for key, value in (("min", lo), ("max", hi)):
+        if not _is_number(value):
+            errors.append((path + "." + key, "must be a finite number, got %r" % (value,)))
+            ok = False
+    if not ok:
+        return
+    if lo >= hi:
+        errors.append((path + ".max", "must be greater than min (%r), got %r" % (lo, hi)))
+    if vname == "energy_import" and lo < 0:
+        errors.append((path + ".min", "an energy total cannot be negative, got %r" % (lo,)))
+    if vname == "power_factor" and (lo < -1 or hi > 1):
+        errors.append((path + ".max" if hi > 1 else path + ".min",
+                       "a power factor lies within -1..1, got %r..%r" % (lo, hi)))
+
+
+def _check_identity(ident, max_block, errors):
+    """Check [identity]; return its (function or None, first, last, path) span, if any."""
+    if not isinstance(ident, dict):
+        errors.append(("identity", "missing table saying what identifies the meter"))
+        return None
+    for key in ident:
+        if key not in _IDENTITY_KEYS:
+            errors.append(("identity." + key, "unknown key"))
+    _check_text(ident, "note", "identity.note", errors)
+    kind = ident.get("kind")
+    if kind == "address":
+        for key in ("register", "type", "count", "function"):
+            if key in ident:
+                errors.append(("identity." + key, "must be omitted when kind is \"address\""))
+        return None
+    if kind != "serial":
+        errors.append(("identity.kind", "must be \"serial\" or \"address\", got %r" % (kind,)))
+        return None
+    itype, count = ident.get("type"), ident.get("count")
+    width = None
+    if itype in _IDENTITY_INT_TYPES:
+        width = _WIDTHS[itype]
+        if "count" in ident and count != width:
+            errors.append(("identity.count", "a %s spans %d register(s), got count %r"
+                           % (itype, width, count)))
+    elif itype in _IDENTITY_BLOB_TYPES:
+        if not _is_int(count) or count < 1:
+            errors.append(("identity.count", "%s needs count, a positive number of registers, "
+                                             "got %r" % (itype, count)))
+        else:
+            width = count
+    else:
+        errors.append(("identity.type", "must be one of u16 u32 u64 ascii bcd, got %r"
+                       % (itype,)))
+    if width is not None and max_block is not None and width > max_block:
+        errors.append(("identity.count", "%d registers exceed max_block %d" % (width, max_block)))
+    function = ident.get("function")
+    if "function" in ident and (not _is_int(function) or function not in (3, 4)):
+        errors.append(("identity.function", "must be 3 or 4, got %r" % (function,)))
+        function = -1
+    reg = ident.get("register")
+    if "register" not in ident:
+        errors.append(("identity.register", "required when kind is \"serial\""))
+    elif _check_register(reg, "identity.register", width, errors) and width is not None:
+        return (function, reg, reg + width - 1, "identity.register")
+    return None
+
+
+def _check_overlaps(spans, default_function, errors):
+    """No two entries may share a register within one function space."""
+    placed = []
+    for function, first, last, path in spans:
+        if function is None:
+            function = default_function
+        if function == -1:
+            continue
+        for other_function, ofirst, olast, opath in placed:
+            if other_function == function and first <= olast and ofirst <= last:
+                errors.append((path, "registers 0x%04X..0x%04X overlap %s (0x%04X..0x%04X) in "
+                                     "function %d space" % (first, last, opath, ofirst, olast,
+                                                            function)))
+        placed.append((function, first, last, path))
