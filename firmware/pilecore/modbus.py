@@ -1,0 +1,257 @@
+"""Modbus RTU framing, CRC-16, exception decoding and typed register decoding.
+
+Pure functions over bytes and lists of 16-bit register values; no I/O.  Used by the ESP32's own
+RTU master, by the Pi port (which reads through pymodbus but checks raw frames and decodes
+registers here) and by the tools.
+
+Frames are bytes: address, function, data, CRC (low byte first).  Register values are ints
+0..65535 as they arrive on the wire (big-endian bytes within a register, per the Modbus spec);
+a profile's `byte_order = "little"` swaps the bytes of each register before decoding.
+"""
+
+import struct
+
+# Result codes of parse_read_response(): 0 is success.
+OK = 0
+E_SHORT = 1        # fewer bytes than a valid frame needs
+E_CRC = 2          # CRC mismatch: the frame is damaged, nothing in it can be trusted
+E_ADDRESS = 3      # answer from another device than the one asked
+E_FUNCTION = 4     # answer to another function than the one asked
+E_LENGTH = 5       # byte count does not match the registers asked for
+E_EXCEPTION = 6    # a Modbus exception response; the exception code is returned with it
+E_TIMEOUT = 7      # no (complete) answer in time; set by the ports, never by the parser
+
+RESULT_NAMES = ("ok", "short frame", "CRC error", "wrong device address", "wrong function",
+                "wrong byte count", "Modbus exception", "timeout")
+
+_EXCEPTIONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge (busy with a long command)",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+TYPE_WIDTH = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "u64": 4, "s64": 4}
+
+_crc_table = None
+
+
+def _table():
+    """The CRC-16/MODBUS lookup table, built on first use (not at import)."""
+    global _crc_table
+    if _crc_table is None:
+        t = []
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ 0xA001 if c & 1 else c >> 1
+            t.append(c)
+        _crc_table = t
+    return _crc_table
+
+
+def crc16(data, end=None):
+    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF) of data[:end]."""
+    t = _table()
+    crc = 0xFFFF
+    if end is None:
+        end = len(data)
+    for i in range(end):
+        crc = (crc >> 8) ^ t[(crc ^ data[i]) & 0xFF]
+    return crc
+
+
+def frame(pdu_with_address):
+    """Append the CRC (low byte first) to an address+PDU byte string."""
+    c = crc16(pdu_with_address)
+    return bytes(pdu_with_address) + bytes((c & 0xFF, c >> 8))
+
+
+def crc_ok(frm):
+    """True when the last two bytes of `frm` are the CRC of the rest."""
+    n = len(frm)
+    if n < 4:
+        return False
+    c = crc16(frm, n - 2)
+    return frm[n - 2] == (c & 0xFF) and frm[n - 1] == (c >> 8)
+
+
+def read_request(address, function, register, count):
+    """RTU request to read `count` registers (function 3 or 4) or coils/inputs (1, 2)."""
+    return frame(bytes((address, function, register >> 8, register & 0xFF, count >> 8, count & 0xFF)))
+
+
+def write_coil_request(address, coil, on):
+    """RTU request (function 5) to switch one coil on or off."""
+    return frame(bytes((address, 5, coil >> 8, coil & 0xFF, 0xFF if on else 0, 0)))
+
+
+def response_length(function, count):
+    """Length in bytes of a normal RTU response to a read of `count` items."""
+    if function in (3, 4):
+        return 5 + 2 * count
+    if function in (1, 2):
+        return 5 + (count + 7) // 8
+    if function in (5, 6, 15, 16):
+        return 8
+    raise ValueError("unsupported function %d" % function)
+
+
+def exception_name(code):
+    return _EXCEPTIONS.get(code, "exception %d" % code)
+
+
+def parse_read_response(frm, address, function, count):
+    """Check and unpack the response to a register read.
+
+    Returns (OK, [registers]) or (error code, detail) where detail is the exception code for
+    E_EXCEPTION and None otherwise.  The CRC is checked before anything else is believed.
+    """
+    n = len(frm)
+    if n < 5:
+        return E_SHORT, None
+    if frm[1] == (function | 0x80):
+        if n < 5 or not crc_ok(frm[:5]):
+            return E_CRC, None
+        if frm[0] != address:
+            return E_ADDRESS, None
+        return E_EXCEPTION, frm[2]
+    expected = response_length(function, count)
+    if n < expected:
+        return E_SHORT, None
+    frm = frm[:expected]
+    if not crc_ok(frm):
+        return E_CRC, None
+    if frm[0] != address:
+        return E_ADDRESS, None
+    if frm[1] != function:
+        return E_FUNCTION, None
+    if frm[2] != 2 * count:
+        return E_LENGTH, None
+    regs = [0] * count
+    for i in range(count):
+        regs[i] = (frm[3 + 2 * i] << 8) | frm[4 + 2 * i]
+    return OK, regs
+
+
+def parse_write_coil_response(frm, address, coil, on):
+    """A function-5 response echoes the request; returns (OK, None) or an error as above."""
+    if len(frm) >= 5 and frm[1] == 0x85:
+        if not crc_ok(frm[:5]):
+            return E_CRC, None
+        return E_EXCEPTION, frm[2]
+    if len(frm) < 8:
+        return E_SHORT, None
+    if not crc_ok(frm[:8]):
+        return E_CRC, None
+    if frm[:6] != bytes((address, 5, coil >> 8, coil & 0xFF, 0xFF if on else 0, 0)):
+        return E_ADDRESS if frm[0] != address else E_FUNCTION, None
+    return OK, None
+
+
+# ---------------------------------------------------------------- typed decoding
+
+def _words(regs, offset, width, byte_order, word_order):
+    """The value's registers in most-significant-first order, bytes swapped if needed."""
+    w = regs[offset:offset + width]
+    if len(w) != width:
+        raise ValueError("value needs %d registers at offset %d, block has %d"
+                         % (width, offset, len(regs)))
+    if word_order == "little":
+        w = w[::-1]
+    if byte_order == "little":
+        w = [((r & 0xFF) << 8) | (r >> 8) for r in w]
+    return w
+
+
+def decode_raw(regs, offset, typ, byte_order="big", word_order="big"):
+    """The raw value of `typ` at regs[offset]: an int, or a float for f32.
+
+    Raises ValueError for an unknown type, a short block, or an f32 that is NaN or infinite
+    (a meter that reports NaN has no reading: never turn it into a number).
+    """
+    width = TYPE_WIDTH.get(typ)
+    if width is None:
+        raise ValueError("unknown register type %r" % typ)
+    w = _words(regs, offset, width, byte_order, word_order)
+    v = 0
+    for r in w:
+        v = (v << 16) | r
+    if typ[0] == "s":
+        bits = 16 * width
+        if v >= 1 << (bits - 1):
+            v -= 1 << bits
+    elif typ == "f32":
+        if (v >> 23) & 0xFF == 0xFF:
+            raise ValueError("f32 register holds NaN or infinity")
+        return struct.unpack(">f", struct.pack(">I", v))[0]
+    return v
+
+
+def f32_parts(regs, offset, byte_order="big", word_order="big"):
+    """(mantissa, exponent) with value == mantissa * 2**exponent, exactly (ints)."""
+    w = _words(regs, offset, 2, byte_order, word_order)
+    bits = (w[0] << 16) | w[1]
+    exp = (bits >> 23) & 0xFF
+    frac = bits & 0x7FFFFF
+    if exp == 0xFF:
+        raise ValueError("f32 register holds NaN or infinity")
+    if exp == 0:
+        m, e = frac, -149
+    else:
+        m, e = frac | 0x800000, exp - 150
+    if bits >> 31:
+        m = -m
+    return m, e
+
+
+def pow10_exponent(scale):
+    """k when scale == 10**k (k in -9..9), else None."""
+    for k in range(-9, 10):
+        ref = 10.0 ** k
+        if abs(scale - ref) <= ref * 1e-6:
+            return k
+    return None
+
+
+def decode_milli(regs, offset, typ, scale, byte_order="big", word_order="big"):
+    """The value times 1000, rounded half away from zero, as an exact int.
+
+    For energy: kWh registers give Wh without any float arithmetic when `scale` is a power of
+    ten, so a reading decodes to the same integer on a 32-bit-float ESP32 and on a Pi.
+    """
+    k = pow10_exponent(scale)
+    if k is None:
+        v = decode_raw(regs, offset, typ, byte_order, word_order) * scale * 1000
+        return int(v + 0.5) if v >= 0 else -int(-v + 0.5)
+    k += 3
+    if typ == "f32":
+        num, e = f32_parts(regs, offset, byte_order, word_order)
+        den = 1
+        if e >= 0:
+            num <<= e
+        else:
+            den <<= -e
+    else:
+        num, den = decode_raw(regs, offset, typ, byte_order, word_order), 1
+    if k >= 0:
+        num *= 10 ** k
+    else:
+        den *= 10 ** (-k)
+    return _div_round(num, den)
+
+
+def _div_round(num, den):
+    if num >= 0:
+        return (2 * num + den) // (2 * den)
+    return -((-2 * num + den) // (2 * den))
+
+
+def decode_scaled(regs, offset, typ, scale, byte_order="big", word_order="big"):
+    """The value in its unit (raw * scale) as a float."""
+    return decode_raw(regs, offset, typ, byte_order, word_order) * scale

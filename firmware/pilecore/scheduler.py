@@ -1,0 +1,401 @@
+"""Bus scheduler: one master per RS-485 bus decides which transaction goes next.
+
+Polls of every meter, console raw reads and commissioning scans all go through the same queue,
+so nothing talks over anything else.  The scheduler does no I/O and reads no clock: the port
+asks `next_txn(now_ms)` for the next transaction, performs it, and reports the outcome with
+`complete(txn, now_ms, code, payload, elapsed_ms)`.  `now_ms` is any monotonic millisecond
+count (ticks on the ESP32, time.monotonic() * 1000 on the Pi, a simulated clock in the HIL).
+
+Fairness and isolation:
+- devices are polled round-robin when due; one device's cycle is finished before the next
+  starts, so a reading is a consistent snapshot of one meter;
+- a read that gets no valid reply is retried once (with a longer timeout after a timeout);
+  a device that fails again is put in backoff (doubling up to `max_backoff_ms`) and probed with
+  a single read when the backoff ends, so a dead meter costs one timeout per backoff period,
+  not one per poll, and never stalls the others;
+- interactive jobs (console `mbread`) go at the next transaction boundary, but at most every
+  other transaction while polls are due; background jobs (scans) only fill idle bus time;
+- each device's reply timeout adapts to its measured response time (smoothed mean plus four
+  deviations, as TCP does), bounded between `min_timeout_ms` and the bus's `timeout_ms` * 4.
+"""
+
+from pilecore import modbus
+
+PRIO_INTERACTIVE = 0
+PRIO_BACKGROUND = 1
+
+
+def char_time_us(baud, parity="N", stopbits=1):
+    """Microseconds per character on the wire: start + 8 data + parity + stop bits."""
+    bits = 1 + 8 + (0 if parity == "N" else 1) + stopbits
+    return bits * 1000000 // baud
+
+
+def frame_time_us(nbytes, char_us):
+    """Wire time of a frame plus the 3.5-character silence that ends it."""
+    return nbytes * char_us + (7 * char_us) // 2
+
+
+class Txn:
+    """One transaction for the port to perform.
+
+    kind: "poll" (part of a device's poll cycle), "job" (a submitted one-off).
+    function 1-4: read `count` items at `register`; function 5: write coil `register` to `value`.
+    timeout_ms: how long the port waits for the complete reply.
+    """
+
+    def __init__(self, kind, key, address, function, register, count, timeout_ms, value=None):
+        self.kind = kind
+        self.key = key
+        self.address = address
+        self.function = function
+        self.register = register
+        self.count = count
+        self.timeout_ms = timeout_ms
+        self.value = value
+        self.read_index = 0
+        self.attempt = 0
+        self.job = None
+
+    def request(self):
+        """The RTU request frame (for ports with their own RTU master)."""
+        if self.function == 5:
+            return modbus.write_coil_request(self.address, self.register, self.value)
+        return modbus.read_request(self.address, self.function, self.register, self.count)
+
+    def response_len(self):
+        return modbus.response_length(self.function, self.count if self.function != 5 else 1)
+
+
+class Device:
+    """A polled device (a meter) and what the scheduler has learned about it."""
+
+    def __init__(self, key, address, plan, poll_ms, response_ms, min_gap_ms, timeout_ms):
+        self.key = key
+        self.address = address
+        self.plan = plan
+        self.poll_ms = poll_ms
+        self.min_gap_ms = min_gap_ms
+        self.next_poll = 0
+        self.ready_at = 0
+        self.srtt = response_ms * 8           # smoothed latency, ms * 8 (integer EWMA)
+        self.rttvar = response_ms * 2         # smoothed deviation, ms * 4
+        self.timeout_hint = timeout_ms        # the profile's or bus's configured timeout
+        self.failures = 0
+        self.backoff_until = 0
+        self.boost = 1                         # timeout multiplier after timeouts (1, 2, 4, 8)
+        self.retry = None                      # read index to repeat once after a lost reply
+        self.requests = 0
+        self.replies = 0
+        self.timeouts = 0
+        self.errors = 0
+        self.last_latency_ms = None
+        self.cycle = None                      # [started_ms, blocks, codes] while polling
+
+    def latency_estimate(self):
+        return self.srtt // 8
+
+    def stats(self):
+        return {"address": self.address, "requests": self.requests, "replies": self.replies,
+                "timeouts": self.timeouts, "errors": self.errors,
+                "latency_ms": self.last_latency_ms, "srtt_ms": self.srtt // 8,
+                "failures": self.failures, "backoff_until_ms": self.backoff_until}
+
+
+class Job:
+    """A one-off request: raw read, coil write, or one probe of a scan."""
+
+    def __init__(self, job_id, address, function, register, count, prio, value=None, tag=None):
+        self.id = job_id
+        self.address = address
+        self.function = function
+        self.register = register
+        self.count = count
+        self.prio = prio
+        self.value = value
+        self.tag = tag
+
+
+class BusScheduler:
+    """See the module docstring."""
+
+    def __init__(self, name, baud=9600, parity="N", stopbits=1, timeout_ms=500,
+                 max_backoff_ms=300000, min_timeout_ms=50):
+        self.name = name
+        self.char_us = char_time_us(baud, parity, stopbits)
+        self.timeout_ms = timeout_ms
+        self.max_backoff_ms = max_backoff_ms
+        self.min_timeout_ms = min_timeout_ms
+        self.devices = []
+        self._by_key = {}
+        self._rr = 0
+        self._current = None            # device whose cycle is in progress
+        self._jobs = []
+        self._next_job_id = 1
+        self._polls_since_job = 1
+        self.busy = False
+        self.stats = {"requests": 0, "replies": 0, "timeouts": 0, "crc_errors": 0,
+                      "exceptions": 0, "other_errors": 0, "busy_us": 0}
+
+    # ------------------------------------------------------------ configuration
+
+    def add_device(self, key, address, plan, poll_ms, response_ms=100, min_gap_ms=0, timeout_ms=None):
+        dev = Device(key, address, plan, poll_ms, response_ms, min_gap_ms,
+                     timeout_ms if timeout_ms is not None else self.timeout_ms)
+        self.devices.append(dev)
+        self._by_key[key] = dev
+        return dev
+
+    def device(self, key):
+        return self._by_key.get(key)
+
+    def submit(self, address, function, register, count, prio=PRIO_INTERACTIVE, value=None, tag=None):
+        """Queue a one-off request; returns its job id (reported back by `complete`)."""
+        job = Job(self._next_job_id, address, function, register, count, prio, value, tag)
+        self._next_job_id += 1
+        self._jobs.append(job)
+        return job.id
+
+    def pending_jobs(self):
+        return len(self._jobs)
+
+    def cancel_jobs(self, tag):
+        """Drop queued jobs with this tag (e.g. an abandoned scan); returns how many."""
+        before = len(self._jobs)
+        self._jobs = [j for j in self._jobs if j.tag != tag]
+        return before - len(self._jobs)
+
+    # ------------------------------------------------------------ timing
+
+    def timeout_for(self, dev, function, count):
+        """Reply timeout: adaptive latency bound plus the wire time of the expected reply."""
+        if dev is None:
+            rto = self.timeout_ms
+        else:
+            rto = (dev.srtt // 8 + dev.rttvar) * dev.boost
+            hi = 2 * max(self.timeout_ms, dev.timeout_hint)
+            rto = min(hi, max(self.min_timeout_ms, rto))
+        wire = frame_time_us(modbus.response_length(function, count if function != 5 else 1),
+                             self.char_us) // 1000
+        return rto + wire + 1
+
+    def _observe_latency(self, dev, elapsed_ms, txn):
+        wire_us = (frame_time_us(8, self.char_us) + frame_time_us(txn.response_len(), self.char_us))
+        lat = elapsed_ms - wire_us // 1000
+        if lat < 0:
+            lat = 0
+        dev.last_latency_ms = lat
+        err = lat - dev.srtt // 8
+        dev.srtt += err
+        if err < 0:
+            err = -err
+        dev.rttvar += err - dev.rttvar // 4
+
+    # ------------------------------------------------------------ choosing
+
+    def next_txn(self, now_ms):
+        """The next transaction to perform, or None when nothing is due now."""
+        if self.busy:
+            return None
+        job = self._pick_job(now_ms)
+        if job is not None:
+            return self._start_job(job, now_ms)
+        dev = self._pick_device(now_ms)
+        if dev is not None:
+            return self._poll_txn(dev, now_ms)
+        return None
+
+    def _polls_due(self, now_ms):
+        if self._current is not None:
+            return True
+        return any(d.next_poll <= now_ms and d.backoff_until <= now_ms for d in self.devices)
+
+    def _pick_job(self, now_ms):
+        if not self._jobs:
+            return None
+        due = self._polls_due(now_ms)
+        best = None
+        for job in self._jobs:
+            if best is None or job.prio < best.prio:
+                best = job
+        if best.prio == PRIO_BACKGROUND and due:
+            return None
+        if due and self._polls_since_job < 1:
+            return None
+        self._jobs.remove(best)
+        return best
+
+    def _pick_device(self, now_ms):
+        dev = self._current
+        if dev is not None:
+            return dev if dev.ready_at <= now_ms else None
+        n = len(self.devices)
+        for i in range(n):
+            cand = self.devices[(self._rr + i) % n]
+            if cand.next_poll <= now_ms and cand.backoff_until <= now_ms and cand.ready_at <= now_ms:
+                self._rr = (self._rr + i + 1) % n
+                cand.cycle = [now_ms, [None] * len(cand.plan.reads), []]
+                self._current = cand
+                return cand
+        return None
+
+    def _poll_txn(self, dev, now_ms):
+        attempt = 0
+        if dev.retry is not None:
+            idx, attempt, dev.retry = dev.retry, 1, None
+        else:
+            idx = self._next_read(dev)
+        fc, start, count = dev.plan.reads[idx]
+        txn = Txn("poll", dev.key, dev.address, fc, start, count, self.timeout_for(dev, fc, count))
+        txn.read_index = idx
+        txn.attempt = attempt
+        self.busy = True
+        self._polls_since_job += 1
+        return txn
+
+    def _next_read(self, dev):
+        blocks = dev.cycle[1]
+        for i in range(len(blocks)):
+            if blocks[i] is None and i not in dev.cycle[2]:
+                return i
+        return 0
+
+    def _start_job(self, job, now_ms):
+        dev = None
+        for d in self.devices:
+            if d.address == job.address:
+                dev = d
+        txn = Txn("job", None, job.address, job.function, job.register, job.count,
+                  self.timeout_for(dev, job.function, job.count), job.value)
+        txn.job = job
+        self.busy = True
+        self._polls_since_job = 0
+        return txn
+
+    def wake_in_ms(self, now_ms):
+        """Milliseconds until something may be due (0: call next_txn now)."""
+        if self._jobs and (not self._polls_due(now_ms) or self._polls_since_job >= 1):
+            return 0
+        if self._current is not None:
+            return max(0, self._current.ready_at - now_ms)
+        soonest = None
+        for dev in self.devices:
+            t = max(dev.next_poll, dev.backoff_until, dev.ready_at)
+            if soonest is None or t < soonest:
+                soonest = t
+        if soonest is None:
+            return 1000
+        return max(0, soonest - now_ms)
+
+    # ------------------------------------------------------------ outcomes
+
+    def complete(self, txn, now_ms, code, payload, elapsed_ms):
+        """Record the outcome of `txn`; return a list of finished results.
+
+        code is a pilecore.modbus result code (OK, E_TIMEOUT, E_CRC, E_EXCEPTION, ...); payload
+        the registers (OK) or the exception code (E_EXCEPTION).  Results are tuples:
+          ("poll", device_key, {"t_ms", "blocks", "codes", "ok"})  when a poll cycle ends
+          ("job", job, code, payload)                              for a one-off job
+          ("shrunk", device_key, read_index)                       a plan fell back (info)
+          ("unsupported", device_key, [(value, phase)])            values the meter refuses
+        """
+        self.busy = False
+        self._count(code, elapsed_ms)
+        if txn.kind == "job":
+            dev = None
+            for d in self.devices:
+                if d.address == txn.address:
+                    dev = d
+            if dev is not None:
+                dev.ready_at = now_ms + dev.min_gap_ms
+            return [("job", txn.job, code, payload)]
+        dev = self._by_key[txn.key]
+        dev.requests += 1
+        dev.ready_at = now_ms + dev.min_gap_ms
+        out = []
+        if code == modbus.OK:
+            dev.replies += 1
+            dev.boost = 1
+            self._observe_latency(dev, elapsed_ms, txn)
+            dev.cycle[1][txn.read_index] = payload
+        elif code == modbus.E_EXCEPTION:
+            dev.replies += 1
+            self._observe_latency(dev, elapsed_ms, txn)
+            before = list(dev.plan.unsupported)
+            if dev.plan.shrink(txn.read_index, payload):
+                dev.cycle[1] = [None] * len(dev.plan.reads)
+                dev.cycle[2] = []
+                out.append(("shrunk", dev.key, txn.read_index))
+                return out
+            new = [u for u in dev.plan.unsupported if u not in before]
+            if new:
+                out.append(("unsupported", dev.key, new))
+                dev.cycle[1] = [None] * len(dev.plan.reads)
+                dev.cycle[2] = []
+                if not dev.plan.reads:
+                    return out + [self._end_cycle(dev, now_ms, False)]
+                return out
+            dev.cycle[2].append(txn.read_index)
+            dev.errors += 1
+        else:
+            if code == modbus.E_TIMEOUT:
+                dev.timeouts += 1
+                # The reply may just be slower than the estimate: wait longer next time.
+                if dev.boost < 8:
+                    dev.boost *= 2
+            else:
+                dev.errors += 1
+            if txn.attempt == 0:
+                dev.retry = txn.read_index      # one retry: noise or a slow reply, not yet dead
+                return out
+            out.append(self._end_cycle(dev, now_ms, False, code))
+            return out
+        blocks, failed = dev.cycle[1], dev.cycle[2]
+        if all(blocks[i] is not None or i in failed for i in range(len(blocks))):
+            out.append(self._end_cycle(dev, now_ms, True))
+        return out
+
+    def _end_cycle(self, dev, now_ms, ok, code=None):
+        """Finish dev's cycle: a result with whatever was read; backoff on failure."""
+        started, blocks, failed = dev.cycle
+        dev.cycle = None
+        self._current = None
+        if ok:
+            dev.failures = 0
+            dev.backoff_until = 0
+            dev.next_poll = max(dev.next_poll + dev.poll_ms, now_ms - dev.poll_ms)
+            if dev.next_poll < started:
+                dev.next_poll = started + dev.poll_ms
+        else:
+            dev.failures += 1
+            backoff = dev.poll_ms << min(dev.failures - 1, 16)
+            if backoff > self.max_backoff_ms:
+                backoff = self.max_backoff_ms
+            dev.backoff_until = now_ms + backoff
+            dev.next_poll = dev.backoff_until
+        return ("poll", dev.key, {"t_ms": started, "blocks": blocks, "failed": failed,
+                                  "ok": ok, "code": code})
+
+    def _count(self, code, elapsed_ms):
+        s = self.stats
+        s["requests"] += 1
+        s["busy_us"] += elapsed_ms * 1000
+        if code == modbus.OK:
+            s["replies"] += 1
+        elif code == modbus.E_TIMEOUT:
+            s["timeouts"] += 1
+        elif code == modbus.E_CRC:
+            s["crc_errors"] += 1
+        elif code == modbus.E_EXCEPTION:
+            s["replies"] += 1
+            s["exceptions"] += 1
+        else:
+            s["other_errors"] += 1
+
+    def snapshot(self):
+        """Per-bus and per-device statistics (plain dicts, for console and telemetry)."""
+        st = dict(self.stats)
+        st["busy_ms"] = st.pop("busy_us") // 1000
+        st["devices"] = dict([(d.key, d.stats()) for d in self.devices])
+        st["queued_jobs"] = len(self._jobs)
+        return st

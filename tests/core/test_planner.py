@@ -1,0 +1,139 @@
+"""Read planner: merging, learned fallback, decoding with range checks (both interpreters)."""
+
+from pilecore import planner
+
+
+def one_phase():
+    return {
+        "id": "t1", "kind": "meter", "phases": 1, "function": 4, "byte_order": "big",
+        "word_order": "big", "max_block": 40, "min_gap_ms": 10, "response_ms": 50,
+        "timeout_ms": 500,
+        "values": {
+            "voltage": {"register": [0x00], "type": "f32", "scale": 1.0, "unit": "V", "min": 0, "max": 300},
+            "current": {"register": [0x06], "type": "f32", "scale": 1.0, "unit": "A", "min": 0, "max": 100},
+            "power": {"register": 0x0C, "type": "f32", "scale": 1.0, "unit": "W", "min": -20000, "max": 20000},
+            "frequency": {"register": 0x46, "type": "f32", "scale": 1.0, "unit": "Hz", "min": 45, "max": 65},
+            "energy_import": {"register": 0x48, "type": "f32", "scale": 1.0, "unit": "kWh", "min": 0,
+                              "max": 9999999},
+        },
+    }
+
+
+def three_phase():
+    return {
+        "id": "t3", "kind": "meter", "phases": 3, "function": 3, "byte_order": "big",
+        "word_order": "big", "max_block": 125, "min_gap_ms": 10, "response_ms": 50,
+        "timeout_ms": 500,
+        "values": {
+            "voltage": {"register": [0x2006, 0x2008, 0x200A], "type": "f32", "scale": 0.1,
+                        "unit": "V", "min": 0, "max": 300},
+            "current": {"register": [0x200C, 0x200E, 0x2010], "type": "f32", "scale": 0.001,
+                        "unit": "A", "min": 0, "max": 100},
+            "power": {"register": 0x2012, "type": "f32", "scale": 0.1, "unit": "W", "min": -70000,
+                      "max": 70000},
+            "energy_import": {"register": 0x101E, "type": "f32", "scale": 1.0, "unit": "kWh",
+                              "min": 0, "max": 9999999},
+        },
+    }
+
+
+def f32(x):
+    import struct
+    b = struct.pack(">f", x)
+    return [(b[0] << 8) | b[1], (b[2] << 8) | b[3]]
+
+
+def block(start, count, values):
+    regs = [0] * count
+    for reg, words in values:
+        regs[reg - start:reg - start + len(words)] = words
+    return regs
+
+
+def test_without_gap_bridging_each_cluster_is_a_read():
+    plan = planner.MeterPlan(one_phase(), gap=0)
+    assert plan.reads == [[4, 0x00, 2], [4, 0x06, 2], [4, 0x0C, 2], [4, 0x46, 4]]
+
+
+def test_gap_bridging_merges_within_block_limit():
+    plan = planner.MeterPlan(one_phase(), gap=10)
+    assert plan.reads == [[4, 0x00, 14], [4, 0x46, 4]]
+    plan = planner.MeterPlan(one_phase(), gap=100)
+    # 0x00..0x4A is 74 registers: over the 40-register block limit, so two reads remain
+    assert len(plan.reads) == 2 and all(r[2] <= 40 for r in plan.reads)
+
+
+def test_functions_are_never_merged():
+    prof = one_phase()
+    prof["values"]["energy_import"]["function"] = 3
+    plan = planner.MeterPlan(prof, gap=125)
+    fcs = sorted(set(r[0] for r in plan.reads))
+    assert fcs == [3, 4]
+
+
+def test_minimal_transactions():
+    assert planner.minimal_transactions(one_phase()) == 2
+    assert planner.minimal_transactions(three_phase()) == 2
+
+
+def test_useful_gap_grows_with_latency():
+    assert planner.useful_gap(1146, 0) == 10
+    assert planner.useful_gap(1146, 50) > 30
+
+
+def test_exception_first_stops_gap_bridging_then_halves_the_block():
+    plan = planner.MeterPlan(one_phase(), gap=10)
+    assert plan.shrink(0, 2) is True
+    assert plan.gap == 0
+    assert plan.reads[0] == [4, 0x00, 2]
+    # busy or device failure never shrink anything
+    assert plan.shrink(0, 6) is False and plan.gap == 0
+
+
+def test_block_limit_is_learned_down_to_the_widest_value():
+    prof = one_phase()
+    prof["values"] = {
+        "energy_import": {"register": 0, "type": "u32", "scale": 0.01, "unit": "kWh", "min": 0, "max": 1e9},
+        "power": {"register": 2, "type": "s32", "scale": 1.0, "unit": "W", "min": -1e5, "max": 1e5},
+        "frequency": {"register": 4, "type": "u16", "scale": 0.01, "unit": "Hz", "min": 45, "max": 65},
+    }
+    plan = planner.MeterPlan(prof, gap=0)
+    assert plan.reads == [[4, 0, 5]]
+    assert plan.shrink(0, 3) is True and plan.limit == 2
+    assert plan.reads == [[4, 0, 2], [4, 2, 2], [4, 4, 1]]
+    # a single value still refused becomes unsupported; the others keep being read
+    assert plan.shrink(2, 2) is False
+    assert ("frequency", 0) in plan.unsupported
+    assert plan.reads == [[4, 0, 2], [4, 2, 2]]
+
+
+def test_decode_three_phase_with_scales():
+    plan = planner.MeterPlan(three_phase(), gap=20)
+    blocks = []
+    for fc, start, count in plan.reads:
+        vals = [(0x2006, f32(2301.0)), (0x2008, f32(2299.0)), (0x200A, f32(2310.0)),
+                (0x200C, f32(16000.0)), (0x200E, f32(15500.0)), (0x2010, f32(0.0)),
+                (0x2012, f32(73000.0)), (0x101E, f32(1234.5))]
+        blocks.append(block(start, count, [v for v in vals if start <= v[0] < start + count]))
+    reading, faults = plan.decode(blocks)
+    assert faults == []
+    assert reading["energy_wh"] == 1234500
+    assert [round(v, 1) for v in reading["voltage_v"]] == [230.1, 229.9, 231.0]
+    assert [round(v, 3) for v in reading["current_a"]] == [16.0, 15.5, 0.0]
+    assert round(reading["power_w"], 1) == 7300.0
+
+
+def test_out_of_range_and_nan_are_faults_not_readings():
+    plan = planner.MeterPlan(one_phase(), gap=0)
+    blocks = [f32(500.0), f32(10.0), [0x7FC0, 0], block(0x46, 4, [(0x46, f32(50.0)), (0x48, f32(5.0))])]
+    reading, faults = plan.decode(blocks)
+    names = [f[0] for f in faults]
+    assert "voltage" in names and "power" in names
+    assert "voltage_v" not in reading and "power_w" not in reading
+    assert reading["energy_wh"] == 5000 and reading["current_a"] == [10.0]
+
+
+def test_failed_read_leaves_values_absent():
+    plan = planner.MeterPlan(one_phase(), gap=0)
+    reading, faults = plan.decode([None, None, None, block(0x46, 4, [(0x46, f32(50.0)), (0x48, f32(1.0))])])
+    assert faults == [] and sorted(reading) == ["energy_wh", "frequency_hz"]
