@@ -121,7 +121,9 @@ class PileGuard:
                         reasons=list(self.reasons))
 
     def identity_due(self, now):
-        return now >= self.identity_due_at
+        # A meter without a serial register is identified by answering at its address: its
+        # readings verify it (on_reading), there is nothing else to read.
+        return self.has_serial and now >= self.identity_due_at
 
     def on_identity(self, now, ident, error=None):
         """Result of an identity read: the identity string, or None with an error text."""
@@ -176,6 +178,8 @@ class PileGuard:
             self.identity_due_at = now         # after every reconnect: is it the same meter?
             self._set(out, now, "unverified", True)
             self._set(out, now, "offline", False)
+        if not self.has_serial and ("unverified" in self.reasons or "energy_backwards" in self.reasons):
+            out += self.on_identity(now, "")
         return out, True
 
     def tick(self, now):

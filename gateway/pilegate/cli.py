@@ -69,6 +69,63 @@ def _cmd_read(args: argparse.Namespace) -> int:
     return 1 if any(r["error"] for r in rows) else 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from pilegate.keys import KeyFileError
+    from pilegate.runtime import Gateway
+
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    site = _load(args.site)
+    if site is None:
+        return 2
+
+    async def main() -> int:
+        # pymodbus's asyncio clients must be created inside the running loop
+        try:
+            gw = Gateway(site, data_dir=args.data_dir, poll_s=args.poll, interval_s=args.interval)
+        except (KeyFileError, OSError) as exc:
+            print(f"pilegate run: {exc}", file=sys.stderr)
+            return 2
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await gw.run(stop)
+
+    return asyncio.run(main())
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from pilegate import keys
+
+    site = _load(args.site)
+    if site is None:
+        return 2
+    data_dir = args.data_dir or Path(site.config["gateway"]["data_dir"])
+    try:
+        key, created = keys.load_or_create(data_dir)
+    except (keys.KeyFileError, OSError) as exc:
+        print(f"pilegate keys: {exc}", file=sys.stderr)
+        return 2
+    gw = site.config["gateway"]["id"]
+    if args.register:
+        print(f'[[key]]\ngateway = "{gw}"\nkid = "{key.kid}"\npem = """\n{key.public_pem}"""')
+    else:
+        print(f"gateway {gw}\nkid {key.kid}{'  (key generated now)' if created else ''}")
+        print(key.public_pem, end="")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from piletools import verify
+
+    return verify.main(args)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(
         prog="pilegate",
@@ -99,6 +156,46 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="give up on meters that have not answered after S seconds (default 30)")
     handlers["read"] = _cmd_read
+
+    p = sub.add_parser("run", help="run the gateway",
+                       description="Run the gateway: poll the meters, enforce one pile one meter, "
+                                   "publish signed telemetry. Stops cleanly on SIGINT/SIGTERM.")
+    p.add_argument("site", type=Path, help="the site configuration (TOML)")
+    p.add_argument("--data-dir", type=Path, help="override [gateway] data_dir (key, outbox, state)")
+    p.add_argument("--poll", type=int, metavar="S", help="override [metering] poll_s")
+    p.add_argument("--interval", type=int, metavar="S", help="override [telemetry] interval_s")
+    handlers["run"] = _cmd_run
+
+    p = sub.add_parser("keys", help="print the device public key and its kid",
+                       description="Print the gateway's public key (PEM) and kid for the platform's "
+                                   "key register, generating the key on first use. The private key "
+                                   "is never printed.")
+    p.add_argument("site", type=Path, help="the site configuration (TOML)")
+    p.add_argument("--data-dir", type=Path, help="override [gateway] data_dir")
+    p.add_argument("--register", action="store_true",
+                   help="print a [[key]] entry for a verifier key register file")
+    handlers["keys"] = _cmd_keys
+
+    p = sub.add_parser("verify", help="reference receiver: verify gateways' messages",
+                       description="Subscribe to gateways' topics, verify every signature against a "
+                                   "key register, apply the receiver rules of docs/telemetry.md and "
+                                   "print a live summary; --report prints the final account from a "
+                                   "store and exits 1 on any gap or failed check.")
+    p.add_argument("--broker", default="mqtts://localhost:8883", help="broker URL (mqtts:// or mqtt://)")
+    p.add_argument("--keys", type=Path, default=Path("keys.toml"), help="key register ([[key]] entries)")
+    p.add_argument("--prefix", default="pilegate/v1")
+    p.add_argument("--ca", help="CA file for the broker's certificate")
+    p.add_argument("--cert", help="client certificate")
+    p.add_argument("--key", help="client certificate key")
+    p.add_argument("--insecure", action="store_true", help="do not verify the broker certificate (lab)")
+    p.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription group")
+    p.add_argument("--store", help="SQLite file for accepted messages")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--every", type=float, default=5.0, help="summary interval in seconds")
+    p.add_argument("--from-first-seen", action="store_true",
+                   help="count gaps only from the first seq seen per gateway")
+    p.add_argument("--report", action="store_true", help="print the final account from --store and exit")
+    handlers["verify"] = _cmd_verify
 
     return parser, handlers
 

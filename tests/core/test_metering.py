@@ -93,10 +93,19 @@ def test_identity_is_rechecked_periodically():
     assert g.identity_due(1000 + 3600) == ["P1", "P2"]
 
 
-def test_meter_without_serial_binds_its_address():
+def test_meter_without_serial_is_verified_by_answering_at_its_address():
     g = metering.SiteGuard(cfg(serial_profile=False))
-    ev = g.identity(1000, "P1", "")
+    assert g.identity_due(1000) == []
+    assert g.interlocks() == {"P1": False}
+    ev, ok = g.reading(1000, "P1", {"energy_wh": 5})
+    assert types(ev) == ["meter.bound", "meter.verified", "pile.metered"]
     assert ev[0]["serial"] == "address:b/1"
+    assert g.interlocks() == {"P1": True}
+    # offline and back: verified again by its first reading
+    g.tick(1200)
+    assert g.interlocks() == {"P1": False}
+    ev, ok = g.reading(1300, "P1", {"energy_wh": 6})
+    assert types(ev) == ["meter.online", "meter.verified", "pile.metered"]
 
 
 def test_energy_backwards_is_an_event_and_unmeters_until_verified():

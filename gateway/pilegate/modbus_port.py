@@ -1,0 +1,144 @@
+"""The Pi's Modbus transport: pymodbus clients performing the core scheduler's transactions.
+
+One `BusPort` per configured bus: serial RTU (`/dev/...`), Modbus TCP (`tcp://host:port`) or
+RTU frames over TCP (`rtu+tcp://host:port`, RS-485-to-Ethernet converters).  pymodbus does
+the framing and I/O; this module sets each request's timeout from the scheduler (adaptive,
+per meter), turns pymodbus outcomes into the core's result codes, and taps the raw bytes so a
+damaged reply counts as a CRC error rather than a plain timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from pilecore import modbus
+from pilecore.scheduler import Txn
+
+log = logging.getLogger("pilegate.modbus")
+# pymodbus logs every missing reply at ERROR level; the scheduler accounts for them itself.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+class _Tap:
+    """Collects the raw bytes received during one transaction."""
+
+    def __init__(self) -> None:
+        self.rx = bytearray()
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+
+    def __call__(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            self.tx_bytes += len(data)
+        else:
+            # pymodbus hands over its whole receive buffer each time; keep the latest view.
+            self.rx = bytearray(data)
+            self.rx_bytes += len(data)
+        return data
+
+
+def parse_port(port: str) -> tuple[str, str, int]:
+    """("serial", device, 0) | ("tcp", host, port) | ("rtu+tcp", host, port)."""
+    for scheme in ("rtu+tcp", "tcp"):
+        prefix = scheme + "://"
+        if port.startswith(prefix):
+            host, _, num = port[len(prefix):].rpartition(":")
+            return scheme, host, int(num)
+    return "serial", port, 0
+
+
+class BusPort:
+    """Performs transactions on one bus; see the module docstring."""
+
+    def __init__(self, bus: dict[str, Any]):
+        self.name = bus["name"]
+        self.bus = bus
+        self.kind, self.host, self.port = parse_port(bus["port"])
+        self.tap = _Tap()
+        timeout = bus.get("timeout_ms", 500) / 1000
+        if self.kind == "serial":
+            self.client: Any = AsyncModbusSerialClient(
+                self.host, framer=FramerType.RTU, baudrate=bus.get("baud", 9600), bytesize=8,
+                parity=bus.get("parity", "N"), stopbits=bus.get("stopbits", 1), timeout=timeout,
+                retries=0, reconnect_delay=0.5, reconnect_delay_max=10, trace_packet=self.tap)
+        else:
+            framer = FramerType.RTU if self.kind == "rtu+tcp" else FramerType.SOCKET
+            self.client = AsyncModbusTcpClient(
+                self.host, port=self.port, framer=framer, timeout=timeout, retries=0,
+                reconnect_delay=0.5, reconnect_delay_max=10, trace_packet=self.tap)
+        self.connected = False
+
+    async def connect(self) -> bool:
+        """Open the port; False (and a log line) when it cannot be opened yet."""
+        try:
+            self.connected = bool(await self.client.connect())
+        except (OSError, ModbusException) as exc:
+            log.warning("bus %s: cannot open %s: %s", self.name, self.bus["port"], exc)
+            self.connected = False
+        return self.connected
+
+    def close(self) -> None:
+        self.client.close()
+        self.connected = False
+
+    async def perform(self, txn: Txn) -> tuple[int, Any, int]:
+        """Do one transaction; return (core result code, payload, elapsed ms)."""
+        if not self.connected and not await self.connect():
+            return modbus.E_TIMEOUT, None, 0
+        self.client.ctx.comm_params.timeout_connect = txn.timeout_ms / 1000
+        self.tap.rx = bytearray()
+        t0 = time.monotonic()
+        try:
+            result = await self._call(txn)
+        except ConnectionException:
+            self.connected = False
+            return modbus.E_TIMEOUT, None, self._ms(t0)
+        except (TimeoutError, ModbusException):
+            return self._classify_lost(txn), None, self._ms(t0)
+        elapsed = self._ms(t0)
+        if result.isError():
+            code = getattr(result, "exception_code", 0)
+            return (modbus.E_EXCEPTION, code, elapsed) if code else (modbus.E_FUNCTION, None, elapsed)
+        if txn.function in (3, 4):
+            regs = list(result.registers)
+            if len(regs) != txn.count:
+                return modbus.E_LENGTH, None, elapsed
+            return modbus.OK, regs, elapsed
+        if txn.function in (1, 2):
+            return modbus.OK, [1 if b else 0 for b in result.bits[: txn.count]], elapsed
+        return modbus.OK, None, elapsed
+
+    async def _call(self, txn: Txn) -> Any:
+        c, kw = self.client, {"device_id": txn.address}
+        if txn.function == 3:
+            return await c.read_holding_registers(txn.register, count=txn.count, **kw)
+        if txn.function == 4:
+            return await c.read_input_registers(txn.register, count=txn.count, **kw)
+        if txn.function == 1:
+            return await c.read_coils(txn.register, count=txn.count, **kw)
+        if txn.function == 2:
+            return await c.read_discrete_inputs(txn.register, count=txn.count, **kw)
+        if txn.function == 5:
+            return await c.write_coil(txn.register, bool(txn.value), **kw)
+        raise ValueError(f"unsupported Modbus function {txn.function}")
+
+    def _classify_lost(self, txn: Txn) -> int:
+        """No reply accepted by pymodbus: was something received that failed its CRC?"""
+        raw = bytes(self.tap.rx)
+        if self.kind == "tcp" or len(raw) < 4:
+            return modbus.E_TIMEOUT
+        if txn.function == 5:
+            code, _ = modbus.parse_write_coil_response(raw, txn.address, txn.register, txn.value)
+        else:
+            code, _ = modbus.parse_read_response(raw, txn.address, txn.function, txn.count)
+        return modbus.E_CRC if code == modbus.E_CRC else modbus.E_TIMEOUT
+
+    @staticmethod
+    def _ms(t0: float) -> int:
+        return int((time.monotonic() - t0) * 1000)

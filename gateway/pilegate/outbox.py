@@ -1,0 +1,186 @@
+"""The Pi's durable outbox and gateway state: one SQLite database (WAL, synchronous FULL).
+
+Every chained message is inserted, together with the new chain head, in one transaction before
+it is published; it is marked acked after its PUBACK and kept for `resend` until space is
+needed.  A kill -9 or power cut at any instant leaves the last committed transaction: nothing
+stored is lost and the chain head always matches the newest stored message.
+
+The API is the same as the ESP32's segment-file outbox (firmware/pilefw/outbox.py):
+put, pending, ack, get, depth, oldest, last, take_dropped, close; plus the chain head, the start
+epoch and a small key-value store for state that must survive restarts (meter bindings, bay
+states, command replay guard, OCMF pagination).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+NEVER_DROPPED = ("billing", "event", "birth", "ack")
+
+
+class OutboxFull(Exception):
+    """Only records that must never be dropped remain, and the new one does not fit."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS msg (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS msg_unacked ON msg (acked, seq);
+CREATE TABLE IF NOT EXISTS dropped (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, taken INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+
+
+def signing_input_hash(payload: bytes) -> str:
+    """SHA-256 hex of a JWS's signing input (the text before its second dot)."""
+    text = payload.decode() if isinstance(payload, bytes | bytearray) else payload
+    return hashlib.sha256(text.rsplit(".", 1)[0].encode()).hexdigest()
+
+
+class Outbox:
+    """See the module docstring.  Thread-safe (the MQTT thread acks, the main loop puts)."""
+
+    def __init__(self, path: Path | str, max_bytes: int = 64 * 1024 * 1024):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.RLock()
+        self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        self.path.chmod(0o600)
+        row = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM msg").fetchone()
+        self._bytes = int(row[0])
+
+    # ------------------------------------------------------------ messages
+
+    def put(self, seq: int, kind: str, topic: str, payload: bytes,
+            chain_head: tuple[int, str] | None = None) -> bool:
+        """Store a message (and the chain head it creates) durably; False if refused.
+
+        Telemetry that cannot fit even after thinning is refused (False); a message that must
+        never be dropped raises OutboxFull instead.
+        """
+        size = len(payload) + len(topic) + 32
+        with self._lock:
+            last = self.db.execute("SELECT MAX(seq) FROM msg").fetchone()[0]
+            if last is not None and seq <= last:
+                raise ValueError(f"seq {seq} is not above the newest stored seq {last}")
+            if not self._make_room(size, kind):
+                return False
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("INSERT INTO msg (seq, kind, topic, payload, size) VALUES (?,?,?,?,?)",
+                                (seq, kind, topic, bytes(payload), size))
+                if chain_head is not None:
+                    self._kv_put("chain", {"seq": chain_head[0], "head": chain_head[1]})
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self._bytes += size
+            return True
+
+    def _make_room(self, size: int, kind: str) -> bool:
+        """Free space: acked records first, then unacked telemetry, oldest first."""
+        while self._bytes + size > self.max_bytes:
+            row = self.db.execute("SELECT seq, size FROM msg WHERE acked = 1 ORDER BY seq LIMIT 1").fetchone()
+            if row is not None:
+                self.db.execute("DELETE FROM msg WHERE seq = ?", (row[0],))
+                self._bytes -= row[1]
+                continue
+            row = self.db.execute("SELECT seq, size, payload FROM msg WHERE kind = 'telemetry' "
+                                  "ORDER BY seq LIMIT 1").fetchone()
+            if row is not None:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("INSERT OR REPLACE INTO dropped (seq, hash) VALUES (?, ?)",
+                                (row[0], signing_input_hash(row[2])))
+                self.db.execute("DELETE FROM msg WHERE seq = ?", (row[0],))
+                self.db.execute("COMMIT")
+                self._bytes -= row[1]
+                continue
+            if kind == "telemetry":
+                return False
+            raise OutboxFull(f"outbox full ({self._bytes} of {self.max_bytes} bytes) with records "
+                             "that must not be dropped; the platform has not acknowledged them")
+        return True
+
+    def pending(self, limit: int = 16, after: int = 0) -> list[tuple[int, str, str, bytes]]:
+        """Oldest-first unacked messages (seq > after)."""
+        with self._lock:
+            rows = self.db.execute("SELECT seq, kind, topic, payload FROM msg WHERE acked = 0 AND seq > ? "
+                                   "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    def ack(self, seq: int) -> None:
+        with self._lock:
+            self.db.execute("UPDATE msg SET acked = 1 WHERE seq = ?", (seq,))
+
+    def get(self, seq: int) -> tuple[int, str, str, bytes] | None:
+        with self._lock:
+            r = self.db.execute("SELECT seq, kind, topic, payload FROM msg WHERE seq = ?", (seq,)).fetchone()
+        return None if r is None else (r[0], r[1], r[2], bytes(r[3]))
+
+    def depth(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM msg WHERE acked = 0").fetchone()[0])
+
+    def oldest(self) -> int | None:
+        with self._lock:
+            return self.db.execute("SELECT MIN(seq) FROM msg WHERE acked = 0").fetchone()[0]
+
+    def last(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            r = self.db.execute("SELECT seq, payload FROM msg ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if r is None else (r[0], bytes(r[1]))
+
+    def take_dropped(self) -> list[tuple[int, str]]:
+        """Telemetry dropped by thinning and not yet reported (reported ones are remembered)."""
+        with self._lock:
+            rows = self.db.execute("SELECT seq, hash FROM dropped WHERE taken = 0 ORDER BY seq").fetchall()
+            self.db.execute("UPDATE dropped SET taken = 1 WHERE taken = 0")
+        return [(r[0], r[1]) for r in rows]
+
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    # ------------------------------------------------------------ chain, epoch, state
+
+    def chain(self) -> tuple[int, str] | None:
+        c = self.kv_get("chain")
+        return None if c is None else (c["seq"], c["head"])
+
+    def next_epoch(self) -> int:
+        """Increment and return the start counter (durably, before any message is signed)."""
+        with self._lock:
+            epoch = int(self.kv_get("epoch") or 0) + 1
+            self.kv_put("epoch", epoch)
+            return epoch
+
+    def kv_get(self, key: str) -> Any:
+        with self._lock:
+            r = self.db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        return None if r is None else json.loads(r[0])
+
+    def kv_put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._kv_put(key, value)
+
+    def _kv_put(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()

@@ -1,0 +1,292 @@
+"""`pilegate run`: the Raspberry Pi gateway, wiring the core to real I/O.
+
+Metering (pymodbus through the core scheduler and guard), the signed chain (core envelope with
+the device key), the durable outbox (SQLite), the MQTT link (paho) and downlink commands.  All
+decisions are the core's; this module schedules them and persists what must survive:
+the chain head with every message, meter bindings and the command replay guard whenever they
+change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pilecore import commands, envelope
+from pilecore.envelope import Chain
+from pilegate import VERSION, keys
+from pilegate.metering_service import MAIN, Metering
+from pilegate.mqtt_link import MqttLink
+from pilegate.outbox import Outbox, OutboxFull, signing_input_hash
+from pilegate.siteconfig import Site
+
+log = logging.getLogger("pilegate")
+EXIT_REBOOT = 75          # systemd's Restart=on-failure brings the process back
+
+
+def ntp_synchronised() -> bool:
+    """True when the kernel says the clock is synchronised (adjtimex returns TIME_OK etc.)."""
+    if Path("/run/systemd/timesync/synchronized").exists():
+        return True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(512)          # struct timex, modes = 0: read only
+        return libc.adjtimex(buf) not in (-1, 5)        # 5 = TIME_ERROR: not synchronised
+    except (OSError, AttributeError):
+        return False
+
+
+class Gateway:
+    """One gateway process; see the module docstring."""
+
+    def __init__(self, site: Site, data_dir: Path | None = None, poll_s: int | None = None,
+                 interval_s: int | None = None, wall=time.time):
+        self.site = site
+        cfg = site.config
+        self.cfg = cfg
+        self.gw = cfg["gateway"]["id"]
+        self.site_id = cfg["gateway"]["site"]
+        self.data_dir = Path(data_dir or cfg["gateway"]["data_dir"])
+        self.key, created = keys.load_or_create(self.data_dir)
+        if created:
+            log.info("generated a new device key (kid %s)", self.key.kid)
+        tele = cfg.get("telemetry", {})
+        self.outbox = Outbox(self.data_dir / "outbox.db", tele.get("outbox_mb", 64) * 1024 * 1024)
+        self.epoch = self.outbox.next_epoch()
+        seq, head = self._recover_chain()
+        self.chain = Chain(self.gw, self.site_id, self.key.kid, self.key.sign_raw, self.epoch, seq, head)
+        self._wall = wall
+        self.clock_offset = 0
+        self.tsync_source: str | None = None
+        self.interval_s = interval_s or self.outbox.kv_get("interval_s") or tele.get("interval_s", 30)
+        self.replay = commands.ReplayGuard(self.outbox.kv_get("replay"))
+        sign = cfg.get("signing", {})
+        self.platform_pub = keys.load_public_pem(sign["platform_key"]) if sign.get("platform_key") else None
+        self.max_cmd_age = sign.get("command_max_age_s", 300)
+        self.events: list[dict[str, Any]] = []
+        self.metering = Metering(cfg, state=self.outbox.kv_get("metering"), on_event=self.events.append,
+                                 wall=self.now, poll_s=poll_s)
+        self._saved_state: str | None = None
+        self.prefix = f"{cfg['mqtt'].get('prefix', 'pilegate/v1')}/{self.site_id}/{self.gw}"
+        self.link = MqttLink(cfg["mqtt"], cfg["mqtt"].get("client_id") or self.gw, self.prefix, self.outbox,
+                             will=lambda: self._state_msg("offline", "connection lost"),
+                             online=lambda: self._state_msg("online"),
+                             on_command=self._command_from_mqtt)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.exit_code = 0
+        self.started = time.monotonic()
+        self.last_telemetry_t = 0
+
+    # ------------------------------------------------------------ time
+
+    def now(self) -> int:
+        return int(self._wall()) + self.clock_offset
+
+    def tsync(self) -> str:
+        if self.tsync_source:
+            return self.tsync_source
+        return "ntp" if ntp_synchronised() else "none"
+
+    # ------------------------------------------------------------ chain and outbox
+
+    def _recover_chain(self) -> tuple[int, str]:
+        """The chain head is stored with every message; the newest message confirms it."""
+        stored = self.outbox.chain() or (0, envelope.ZERO_HASH)
+        last = self.outbox.last()
+        if last is not None and last[0] > stored[0]:
+            return last[0], signing_input_hash(last[1])
+        return stored
+
+    def seal(self, kind: str, data: dict[str, Any]) -> int | None:
+        """Sign, store durably, then publish: returns the seq, or None if refused."""
+        hist = not self.link.connected.is_set() or self.outbox.depth() > 0
+        prepared = self.chain.prepare(kind, data, self.now(), self.tsync(), hist=hist)
+        try:
+            stored = self.outbox.put(prepared.seq, kind, f"{self.prefix}/{kind}", prepared.jws.encode(),
+                                     chain_head=(prepared.seq, prepared.hash))
+        except OutboxFull as exc:
+            log.error("%s", exc)
+            return None
+        if not stored:
+            log.warning("outbox full: telemetry not stored")
+            return None
+        self.chain.commit(prepared)
+        self.link.kick()
+        return prepared.seq
+
+    def _state_msg(self, state: str, reason: str | None = None) -> str:
+        data: dict[str, Any] = {"state": state, "since": self.now()}
+        if reason:
+            data["reason"] = reason
+        return self.chain.unchained("state", data, self.now(), self.tsync())
+
+    # ------------------------------------------------------------ content
+
+    def birth(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "fw": VERSION, "platform": "rpi", "board": cfg["gateway"]["board"],
+            "config_hash": self.site.config_hash, "kid": self.key.kid, "pubkey": self.key.public_pem,
+            "interval_s": self.interval_s,
+            "piles": [{"pile": p["id"], "bus": p["meter"]["bus"], "address": p["meter"]["address"],
+                       "profile": p["meter"]["profile"], "serial": self.metering.guard.piles[p["id"]].bound,
+                       "interlock": p.get("interlock", "report")} for p in cfg["pile"]],
+            "bays": [{"bay": b["id"], "pile": b["pile"]} for b in cfg.get("bay", [])],
+        }
+
+    def telemetry(self) -> dict[str, Any]:
+        piles = []
+        for p in self.cfg["pile"]:
+            m = self.metering.meters[p["id"]]
+            st = self.metering.guard.status(p["id"])
+            item: dict[str, Any] = {"pile": p["id"], "serial": st["serial"], "metered": st["metered"]}
+            if not st["metered"]:
+                item["reasons"] = st["reasons"]
+            r = m.reading
+            if r is not None:
+                item.update({k: v for k, v in r.items() if k != "t"})
+                item["t"] = r["t"]
+                if r["t"] <= self.last_telemetry_t:
+                    item["stale"] = True
+            else:
+                item["stale"] = True
+            if m.error:
+                item["error"] = m.error
+            piles.append(item)
+        data: dict[str, Any] = {"interval_s": self.interval_s, "piles": piles}
+        main = self.metering.meters.get(MAIN)
+        if main is not None and main.reading is not None:
+            data["main"] = {k: v for k, v in main.reading.items()}
+        return data
+
+    # ------------------------------------------------------------ loops
+
+    async def _telemetry_loop(self, stop: asyncio.Event) -> None:
+        next_t = time.monotonic() + min(self.interval_s, 5)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_t - time.monotonic()))
+            if stop.is_set():
+                break
+            self.seal("telemetry", self.telemetry())
+            self.last_telemetry_t = self.now()
+            next_t += self.interval_s
+            if next_t < time.monotonic():
+                next_t = time.monotonic() + self.interval_s
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Every second: flush events, report thinned telemetry, persist changed state."""
+        while not stop.is_set():
+            self._flush_events()
+            self._save_state()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+        self._flush_events()
+        self._save_state()
+
+    def _flush_events(self) -> None:
+        dropped = self.outbox.take_dropped()
+        if dropped:
+            self.events.append({"type": "outbox.dropped", "t": self.now(),
+                                "dropped": [{"seq": s, "hash": h} for s, h in dropped]})
+        if self.events:
+            batch, self.events[:] = list(self.events), []
+            self.seal("event", {"events": batch})
+
+    def _save_state(self) -> None:
+        state = {"metering": self.metering.snapshot(), "replay": self.replay.snapshot()}
+        text = json.dumps(state, sort_keys=True)
+        if text != self._saved_state:
+            for k, v in state.items():
+                self.outbox.kv_put(k, v)
+            self._saved_state = text
+
+    async def run(self, stop: asyncio.Event) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.events.append({"type": "gateway.started", "t": self.now(), "epoch": self.epoch,
+                            "fw": VERSION, "config_hash": self.site.config_hash})
+        self.seal("birth", self.birth())
+        self.link.start()
+        tasks = [asyncio.create_task(self.metering.run(stop)),
+                 asyncio.create_task(self._telemetry_loop(stop)),
+                 asyncio.create_task(self._housekeeping(stop))]
+        await stop.wait()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._drain_before_exit(2.0)
+        self.link.stop(publish_offline=self._state_msg("offline", "stopped"))
+        self.outbox.close()
+        return self.exit_code
+
+    async def _drain_before_exit(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.link.connected.is_set() and self.outbox.depth() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------ commands
+
+    def _command_from_mqtt(self, payload: bytes) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.command, payload)
+
+    def command(self, payload: bytes) -> dict[str, Any]:
+        """Check and apply one command; always answer with a signed ack."""
+        try:
+            text = payload.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        cmd, why = commands.check(text, self.platform_pub, self.gw, self.now(), self.replay, self.max_cmd_age)
+        if cmd is None:
+            ack = {"cmd_id": _peek_id(text), "ok": False, "reason": why}
+            self.events.append({"type": "command.rejected", "t": self.now(), "reason": why})
+        else:
+            ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": True, "result": self._apply(cmd)}
+            self.outbox.kv_put("replay", self.replay.snapshot())
+        self.seal("ack", ack)
+        return ack
+
+    def _apply(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        name, args = cmd["cmd"], cmd["args"]
+        if name == "set_interval":
+            self.interval_s = args["interval_s"]
+            self.outbox.kv_put("interval_s", self.interval_s)
+            return {"interval_s": self.interval_s}
+        if name == "sync_time":
+            self.clock_offset = args["t"] - int(self._wall())
+            self.tsync_source = "platform"
+            return {"offset_s": self.clock_offset}
+        if name == "resend":
+            sent = missing = 0
+            for seq in range(args["from_seq"], args["to_seq"] + 1):
+                msg = self.outbox.get(seq)
+                if msg is None:
+                    missing += 1
+                    continue
+                self.link.client.publish(msg[2], msg[3], qos=1, retain=(msg[1] == "birth"))
+                sent += 1
+            return {"resent": sent, "not_stored": missing}
+        if name == "set_tariff":
+            self.outbox.kv_put("tariff", args["tariff"])
+            return {"tariff": args["tariff"].get("id")}
+        if name == "reboot":
+            self.exit_code = EXIT_REBOOT
+            if self.loop is not None:
+                self.loop.call_later(1.0, lambda: os.kill(os.getpid(), 15))
+            return {"rebooting_in_s": 1}
+        return {}
+
+
+def _peek_id(text: str) -> str | None:
+    """The id of a rejected command if it can be read (for the ack), else None."""
+    try:
+        body = json.loads(envelope.b64url_decode(text.split(".")[1]))
+        cid = body.get("id")
+        return cid if isinstance(cid, str) and len(cid) <= 64 else None
+    except (ValueError, IndexError, AttributeError):
+        return None
