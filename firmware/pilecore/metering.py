@@ -16,6 +16,8 @@ Events are dicts {"type", "pile", "t", ...}:
   meter.energy_backwards total energy decreased (reset or replaced meter); pile unmetered
   meter.energy_jump     energy rose faster than the pile can draw: reading rejected
   meter.fault           a value failed decoding or its sane range: not published
+  meter.comm_error      a poll failed (timeout, CRC error, exception) after good ones
+  meter.comm_restored   a poll succeeded again after failures
   meter.offline         no valid reading for offline_after_s; pile unmetered
   meter.online          readings again after offline (identity is re-checked)
   meter.wiring_swapped  the pile charges but its meter stays flat while another rises
@@ -95,6 +97,7 @@ class PileGuard:
         self.identity_due_at = 0
         self.last_power = None
         self.charging = None
+        self.comm_ok = True
 
     def snapshot(self):
         return {"bound": self.bound, "bound_by": self.bound_by, "last_wh": self.last_wh,
@@ -147,8 +150,21 @@ class PileGuard:
             self._set(out, now, reason, False)
         return out
 
+    def on_failure(self, now, reason):
+        """A poll cycle failed (after its retry): one event per streak of failures."""
+        out = []
+        if self.comm_ok:
+            self.comm_ok = False
+            self._event(out, now, "meter.comm_error", reason=reason)
+        if self.started is None:
+            self.started = now
+        return out
+
     def on_reading(self, now, reading, faults):
         out = []
+        if not self.comm_ok:
+            self.comm_ok = True
+            self._event(out, now, "meter.comm_restored")
         for name, why in faults:
             self._event(out, now, "meter.fault", value=name, reason=why)
         if self.started is None:
@@ -232,6 +248,9 @@ class SiteGuard:
     def reading(self, now, pile_id, reading, faults=()):
         events, accepted = self.piles[pile_id].on_reading(now, reading, faults)
         return events, accepted
+
+    def failure(self, now, pile_id, reason):
+        return self.piles[pile_id].on_failure(now, reason)
 
     def identity(self, now, pile_id, ident, error=None):
         return self.piles[pile_id].on_identity(now, ident, error)

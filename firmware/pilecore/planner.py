@@ -1,8 +1,12 @@
 """Read planner: the fewest Modbus transactions that fetch a meter's values, and their decoding.
 
 A `MeterPlan` turns "these values from this profile" into a list of reads
-`[function, start, count]` by merging nearby registers into one read, bounded by the meter's
-block limit and by a gap limit (registers read only to bridge two wanted ones).  When a meter
+`[function, start, count]` that costs the least bus time: registers of one function code are
+grouped into contiguous reads by an exact dynamic programme over the runs of wanted registers,
+where each read costs a request and a response frame, two 3.5-character silences and the
+meter's response latency, and each register read costs two bytes.  Groups are bounded by the
+meter's block limit and by a gap limit (the most registers a read may bridge between two
+wanted ones).  When a meter
 answers a merged read with an exception, `shrink()` learns a smaller gap or block limit for that
 meter and the plan is rebuilt, so it falls back without operator help.  `decode()` turns the
 answers into a reading plus faults: a value outside the profile's sane range, or one that does
@@ -28,26 +32,19 @@ READING_KEYS = {
 # Exceptions that say "this read is not acceptable as asked" (as opposed to busy/failure).
 SHRINK_CODES = (2, 3)
 MAX_BLOCK = 125   # Modbus limit for function 3/4
-
-
-def useful_gap(char_us, response_ms):
-    """Registers worth reading to avoid one more transaction.
-
-    A separate read costs a request frame (8 bytes), a response header and CRC (5 bytes), two
-    3.5-character silences and the meter's response latency; each bridged register costs two
-    bytes.  Bridging pays while its bytes take less time than that overhead.
-    """
-    overhead_chars = 8 + 5 + 7 + (response_ms * 1000) // max(1, char_us)
-    return int(overhead_chars // 2)
+FRAME_CHARS = 8 + 5 + 7   # request, response header and CRC, two 3.5-character silences
+CHAR_US_9600 = 1041       # 8N1 at 9600 baud
 
 
 class MeterPlan:
     """The reads for one meter and how to decode them; see the module docstring."""
 
-    def __init__(self, prof, names=None, gap=0, limit=None):
+    def __init__(self, prof, names=None, gap=MAX_BLOCK, limit=None, char_us=CHAR_US_9600):
         self.profile = prof
         self.limit = min(MAX_BLOCK, prof.get("max_block", MAX_BLOCK), limit or MAX_BLOCK)
         self.gap = gap
+        # a read's fixed cost in character times: frames, silences and the meter's latency
+        self.read_cost = FRAME_CHARS + (prof.get("response_ms", 50) * 1000) // max(1, char_us)
         self.fields = []
         for name in (names or _profile.value_names()):
             if name not in prof.get("values", {}):
@@ -65,26 +62,56 @@ class MeterPlan:
         self.replan()
 
     def replan(self):
-        """Rebuild reads and slots from the fields, the gap and the block limit."""
-        spans = []
+        """Rebuild reads and slots: the cheapest grouping within the gap and block limits."""
+        by_fc = {}
         for i, (name, phase, fc, reg, typ) in enumerate(self.fields):
             if (name, phase) in self.unsupported:
                 continue
-            spans.append((fc, reg, reg + modbus.TYPE_WIDTH[typ], i))
-        spans.sort()
+            by_fc.setdefault(fc, []).append((reg, reg + modbus.TYPE_WIDTH[typ], i))
         reads = []
         slots = [None] * len(self.fields)
-        cur = None
-        for fc, start, end, i in spans:
-            if (cur is not None and cur[0] == fc and start - (cur[1] + cur[2]) <= self.gap
-                    and max(end, cur[1] + cur[2]) - cur[1] <= self.limit):
-                cur[2] = max(end, cur[1] + cur[2]) - cur[1]
-            else:
-                cur = [fc, start, end - start]
-                reads.append(cur)
-            slots[i] = (len(reads) - 1, start - cur[1])
+        for fc in sorted(by_fc):
+            runs = _runs(sorted(by_fc[fc]))
+            for first, last in self._partition(runs):
+                start, end = runs[first][0], runs[last][1]
+                reads.append([fc, start, end - start])
+                for k in range(first, last + 1):
+                    for i in runs[k][2]:
+                        slots[i] = (len(reads) - 1, self.fields[i][3] - start)
         self.reads = reads
         self.slots = slots
+
+    def _partition(self, runs):
+        """Optimal split of sorted, disjoint register runs into reads: [(first, last)]."""
+        n = len(runs)
+        best = [0] * (n + 1)
+        cut = [0] * (n + 1)
+        for j in range(1, n + 1):
+            best[j] = -1
+            for i in range(j, 0, -1):
+                count = runs[j - 1][1] - runs[i - 1][0]
+                if count > self.limit:
+                    break
+                if i < j and runs[i][0] - runs[i - 1][1] > self.gap:
+                    break
+                cost = best[i - 1] + self.read_cost + 2 * count
+                if best[j] < 0 or cost < best[j]:
+                    best[j] = cost
+                    cut[j] = i
+            if best[j] < 0:                  # a single run wider than the limit: read it alone
+                best[j] = best[j - 1] + self.read_cost + 2 * (runs[j - 1][1] - runs[j - 1][0])
+                cut[j] = j
+        groups = []
+        j = n
+        while j > 0:
+            groups.append((cut[j] - 1, j - 1))
+            j = cut[j] - 1
+        groups.reverse()
+        return groups
+
+    def cost_chars(self):
+        """Bus time of one poll of this plan, in character times (the planner's cost model)."""
+        return sum(self.read_cost + 2 * r[2] for r in self.reads)
 
     def fields_of(self, read_index):
         return [i for i, s in enumerate(self.slots) if s is not None and s[0] == read_index]
@@ -166,6 +193,20 @@ class MeterPlan:
         if v < spec["min"] or v > spec["max"]:
             return None
         return v
+
+
+def _runs(spans):
+    """Merge sorted (start, end, field) spans into runs (start, end, [fields]); only spans that
+    share registers are merged, so a run never needs splitting to honour a block limit."""
+    runs = []
+    for start, end, i in spans:
+        if runs and start < runs[-1][1]:
+            if end > runs[-1][1]:
+                runs[-1][1] = end
+            runs[-1][2].append(i)
+        else:
+            runs.append([start, end, [i]])
+    return runs
 
 
 def minimal_transactions(prof, names=None):

@@ -7,8 +7,11 @@ asks `next_txn(now_ms)` for the next transaction, performs it, and reports the o
 count (ticks on the ESP32, time.monotonic() * 1000 on the Pi, a simulated clock in the HIL).
 
 Fairness and isolation:
-- devices are polled round-robin when due; one device's cycle is finished before the next
-  starts, so a reading is a consistent snapshot of one meter;
+- devices are polled round-robin when due; while a meter needs its quiet time between two
+  reads of one cycle (`min_gap_ms`), the bus serves another meter's cycle instead of idling
+  (open cycles are always continued first, oldest first, so on a real line, where one
+  transaction outlasts a meter's quiet time, about two cycles are open at once and a reading
+  stays a snapshot taken within a few transactions; `max_active` bounds it regardless);
 - a read that gets no valid reply is retried once (with a longer timeout after a timeout);
   a device that fails again is put in backoff (doubling up to `max_backoff_ms`) and probed with
   a single read when the backoff ends, so a dead meter costs one timeout per backoff period,
@@ -120,7 +123,7 @@ class BusScheduler:
     """See the module docstring."""
 
     def __init__(self, name, baud=9600, parity="N", stopbits=1, timeout_ms=500,
-                 max_backoff_ms=300000, min_timeout_ms=50):
+                 max_backoff_ms=300000, min_timeout_ms=50, max_active=32):
         self.name = name
         self.char_us = char_time_us(baud, parity, stopbits)
         self.timeout_ms = timeout_ms
@@ -129,7 +132,8 @@ class BusScheduler:
         self.devices = []
         self._by_key = {}
         self._rr = 0
-        self._current = None            # device whose cycle is in progress
+        self.max_active = max_active
+        self._active = []               # devices whose poll cycle is open, oldest first
         self._jobs = []
         self._next_job_id = 1
         self._polls_since_job = 1
@@ -206,7 +210,7 @@ class BusScheduler:
         return None
 
     def _polls_due(self, now_ms):
-        if self._current is not None:
+        if self._active:
             return True
         return any(d.next_poll <= now_ms and d.backoff_until <= now_ms for d in self.devices)
 
@@ -226,16 +230,19 @@ class BusScheduler:
         return best
 
     def _pick_device(self, now_ms):
-        dev = self._current
-        if dev is not None:
-            return dev if dev.ready_at <= now_ms else None
+        for dev in self._active:                 # finish open cycles first, oldest first
+            if dev.ready_at <= now_ms:
+                return dev
+        if len(self._active) >= self.max_active:
+            return None
         n = len(self.devices)
         for i in range(n):
             cand = self.devices[(self._rr + i) % n]
-            if cand.next_poll <= now_ms and cand.backoff_until <= now_ms and cand.ready_at <= now_ms:
+            if (cand.cycle is None and cand.next_poll <= now_ms and cand.backoff_until <= now_ms
+                    and cand.ready_at <= now_ms):
                 self._rr = (self._rr + i + 1) % n
                 cand.cycle = [now_ms, [None] * len(cand.plan.reads), []]
-                self._current = cand
+                self._active.append(cand)
                 return cand
         return None
 
@@ -276,10 +283,13 @@ class BusScheduler:
         """Milliseconds until something may be due (0: call next_txn now)."""
         if self._jobs and (not self._polls_due(now_ms) or self._polls_since_job >= 1):
             return 0
-        if self._current is not None:
-            return max(0, self._current.ready_at - now_ms)
         soonest = None
+        for dev in self._active:
+            if soonest is None or dev.ready_at < soonest:
+                soonest = dev.ready_at
         for dev in self.devices:
+            if dev.cycle is not None or len(self._active) >= self.max_active:
+                continue
             t = max(dev.next_poll, dev.backoff_until, dev.ready_at)
             if soonest is None or t < soonest:
                 soonest = t
@@ -298,6 +308,7 @@ class BusScheduler:
           ("job", job, code, payload)                              for a one-off job
           ("shrunk", device_key, read_index)                       a plan fell back (info)
           ("unsupported", device_key, [(value, phase)])            values the meter refuses
+          ("exception", device_key, [fc, start, count], code)      a read refused (busy, failure)
         """
         self.busy = False
         self._count(code, elapsed_ms)
@@ -337,6 +348,7 @@ class BusScheduler:
                 return out
             dev.cycle[2].append(txn.read_index)
             dev.errors += 1
+            out.append(("exception", dev.key, list(dev.plan.reads[txn.read_index]), payload))
         else:
             if code == modbus.E_TIMEOUT:
                 dev.timeouts += 1
@@ -359,7 +371,7 @@ class BusScheduler:
         """Finish dev's cycle: a result with whatever was read; backoff on failure."""
         started, blocks, failed = dev.cycle
         dev.cycle = None
-        self._current = None
+        self._active.remove(dev)
         if ok:
             dev.failures = 0
             dev.backoff_until = 0
@@ -368,6 +380,8 @@ class BusScheduler:
                 dev.next_poll = started + dev.poll_ms
         else:
             dev.failures += 1
+            if dev.failures >= 3:
+                dev.boost = 1          # a dead device: keep its probes cheap for the others
             backoff = dev.poll_ms << min(dev.failures - 1, 16)
             if backoff > self.max_backoff_ms:
                 backoff = self.max_backoff_ms

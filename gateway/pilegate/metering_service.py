@@ -53,12 +53,12 @@ class Metering:
     def __init__(self, cfg: dict[str, Any], state: dict[str, Any] | None = None,
                  on_event: EventSink | None = None, relays: Any = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 poll_s: int | None = None):
+                 poll_s: float | None = None):
         self.cfg = cfg
         self.clock, self.wall = clock, wall
         self.on_event = on_event or (lambda ev: None)
         self.relays = relays
-        self.poll_ms = 1000 * (poll_s or cfg.get("metering", {}).get("poll_s", 10))
+        self.poll_ms = int(1000 * (poll_s or cfg.get("metering", {}).get("poll_s", 10)))
         self.buses = {b["name"]: b for b in cfg["bus"]}
         self.ports = {name: BusPort(b) for name, b in self.buses.items()}
         self.scheds = {name: BusScheduler(name, b["baud"], b["parity"], b["stopbits"], b["timeout_ms"])
@@ -79,8 +79,7 @@ class Metering:
     def _add_meter(self, key: str, m: dict[str, Any], names: list[str] | None = None) -> None:
         prof = self.cfg["profiles"][m["profile"]]
         bus = self.buses[m["bus"]]
-        gap = planner.useful_gap(char_us(bus), prof.get("response_ms", 50))
-        plan = planner.MeterPlan(prof, names, gap=gap)
+        plan = planner.MeterPlan(prof, names, char_us=char_us(bus))
         self.meters[key] = Meter(key, m["bus"], m["address"], prof, plan)
         self.scheds[m["bus"]].add_device(key, m["address"], plan, self.poll_ms,
                                          response_ms=prof.get("response_ms", 100),
@@ -128,6 +127,10 @@ class Metering:
         elif kind == "shrunk":
             m = self.meters[result[1]]
             log.info("meter %s: block refused, plan is now %s", result[1], m.plan.reads)
+        elif kind == "exception":
+            _, key, read, code = result
+            self.emit([{"type": "meter.exception", "pile": key, "t": self.now_s(), "code": code,
+                        "reason": modbus.exception_name(code), "read": read}])
         elif kind == "unsupported":
             self.emit([{"type": "meter.fault", "pile": result[1], "t": self.now_s(),
                         "reason": "meter refuses values", "values": [list(v) for v in result[2]]}])
@@ -140,6 +143,8 @@ class Metering:
         if not res["ok"]:
             m.failures += 1
             m.error = modbus.RESULT_NAMES[res["code"]] if res["code"] is not None else "failed"
+            if key != MAIN:
+                self.emit(self.guard.failure(now, key, m.error))
             return
         reading, faults = m.plan.decode(res["blocks"])
         m.faults = faults

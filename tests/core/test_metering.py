@@ -213,3 +213,29 @@ def test_manual_override_wins():
     g = metering.SiteGuard(cfg())
     g.overrides["P1"] = True
     assert g.interlocks() == {"P1": True}
+
+
+def test_communication_errors_are_one_event_per_streak():
+    g = metering.SiteGuard(cfg())
+    start(g)
+    assert types(g.failure(1010, "P1", "timeout")) == ["meter.comm_error"]
+    assert g.failure(1020, "P1", "CRC error") == []
+    ev, ok = g.reading(1030, "P1", {"energy_wh": 100001})
+    assert types(ev) == ["meter.comm_restored"] and ok
+
+
+def test_wiring_flag_clears_when_the_pattern_stops():
+    g = metering.SiteGuard(cfg(serials=("111", "222")))
+    g.identity(1000, "P1", "111")
+    g.identity(1000, "P2", "222")
+    g.charging("P1", True)
+    g.charging("P2", False)
+    for t in range(1010, 1200, 10):
+        g.reading(t, "P1", {"energy_wh": 100000, "power_w": 0.0})
+        g.reading(t, "P2", {"energy_wh": 200000 + t, "power_w": 7000.0})
+        g.tick(t)
+    assert not g.piles["P1"].metered
+    g.charging("P1", False)
+    ev = g.tick(1300)
+    assert g.piles["P1"].metered and g.piles["P2"].metered
+    assert types(ev).count("pile.metered") == 2

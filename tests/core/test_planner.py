@@ -76,11 +76,6 @@ def test_minimal_transactions():
     assert planner.minimal_transactions(three_phase()) == 2
 
 
-def test_useful_gap_grows_with_latency():
-    assert planner.useful_gap(1146, 0) == 10
-    assert planner.useful_gap(1146, 50) > 30
-
-
 def test_exception_first_stops_gap_bridging_then_halves_the_block():
     plan = planner.MeterPlan(one_phase(), gap=10)
     assert plan.shrink(0, 2) is True
@@ -137,3 +132,52 @@ def test_failed_read_leaves_values_absent():
     plan = planner.MeterPlan(one_phase(), gap=0)
     reading, faults = plan.decode([None, None, None, block(0x46, 4, [(0x46, f32(50.0)), (0x48, f32(1.0))])])
     assert faults == [] and sorted(reading) == ["energy_wh", "frequency_hz"]
+
+
+def _brute_force_cost(plan, runs):
+    """The cheapest split of runs into contiguous reads, by trying every split."""
+    n = len(runs)
+    best = None
+    for mask in range(1 << (n - 1)):
+        cost, first, ok = 0, 0, True
+        for k in range(n):
+            if k == n - 1 or mask & (1 << k):
+                count = runs[k][1] - runs[first][0]
+                gaps = [runs[g + 1][0] - runs[g][1] for g in range(first, k)]
+                if count > plan.limit or (gaps and max(gaps) > plan.gap):
+                    ok = False
+                    break
+                cost += plan.read_cost + 2 * count
+                first = k + 1
+        if ok and (best is None or cost < best):
+            best = cost
+    return best
+
+
+def test_grouping_is_optimal_against_brute_force():
+    seed = 12345
+    for trial in range(40):
+        values = {}
+        reg = 0
+        for name in ("voltage", "current", "power", "frequency", "energy_import", "power_factor"):
+            seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
+            reg += 2 + seed % 30
+            spec = {"type": "f32", "scale": 1.0, "unit": "", "min": -1e9, "max": 1e9}
+            spec["register"] = [reg] if name in ("voltage", "current") else reg
+            values[name] = spec
+        seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
+        prof = {"id": "r", "phases": 1, "function": 4, "max_block": 20 + seed % 60,
+                "response_ms": (0, 5, 20, 60)[trial % 4], "values": values}
+        plan = planner.MeterPlan(prof, gap=(125, 10, 0)[trial % 3])
+        runs = sorted([(r, r + 2) for r in (s[3] for s in plan.fields)])
+        assert plan.cost_chars() == _brute_force_cost(plan, runs), trial
+
+
+def test_latency_decides_whether_a_gap_is_worth_bridging():
+    # bridging 0x0E..0x46 costs 112 character times; a separate read costs 20 plus the latency
+    prof = one_phase()
+    prof["max_block"] = 125
+    prof["response_ms"] = 0
+    assert planner.MeterPlan(prof).reads == [[4, 0x00, 14], [4, 0x46, 4]]
+    prof["response_ms"] = 100
+    assert planner.MeterPlan(prof).reads == [[4, 0x00, 0x4A]]

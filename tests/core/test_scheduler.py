@@ -62,7 +62,7 @@ class Bus:
 def site(n=3, poll_ms=10000, **kw):
     s = scheduler.BusScheduler("bus1", 9600, "N", 1, 500, **kw)
     for a in range(1, n + 1):
-        plan = planner.MeterPlan(prof(), gap=planner.useful_gap(s.char_us, 40))
+        plan = planner.MeterPlan(prof(), char_us=s.char_us)
         s.add_device("M%d" % a, a, plan, poll_ms, response_ms=40, min_gap_ms=5, timeout_ms=300)
     return s, Bus(s)
 
@@ -172,3 +172,16 @@ def test_statistics_count_every_outcome():
     assert st["replies"] == len([e for e in bus.log if e[6] == modbus.OK])
     assert st["busy_ms"] > 0
     assert st["devices"]["M2"]["timeouts"] >= 1
+
+
+def test_a_meters_quiet_time_is_used_for_other_meters():
+    s = scheduler.BusScheduler("bus1", 9600, "N", 1, 500)
+    for a in (1, 2):
+        plan = planner.MeterPlan(prof(), gap=0)          # several reads per cycle
+        s.add_device("M%d" % a, a, plan, 10000, response_ms=5, min_gap_ms=200, timeout_ms=300)
+    bus = Bus(s)
+    bus.behaviour = {1: ("ok", 5), 2: ("ok", 5)}
+    bus.run(5000)
+    first = [e[2] for e in bus.log[:4]]
+    assert first == [1, 2, 1, 2]                          # not 1, (idle 200 ms), 1, ...
+    assert len(bus.polls("M1")) == 1 and len(bus.polls("M2")) == 1

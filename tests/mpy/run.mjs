@@ -44,6 +44,7 @@ function copyTree(src, dst, filter) {
 const isPy = (n) => n.endsWith(".py");
 const isData = (n) => n.endsWith(".py") || n.endsWith(".json") || n.endsWith(".toml");
 copyTree(path.join(root, "firmware", "pilecore"), "/lib/pilecore", isPy);
+copyTree(path.join(root, "firmware", "pilefw"), "/lib/pilefw", isPy);
 copyTree(path.join(root, "tests", "core"), "/tests", isData);
 
 let files = process.argv.slice(2).map((f) => path.basename(f));

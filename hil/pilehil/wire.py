@@ -1,0 +1,306 @@
+"""The wire: one simulated RS-485 bus between a Modbus master and the meters on it.
+
+Every request the master sends passes through :meth:`Wire.transact` as a Modbus RTU frame
+(a Modbus TCP front end converts MBAP to RTU first, as a TCP-to-RS-485 gateway does). The wire
+
+* counts frames and bytes and accumulates the bus time they take (:class:`BusStats`),
+* drops what a real bus would leave unanswered (bad request CRC, broadcast, an address no
+  meter has, a meter with ``no_reply``, a cut cable),
+* hands the rest to the backend (the pymodbus server that decodes and answers),
+* applies byte-level faults to the reply (inverted CRC, late delivery),
+* optionally paces replies in real time (``realtime=True``).
+
+Timing model (per frame of ``n`` bytes, Modbus RTU, 8 data bits)::
+
+    bits_per_char = 1 start + 8 data + (1 if parity != "N") + stopbits
+    char_time     = bits_per_char / baud
+    frame_time(n) = n * char_time + 3.5 * char_time          # frame + inter-frame gap
+    transaction   = frame_time(request) + latency + frame_time(reply)
+
+where latency is the meter's ``latency_ms`` (its profile's ``response_ms`` unless overridden)
+plus any late-reply fault. A request with no reply adds only its own frame time: the master's
+timeout is the master's business. All times are exact fractions of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .meter import SimMeter
+
+MAX_RTU_FRAME = 256
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """Modbus CRC-16 (poly 0xA001 reflected, init 0xFFFF)."""
+    crc = 0xFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
+    return crc
+
+
+def add_crc(body: bytes) -> bytes:
+    """``body`` followed by its CRC, low byte first (as RTU sends it)."""
+    return body + crc16(body).to_bytes(2, "little")
+
+
+def crc_ok(frame: bytes) -> bool:
+    return len(frame) >= 4 and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little")
+
+
+def request_length(buf: bytes) -> int | None:
+    """Length of the RTU request at the start of ``buf``; None if more bytes are needed to
+    know; 0 for a function whose length is unknown here (found by CRC instead)."""
+    if len(buf) < 2:
+        return None
+    fc = buf[1]
+    if fc in (1, 2, 3, 4, 5, 6, 8):
+        return 8
+    if fc in (7, 11, 12, 17):
+        return 4
+    if fc in (15, 16):
+        return None if len(buf) < 7 else 9 + buf[6]
+    if fc == 23:
+        return None if len(buf) < 11 else 13 + buf[10]
+    return 0
+
+
+def reply_length(buf: bytes) -> int | None:
+    """Like :func:`request_length` for a reply (exception replies are 5 bytes)."""
+    if len(buf) < 2:
+        return None
+    fc = buf[1]
+    if fc & 0x80:
+        return 5
+    if fc in (1, 2, 3, 4, 12, 17, 23):
+        return None if len(buf) < 3 else 5 + buf[2]
+    if fc in (5, 6, 8, 11, 15, 16):
+        return 8
+    if fc == 7:
+        return 5
+    return 0
+
+
+class FrameSplitter:
+    """Cut an RTU byte stream into frames by their structure (ptys and TCP have no
+    inter-character timing to go by). Frames with a bad CRC are still returned: the wire
+    counts them. :meth:`flush` drops a partial frame after the caller saw silence."""
+
+    def __init__(self, replies: bool = False) -> None:
+        self._length = reply_length if replies else request_length
+        self._buf = b""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        frames = []
+        while self._buf:
+            n = self._length(self._buf)
+            if n == 0:
+                n = next((k for k in range(4, len(self._buf) + 1) if crc_ok(self._buf[:k])),
+                         None)
+            if n is None or n > len(self._buf):
+                if len(self._buf) > MAX_RTU_FRAME:
+                    self._buf = b""  # garbage that never became a frame
+                break
+            frames.append(self._buf[:n])
+            self._buf = self._buf[n:]
+        return frames
+
+    def flush(self) -> int:
+        """Discard a partial frame; returns how many bytes were dropped."""
+        n, self._buf = len(self._buf), b""
+        return n
+
+
+@dataclass(frozen=True)
+class LineTiming:
+    """Character timing of an RS-485 line (8 data bits)."""
+
+    baud: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+
+    def __post_init__(self) -> None:
+        if self.parity not in ("N", "E", "O"):
+            raise ValueError("parity must be N, E or O")
+        if self.stopbits not in (1, 2) or self.baud <= 0:
+            raise ValueError("stopbits must be 1 or 2 and baud > 0")
+
+    @property
+    def bits_per_char(self) -> int:
+        return 1 + 8 + (0 if self.parity == "N" else 1) + self.stopbits
+
+    @property
+    def char_time(self) -> Fraction:
+        return Fraction(self.bits_per_char, self.baud)
+
+    @property
+    def gap(self) -> Fraction:
+        """The 3.5-character silence that ends a frame."""
+        return self.char_time * Fraction(7, 2)
+
+    def frame_time(self, nbytes: int) -> Fraction:
+        """Bus time of a frame of ``nbytes`` including its trailing gap (seconds)."""
+        return nbytes * self.char_time + self.gap
+
+
+@dataclass
+class BusStats:
+    """Counters of one bus since start (or the last reset).
+
+    ``bytes`` and ``wire_time`` are those of the RS-485 line (RTU frames, also behind a Modbus
+    TCP front end); ``link_bytes`` are the bytes the master's own link carried (MBAP for
+    ``tcp``, the same as ``bytes`` for ``pty`` and ``rtu+tcp``)."""
+
+    requests: int = 0        # request frames put on the line by the master
+    replies: int = 0         # reply frames put on the line by meters
+    bytes: int = 0           # bytes of those frames
+    wire_time: Fraction = Fraction(0)  # seconds of bus time (see module doc)
+    unanswered: int = 0      # requests that got no reply frame
+    bad_requests: int = 0    # requests with a bad CRC (ignored by every meter)
+    exceptions: int = 0      # exception replies
+    corrupted: int = 0       # replies sent with a corrupted CRC
+    late: int = 0            # replies delayed by a late-reply fault
+    garbage_bytes: int = 0   # bytes dropped as partial frames or sent at wrong settings
+    line_errors: int = 0     # frames from a master whose pty is set to other line settings
+    link_bytes: int = 0      # bytes on the master's link, both directions
+
+    @property
+    def frames(self) -> int:
+        return self.requests + self.replies
+
+    @property
+    def wire_time_s(self) -> float:
+        return float(self.wire_time)
+
+    def as_dict(self) -> dict[str, int | float]:
+        d: dict[str, int | float] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["wire_time"] = self.wire_time_s
+        d["frames"] = self.frames
+        return d
+
+
+Exchange = Callable[[bytes], Awaitable[bytes | None]]
+
+
+def _ms(value: float) -> Fraction:
+    return Fraction(repr(float(value))) / 1000
+
+
+class Wire:
+    """One bus: meters by address, a backend that answers RTU requests, timing and faults.
+
+    ``exchange(request) -> reply | None`` is the backend (the pymodbus server); it is only
+    called for requests a meter on this bus would answer. Must be used from one event loop.
+    """
+
+    def __init__(self, name: str, timing: LineTiming, meters: Mapping[int, SimMeter],
+                 exchange: Exchange, realtime: bool = False) -> None:
+        self.name = name
+        self.timing = timing
+        self.meters = meters
+        self.exchange = exchange
+        self.realtime = realtime
+        self.cut = False
+        self._stats = BusStats()
+        self._stats_lock = threading.Lock()
+        self._bus_lock: asyncio.Lock | None = None
+        self._bus_free = 0.0  # loop time when the line is next idle (realtime pacing)
+
+    def attach_loop(self) -> None:
+        """Forget loop-bound state (call when serving from a new event loop)."""
+        self._bus_lock = None
+        self._bus_free = 0.0
+
+    def stats(self) -> BusStats:
+        """A consistent snapshot of the counters."""
+        with self._stats_lock:
+            return dataclasses.replace(self._stats)
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._stats = BusStats()
+
+    def count(self, **increments: int) -> None:
+        """Add to counters (used by front ends for link bytes and garbage)."""
+        with self._stats_lock:
+            for key, n in increments.items():
+                setattr(self._stats, key, getattr(self._stats, key) + n)
+
+    async def transact(self, request: bytes) -> bytes | None:
+        """Put ``request`` on the bus; returns the reply frame as the master would receive it
+        (possibly corrupted), or None when nothing answers. Transactions are serialised: the
+        bus is half-duplex."""
+        if self._bus_lock is None:
+            self._bus_lock = asyncio.Lock()
+        async with self._bus_lock:
+            return await self._transact(request)
+
+    async def _transact(self, request: bytes) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        start = max(loop.time(), self._bus_free)
+        t_request = self.timing.frame_time(len(request))
+        with self._stats_lock:
+            s = self._stats
+            s.requests += 1
+            s.bytes += len(request)
+            s.wire_time += t_request
+        meter, reply = await self._answer(request)
+        if meter is None or reply is None:
+            self.count(unanswered=1)
+            if self.realtime:
+                self._bus_free = start + float(t_request)
+                await asyncio.sleep(max(0.0, self._bus_free - loop.time()))
+            return None
+        extra = meter.faults.extra_delay_ms
+        if meter.faults.corrupt_crc:
+            reply = reply[:-2] + bytes(b ^ 0xFF for b in reply[-2:])
+        t_reply = _ms(meter.latency_ms + extra) + self.timing.frame_time(len(reply))
+        with self._stats_lock:
+            s = self._stats
+            s.replies += 1
+            s.bytes += len(reply)
+            s.wire_time += t_reply
+            s.exceptions += bool(reply[1] & 0x80)
+            s.corrupted += meter.faults.corrupt_crc
+            s.late += bool(extra)
+        if self.realtime:
+            # the reply's last byte arrives one gap before the line is free again
+            deliver_at = start + float(t_request + t_reply - self.timing.gap)
+            self._bus_free = deliver_at + float(self.timing.gap)
+            await asyncio.sleep(max(0.0, deliver_at - loop.time()))
+        elif extra:
+            await asyncio.sleep(extra / 1000)
+        return reply
+
+    async def _answer(self, request: bytes) -> tuple[SimMeter | None, bytes | None]:
+        if not crc_ok(request):
+            self.count(bad_requests=1)
+            return None, None
+        meter = self.meters.get(request[0])
+        if self.cut or meter is None or meter.faults.no_reply:
+            return None, None  # also broadcast (address 0): meters never answer it
+        return meter, await self.exchange(request)

@@ -1,0 +1,253 @@
+"""`pilegate bench` / `make bench`: figures as ratios against baselines measured in the same run.
+
+bus        a simulated 32-meter RS-485 bus at 9600 baud (the HIL meter simulator):
+           (a) bus time of one full poll cycle / the theoretical minimum for the values asked for
+           (b) bus time of one-read-per-value polling / the same minimum (and / the gateway's)
+           (c) gateway transactions per second / a bare pymodbus client loop doing the same reads
+telemetry  signing, publishing and draining against a private mosquitto (see bench_telemetry)
+
+Bus time is the simulator's model of the RS-485 line: every frame's characters and its
+3.5-character silence at the line's bits per character, plus each meter's response latency.
+The theoretical minimum is the least bus time any Modbus master can spend to fetch the same
+values from the same meters: reads must be contiguous register blocks within each meter's block
+limit, so it is found by trying every way of grouping each meter's wanted registers (exhaustive,
+independent of the gateway's planner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Any
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient
+
+from pilecore import planner
+from pilecore.modbus import TYPE_WIDTH
+from pilecore.scheduler import char_time_us
+from pilegate import siteconfig
+from pilegate.metering_service import Metering
+from pilehil import ConstantLoad, ManualClock, Site
+
+BAUD = 9600
+METERS = 32
+PROFILES = ["eastron-sdm120", "chint-ddsu666", "chint-dtsu666", "eastron-sdm630", "abb-b23", "acrel-adl400"]
+
+
+def _wanted(prof: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """(function, start, end) of every register range the values need."""
+    out = []
+    for name in planner.READING_KEYS:
+        if name in prof["values"]:
+            from pilecore import profile as _p
+            for fc, reg, typ in _p.value_registers(prof, name):
+                out.append((fc, reg, reg + TYPE_WIDTH[typ]))
+    return out
+
+
+def min_bus_time(prof: dict[str, Any], char_s: Fraction) -> Fraction:
+    """The least bus time to read every value of `prof`, by exhaustive search per function."""
+    latency = Fraction(prof.get("response_ms", 0), 1000)
+    limit = min(125, prof.get("max_block", 125))
+    total = Fraction(0)
+    by_fc: dict[int, list[tuple[int, int]]] = {}
+    for fc, start, end in _wanted(prof):
+        by_fc.setdefault(fc, []).append((start, end))
+    for spans in by_fc.values():
+        spans.sort()
+        runs: list[list[int]] = []
+        for s, e in spans:
+            if runs and s < runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], e)
+            else:
+                runs.append([s, e])
+        n = len(runs)
+        best = None
+        for mask in range(1 << (n - 1)):
+            cost, first, ok = Fraction(0), 0, True
+            for k in range(n):
+                if k == n - 1 or mask >> k & 1:
+                    count = runs[k][1] - runs[first][0]
+                    if count > limit:
+                        ok = False
+                        break
+                    # request (8 bytes + 3.5 silence) and response (5 + 2n bytes + 3.5 silence)
+                    chars = Fraction(23, 2) + Fraction(17, 2) + 2 * count
+                    cost += chars * char_s + latency
+                    first = k + 1
+            if ok and (best is None or cost < best):
+                best = cost
+        total += best or 0
+    return total
+
+
+def _site_text(endpoint: str, profiles: list[str]) -> str:
+    lines = ['[gateway]\nid = "BENCH"\nsite = "bench"\nboard = "rpi4-usb-rs485"\n',
+             '[mqtt]\nurl = "mqtt://127.0.0.1:1"\nallow_insecure = true\n',
+             f'[[bus]]\nname = "bus1"\nport = "{endpoint}"\nbaud = {BAUD}\n']
+    for i, prof in enumerate(profiles, start=1):
+        lines.append(f'[[pile]]\nid = "P{i:02d}"\nmeter = {{ bus = "bus1", address = {i}, profile = "{prof}" }}\n')
+    return "\n".join(lines)
+
+
+def bench_bus(seconds: float = 6.0, tmpdir: str = "/tmp") -> dict[str, float]:
+    """Run the bus benchmark; print and return its figures."""
+    from pathlib import Path
+    profiles = [PROFILES[i % len(PROFILES)] for i in range(METERS)]
+    all_profiles, _ = siteconfig.load_profiles()
+    sim = Site(clock=ManualClock(1000.0))
+    sim.add_bus("bus1", "pty", BAUD, "N", 1)
+    for i, prof in enumerate(profiles, start=1):
+        p = all_profiles[prof]
+        sim.add_meter("bus1", i, p, str(20260000 + i), load=ConstantLoad(7000, int(p["phases"])))
+    endpoint = sim.start()["bus1"]
+    try:
+        path = Path(tmpdir) / "bench-site.toml"
+        path.write_text(_site_text(endpoint, profiles))
+        site = siteconfig.load_site_or_raise(path)
+        char_s = Fraction(char_time_us(BAUD, "N", 1), 10**6)
+        minimum = sum((min_bus_time(all_profiles[p], char_s) for p in profiles), Fraction(0))
+
+        sim.reset_stats()
+        n_gw = asyncio.run(_gateway_cycles(site.config, 1))
+        gw_wire = sim.bus_stats("bus1").wire_time
+
+        sim.reset_stats()
+        n_naive = asyncio.run(_per_value_cycle(endpoint, [all_profiles[p] for p in profiles]))
+        naive_wire = sim.bus_stats("bus1").wire_time
+
+    finally:
+        sim.stop()
+    # Throughput runs against the simulator in a process of its own (as real meters would be),
+    # so the gateway and the baseline are not slowed by sharing the interpreter with it.
+    with _sim_process(profiles) as endpoint2:
+        path.write_text(_site_text(endpoint2, profiles))
+        site = siteconfig.load_site_or_raise(path)
+        reads = _gateway_reads(site.config)
+        gw_tps = asyncio.run(_gateway_tps(site.config, seconds))
+        bare_tps = asyncio.run(_bare_tps(endpoint2, reads, seconds))
+    a = float(gw_wire / minimum)
+    b = float(naive_wire / minimum)
+    c = gw_tps / bare_tps
+    print(f"bench bus: {METERS} meters ({len(set(profiles))} models) on one RS-485 bus at {BAUD} baud")
+    print(f"  theoretical minimum bus time per poll cycle : {float(minimum) * 1000:8.1f} ms")
+    print(f"  (a) gateway poll cycle: {n_gw} reads, {float(gw_wire) * 1000:8.1f} ms -> {a:.3f} x minimum"
+          f"   [target <= 1.10]")
+    print(f"  (b) one read per value: {n_naive} reads, {float(naive_wire) * 1000:8.1f} ms -> {b:.3f} x minimum"
+          f" ({b / a:.2f} x the gateway's bus time)")
+    print(f"  (c) throughput: gateway {gw_tps:.1f} transactions/s, bare pymodbus loop {bare_tps:.1f}/s"
+          f" -> {c:.3f}   [target >= 0.80]")
+    return {"bus_cycle_vs_min": a, "per_value_vs_min": b, "per_value_vs_gateway": b / a,
+            "throughput_vs_pymodbus": c, "gateway_tps": gw_tps, "pymodbus_tps": bare_tps}
+
+
+@contextlib.contextmanager
+def _sim_process(profiles: list[str]) -> Iterator[str]:
+    args = [sys.executable, "-m", "pilehil", "--transport", "pty", "--baud", str(BAUD), "--load", "constant:7000"]
+    for i, prof in enumerate(profiles, start=1):
+        args += ["--meter", f"bus1:{i}:{prof}:{20260000 + i}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        if len(line) != 2:
+            raise RuntimeError(f"simulator did not start: {line}")
+        yield line[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _gateway_cycles(cfg: dict[str, Any], cycles: int) -> int:
+    """Poll every meter `cycles` times through the gateway's scheduler; return reads made."""
+    svc = Metering(cfg, poll_s=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.run_bus("bus1", stop))
+    while min(svc.cycles_done.values()) < cycles:
+        await asyncio.sleep(0.01)
+    stop.set()
+    svc._wake["bus1"].set()
+    await task
+    return svc.scheds["bus1"].stats["requests"]
+
+
+def _gateway_reads(cfg: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    """(address, function, start, count) of every read in the gateway's plans."""
+    svc_plans = []
+    for pile in cfg["pile"]:
+        prof = cfg["profiles"][pile["meter"]["profile"]]
+        plan = planner.MeterPlan(prof, char_us=char_time_us(BAUD, "N", 1))
+        svc_plans += [(pile["meter"]["address"], fc, start, count) for fc, start, count in plan.reads]
+    return svc_plans
+
+
+async def _per_value_cycle(endpoint: str, profiles: list[dict[str, Any]]) -> int:
+    """A simple gateway: one read per value and phase, every meter once."""
+    client = AsyncModbusSerialClient(endpoint, framer=FramerType.RTU, baudrate=BAUD, timeout=1, retries=0)
+    await client.connect()
+    n = 0
+    try:
+        for address, prof in enumerate(profiles, start=1):
+            for fc, start, end in _wanted(prof):
+                call = client.read_holding_registers if fc == 3 else client.read_input_registers
+                await call(start, count=end - start, device_id=address)
+                n += 1
+    finally:
+        client.close()
+    return n
+
+
+async def _gateway_tps(cfg: dict[str, Any], seconds: float) -> float:
+    svc = Metering(cfg, poll_s=0.001)        # continuous polling: the bus never idles
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.run_bus("bus1", stop))
+    await asyncio.sleep(0.5)                 # warm up (connect, first cycle)
+    n0, t0 = svc.scheds["bus1"].stats["requests"], time.monotonic()
+    await asyncio.sleep(seconds)
+    n1, t1 = svc.scheds["bus1"].stats["requests"], time.monotonic()
+    stop.set()
+    svc._wake["bus1"].set()
+    await task
+    return (n1 - n0) / (t1 - t0)
+
+
+async def _bare_tps(endpoint: str, reads: list[tuple[int, int, int, int]], seconds: float) -> float:
+    """The baseline: the same reads in a tight loop with a plain pymodbus client."""
+    client = AsyncModbusSerialClient(endpoint, framer=FramerType.RTU, baudrate=BAUD, timeout=1, retries=0)
+    await client.connect()
+    try:
+        n, i = 0, 0
+        t0 = time.monotonic()
+        warm = t0 + 0.5
+        while time.monotonic() < warm:
+            await _one(client, reads[i % len(reads)])
+            i += 1
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            await _one(client, reads[i % len(reads)])
+            i += 1
+            n += 1
+        return n / (time.monotonic() - t0)
+    finally:
+        client.close()
+
+
+async def _one(client: Any, read: tuple[int, int, int, int]) -> None:
+    address, fc, start, count = read
+    call = client.read_holding_registers if fc == 3 else client.read_input_registers
+    await call(start, count=count, device_id=address)
+
+
+def main(args: Any) -> int:
+    which = args.which
+    if which in ("bus", "all"):
+        bench_bus(args.seconds)
+    if which in ("telemetry", "all"):
+        from piletools import bench_telemetry
+        bench_telemetry.run(args)
+    return 0
