@@ -20,8 +20,12 @@ COMPILED_VERSION = 1
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 
 
-def validate_site(cfg, boards, profiles):
-    """Validate a site configuration; return (compiled or None, problems)."""
+def validate_site(cfg, boards, profiles, sensors=None):
+    """Validate a site configuration; return (compiled or None, problems).
+
+    `sensors` are the presence-sensor profiles (profiles/sensors), keyed by id.
+    """
+    sensors = sensors or {}
     problems = []
     out = check_table(cfg, _schema.site_schema(), "", problems)
     if out is None:
@@ -30,7 +34,8 @@ def validate_site(cfg, boards, profiles):
     buses = _check_buses(out, board, problems)
     claims = _check_piles(out, buses, board, profiles, problems)
     _check_main_meter(out, buses, profiles, claims, problems)
-    _check_bays(out, problems)
+    _check_bays(out, buses, board, sensors, claims[0], problems)
+    _check_tariff(out, problems)
     _check_mqtt(out.get("mqtt"), problems)
     if problems:
         return None, problems
@@ -42,6 +47,12 @@ def validate_site(cfg, boards, profiles):
     if "main_meter" in out:
         used[out["main_meter"]["profile"]] = profiles[out["main_meter"]["profile"]]
     out["profiles"] = used
+    used_sensors = {}
+    for bay in out.get("bay", ()):
+        for sensor in bay.get("presence", ()):
+            if sensor["type"] == "modbus":
+                used_sensors[sensor["profile"]] = sensors[sensor["profile"]]
+    out["sensor_profiles"] = used_sensors
     return out, problems
 
 
@@ -157,6 +168,14 @@ def _scalar_problem(value, kind, extra):
     if kind == "bool":
         if not isinstance(value, bool):
             return "must be true or false, not %s" % _kind_of(value)
+        return ""
+    if kind == "list":
+        if not isinstance(value, list):
+            return "must be an array, not %s" % _kind_of(value)
+        for i, item in enumerate(value):
+            why = _scalar_problem(item, extra, (0, 65535) if extra == "int" else 200)
+            if why:
+                return "item %d %s" % (i + 1, why)
         return ""
     if kind == "enum":
         for choice in extra:
@@ -322,13 +341,22 @@ def _check_main_meter(cfg, buses, profiles, claims, problems):
             problems.append(("main_meter.address", "bus %s address %d is the meter of %s; the site "
                              "main meter must be a separate meter" % (meter["bus"], meter["address"],
                                                                       by_addr[key])))
+        else:
+            by_addr[key] = "main_meter"
     if meter.get("serial") and meter["serial"] in by_serial:
         problems.append(("main_meter.serial", "serial %r is bound to %s" % (meter["serial"],
                                                                              by_serial[meter["serial"]])))
 
 
-def _check_bays(cfg, problems):
+def _check_bays(cfg, buses, board, sensors, devices, problems):
+    """Bays: a known pile, sensors that exist and collide with nothing, a usable plug source.
+
+    `devices` maps "bus/address" to the pile whose meter is there; sensors and pile controllers
+    are added to it so no two devices share an address.
+    """
     piles = set([p.get("id") for p in cfg.get("pile", ())])
+    inputs = set([i["name"] for i in (board or {}).get("input", ())])
+    used_inputs = {}
     ids = {}
     for i, bay in enumerate(cfg.get("bay", ())):
         where = "bay[%s]" % _item_label(bay, i)
@@ -340,6 +368,69 @@ def _check_bays(cfg, problems):
         if "pile" in bay and bay["pile"] not in piles:
             problems.append((where + ".pile", "names pile %r, which is not defined; piles: %s"
                              % (bay["pile"], ", ".join(sorted([p for p in piles if p])) or "none")))
+        for k, sensor in enumerate(bay.get("presence", ())):
+            swhere = "%s.presence[%d]" % (where, k + 1)
+            if sensor["type"] == "input":
+                _check_input(sensor, swhere, inputs, used_inputs, board, problems)
+            else:
+                _check_modbus_device(sensor, swhere, buses, devices, problems, sensors, "sensor")
+        plug = bay.get("plug")
+        if plug and plug["source"] == "input":
+            _check_input(plug, where + ".plug", inputs, used_inputs, board, problems)
+        elif plug and plug["source"] == "modbus":
+            _check_modbus_device(plug, where + ".plug", buses, None, problems, None, "pile controller")
+            if "register" not in plug:
+                problems.append((where + ".plug.register", "missing: which register holds the plug state"))
+
+
+def _check_input(item, where, inputs, used, board, problems):
+    if "input" not in item:
+        problems.append((where + ".input", "missing: name the board input (%s)"
+                         % (", ".join(sorted(inputs)) or "none")))
+        return
+    if board is not None and item["input"] not in inputs:
+        problems.append((where + ".input", "board %s has no input %r (inputs: %s)"
+                         % (board["id"], item["input"], ", ".join(sorted(inputs)) or "none")))
+    elif item["input"] in used:
+        problems.append((where + ".input", "input %r is already used by %s" % (item["input"], used[item["input"]])))
+    else:
+        used[item["input"]] = where
+
+
+def _check_modbus_device(item, where, buses, devices, problems, profiles, what):
+    for key in ("bus", "address"):
+        if key not in item:
+            problems.append((where + "." + key, "missing: a Modbus %s needs its bus and address" % what))
+            return
+    if item["bus"] not in buses:
+        problems.append((where + ".bus", "unknown bus %r" % item["bus"]))
+    if profiles is not None:
+        if "profile" not in item:
+            problems.append((where + ".profile", "missing: name the sensor profile (%s)"
+                             % (", ".join(sorted(profiles)) or "none")))
+        elif item["profile"] not in profiles:
+            problems.append((where + ".profile", "unknown sensor profile %r; known: %s"
+                             % (item["profile"], ", ".join(sorted(profiles)) or "none")))
+    if devices is not None:
+        key = "%s/%d" % (item["bus"], item["address"])
+        if key in devices:
+            problems.append((where + ".address", "bus %s address %d is already used by %s"
+                             % (item["bus"], item["address"], devices[key])))
+        else:
+            devices[key] = where
+
+
+def _check_tariff(cfg, problems):
+    from pilecore import tariff
+    t = cfg.get("tariff")
+    if t is None:
+        cfg["tariff"] = tariff.default_tariff()
+        return
+    if not isinstance(t, dict):
+        problems.append(("tariff", "must be a table"))
+        return
+    for key, msg in tariff.validate_tariff(t):
+        problems.append(("tariff." + key if key else "tariff", msg))
 
 
 def _check_mqtt(mqtt, problems):

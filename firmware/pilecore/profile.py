@@ -364,3 +364,61 @@ def _check_overlaps(spans, default_function, errors):
                                      "function %d space" % (first, last, opath, ofirst, olast,
                                                             function)))
         placed.append((function, first, last, path))
+
+
+# ---------------------------------------------------------------- presence sensors
+
+_SENSOR_KEYS = ("id", "kind", "maker", "model", "source", "measures", "function", "register", "type",
+                "scale", "present_values", "min_mm", "max_mm", "byte_order", "word_order", "max_block",
+                "min_gap_ms", "response_ms", "timeout_ms", "quirks", "serial")
+
+
+def validate_sensor_profile(p, name):
+    """Check a presence-sensor profile (profiles/sensors/<name>.toml); [(key, message)].
+
+    A sensor either measures a distance (`measures = "distance"`: raw * scale = mm, judged by the
+    site's thresholds with hysteresis) or reports presence itself (`measures = "presence"`:
+    present when the raw value is one of `present_values`).
+    """
+    errors = []
+    if not isinstance(p, dict):
+        return [("", "a profile must be a table, got %s" % _kind(p))]
+    for key in p:
+        if key not in _SENSOR_KEYS:
+            errors.append((key, "unknown key"))
+    if p.get("id") != name:
+        errors.append(("id", "must equal the file name %r, got %r" % (name, p.get("id"))))
+    if p.get("kind") != "presence":
+        errors.append(("kind", "must be \"presence\", got %r" % (p.get("kind"),)))
+    for key in ("maker", "model", "source"):
+        _check_text(p, key, key, errors)
+    measures = p.get("measures")
+    if measures not in ("distance", "presence"):
+        errors.append(("measures", "must be \"distance\" or \"presence\", got %r" % (measures,)))
+    if p.get("function") not in (3, 4) or not _is_int(p.get("function")):
+        errors.append(("function", "must be 3 (holding) or 4 (input), got %r" % (p.get("function"),)))
+    typ = p.get("type")
+    if typ not in ("u16", "s16", "u32", "s32"):
+        errors.append(("type", "must be u16, s16, u32 or s32, got %r" % (typ,)))
+        typ = None
+    _check_register(p.get("register"), "register", _WIDTHS.get(typ), errors)
+    for key in ("byte_order", "word_order"):
+        if p.get(key, "big") not in ("big", "little"):
+            errors.append((key, "must be \"big\" or \"little\", got %r" % (p.get(key),)))
+    if measures == "distance":
+        if not _is_number(p.get("scale")) or p.get("scale") <= 0:
+            errors.append(("scale", "must be a positive number (raw * scale = mm), got %r" % (p.get("scale"),)))
+        lo, hi = p.get("min_mm"), p.get("max_mm")
+        if not (_is_int(lo) and _is_int(hi) and 0 <= lo < hi <= 65535):
+            errors.append(("min_mm", "min_mm and max_mm must be integers with 0 <= min_mm < max_mm <= 65535"))
+    elif measures == "presence":
+        pv = p.get("present_values")
+        if not isinstance(pv, list) or not pv or not all(_is_int(v) for v in pv):
+            errors.append(("present_values", "must be a non-empty list of integers"))
+    max_block = p.get("max_block", 1)
+    if not _is_int(max_block) or not 1 <= max_block <= MAX_BLOCK_LIMIT:
+        errors.append(("max_block", "must be an integer 1..%d, got %r" % (MAX_BLOCK_LIMIT, max_block)))
+    _check_timing(p, errors)
+    _check_quirks(p, errors)
+    _check_serial(p.get("serial"), errors)
+    return errors

@@ -8,6 +8,7 @@ only holds it while it validates a configuration.
 A field is a tuple `(kind, required, default, extra)`:
 
     kind      "str" | "id" | "int" | "num" | "bool" | "enum" | "list" | "table" | "tables" | "any"
+              ("any" is checked by the owning module, e.g. the tariff by pilecore.tariff)
     required  True when the key must be present
     default   value filled in when absent (None: stays absent)
     extra     int/num: (min, max); enum: tuple of choices; str/id: max length;
@@ -20,6 +21,10 @@ PARITIES = ("N", "E", "O")
 
 def _s(required=False, default=None, maxlen=200):
     return ("str", required, default, maxlen)
+
+
+def _list(item_kind, default=None, required=False):
+    return ("list", required, default, item_kind)
 
 
 def _id(required=True, default=None):
@@ -136,12 +141,46 @@ def site_schema():
                 "coil": _i(0, 65535, required=True),
             }),
         }, required=True),
+        "bays": _t(_bays_fields()),
+        "tariff": ("any", False, None, None),
         "bay": _ts({
             "id": _id(),
             "pile": _id(),
             "name": _s(maxlen=80),
+            "presence": _ts({
+                "type": _e(("modbus", "input"), required=True),
+                "bus": _id(False),
+                "address": _i(1, 247),
+                "profile": _id(False),
+                "input": _id(False),
+                "active": _e(("high", "low"), "high"),
+            }),
+            "plug": _t({
+                "source": _e(("power", "input", "modbus"), "power"),
+                "input": _id(False),
+                "active": _e(("high", "low"), "high"),
+                "bus": _id(False),
+                "address": _i(1, 247),
+                "function": _e((1, 2, 3, 4), 3),
+                "register": _i(0, 65535),
+                "plugged_values": _list("int", [1]),
+            }),
+            "camera": _s(maxlen=64),
         }),
     }
+
+
+def _bays_fields():
+    """Site-wide bay parameters: taken from pilecore.bays, the one place they are defined."""
+    from pilecore import bays
+    out = {"plate_topic": _s(default="pilegate/local/plates", maxlen=128)}
+    spec = bays.param_spec()
+    for name in spec:
+        default, lo, hi = spec[name][0], spec[name][1], spec[name][2]
+        if name == "plug_source":
+            continue                       # per bay: [[bay]] plug.source
+        out[name] = _i(lo, hi, default) if isinstance(default, int) else _n(lo, hi, default)
+    return out
 
 
 def board_schema():

@@ -28,3 +28,7 @@ def boards_dir() -> Path:
 
 def meter_profiles_dir() -> Path:
     return data_root() / "profiles" / "meters"
+
+
+def sensor_profiles_dir() -> Path:
+    return data_root() / "profiles" / "sensors"

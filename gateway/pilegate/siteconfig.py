@@ -17,7 +17,6 @@ from typing import Any
 
 from pilecore import config as core_config
 from pilecore import profile as core_profile
-
 from pilegate import paths
 
 
@@ -105,6 +104,23 @@ def load_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Pro
     return profiles, problems
 
 
+def load_sensor_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+    """Load and validate every presence-sensor profile (profiles/sensors/*.toml)."""
+    folder = folder or paths.sensor_profiles_dir()
+    profiles: dict[str, dict] = {}
+    problems: list[Problem] = []
+    for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+        data, errs = read_toml(path)
+        problems += errs
+        if data is None:
+            continue
+        errs2 = core_profile.validate_sensor_profile(data, path.stem)
+        problems += [Problem(str(path), k, m) for k, m in errs2]
+        if not errs2:
+            profiles[path.stem] = data
+    return profiles, problems
+
+
 def canonical_json(obj: Any) -> bytes:
     """The compiled-config encoding: sorted keys, no spaces, UTF-8."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -118,7 +134,9 @@ def load_site(path: Path | str) -> tuple[Site | None, list[Problem]]:
         return None, problems
     boards, board_problems = load_boards()
     profiles, profile_problems = load_profiles()
-    compiled, errs = core_config.validate_site(data, boards, profiles)
+    sensors, sensor_problems = load_sensor_profiles()
+    profile_problems += sensor_problems
+    compiled, errs = core_config.validate_site(data, boards, profiles, sensors)
     text = path.read_text(encoding="utf-8")
     problems = [Problem(str(path), k, m, find_line(text, k)) for k, m in errs]
     if problems:
