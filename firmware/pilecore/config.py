@@ -36,6 +36,7 @@ def validate_site(cfg, boards, profiles, sensors=None):
     _check_main_meter(out, buses, profiles, claims, problems)
     _check_bays(out, buses, board, sensors, claims[0], problems)
     _check_tariff(out, problems)
+    _check_params(out, problems)
     _check_mqtt(out.get("mqtt"), problems)
     if problems:
         return None, problems
@@ -418,6 +419,17 @@ def _check_modbus_device(item, where, buses, devices, problems, profiles, what):
                              % (item["bus"], item["address"], devices[key])))
         else:
             devices[key] = where
+
+
+def _check_params(cfg, problems):
+    """Rules between parameters that the per-key ranges cannot express."""
+    from pilecore import bays, sessions
+    for section, module in (("bays", bays), ("sessions", sessions)):
+        values = dict(cfg.get(section) or {})
+        for extra in ("plate_topic", "plate_broker"):
+            values.pop(extra, None)
+        for key, msg in module.validate_params(values):
+            problems.append(("%s.%s" % (section, key) if key else section, msg))
 
 
 def _check_tariff(cfg, problems):

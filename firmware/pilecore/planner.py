@@ -212,3 +212,21 @@ def _runs(spans):
 def minimal_transactions(prof, names=None):
     """The fewest reads that can cover the values (ignoring gaps): the benchmark's baseline."""
     return len(MeterPlan(prof, names, gap=MAX_BLOCK).reads)
+
+
+class RawPlan:
+    """A device read as one fixed block (a presence sensor, a pile controller's plug register).
+
+    Same interface as MeterPlan for the scheduler; `decode` returns the registers themselves.
+    """
+
+    def __init__(self, function, register, count=1):
+        self.reads = [[function, register, count]]
+        self.unsupported = []
+        self.profile = {}
+
+    def shrink(self, read_index, code):
+        return False
+
+    def decode(self, blocks):
+        return blocks[0], []

@@ -142,6 +142,7 @@ def site_schema():
             }),
         }, required=True),
         "bays": _t(_bays_fields()),
+        "sessions": _t(_sessions_fields()),
         "tariff": ("any", False, None, None),
         "bay": _ts({
             "id": _id(),
@@ -170,17 +171,27 @@ def site_schema():
     }
 
 
+def _param_fields(spec, out, skip=()):
+    for name in spec:
+        default, lo, hi = spec[name][0], spec[name][1], spec[name][2]
+        if name not in skip:
+            out[name] = _i(lo, hi, default) if isinstance(default, int) else _n(lo, hi, default)
+    return out
+
+
 def _bays_fields():
     """Site-wide bay parameters: taken from pilecore.bays, the one place they are defined."""
     from pilecore import bays
-    out = {"plate_topic": _s(default="pilegate/local/plates", maxlen=128)}
-    spec = bays.param_spec()
-    for name in spec:
-        default, lo, hi = spec[name][0], spec[name][1], spec[name][2]
-        if name == "plug_source":
-            continue                       # per bay: [[bay]] plug.source
-        out[name] = _i(lo, hi, default) if isinstance(default, int) else _n(lo, hi, default)
-    return out
+    out = {"plate_topic": _s(default="pilegate/local/plates", maxlen=128),
+           "plate_broker": _s(maxlen=200)}
+    # plug_source is per bay: [[bay]] plug.source
+    return _param_fields(bays.param_spec(), out, skip=("plug_source",))
+
+
+def _sessions_fields():
+    """Charging-session detection parameters, from pilecore.sessions."""
+    from pilecore import sessions
+    return _param_fields(sessions.param_spec(), {})
 
 
 def board_schema():

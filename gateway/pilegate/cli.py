@@ -217,7 +217,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
                                    "publish signed telemetry. Stops cleanly on SIGINT/SIGTERM.")
     p.add_argument("site", type=Path, help="the site configuration (TOML)")
     p.add_argument("--data-dir", type=Path, help="override [gateway] data_dir (key, outbox, state)")
-    p.add_argument("--poll", type=int, metavar="S", help="override [metering] poll_s")
+    p.add_argument("--poll", type=float, metavar="S", help="override [metering] poll_s")
     p.add_argument("--interval", type=int, metavar="S", help="override [telemetry] interval_s")
     handlers["run"] = _cmd_run
 

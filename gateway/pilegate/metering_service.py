@@ -1,10 +1,13 @@
-"""Metering on the Pi: the core's planner, scheduler and guard driven over pymodbus.
+"""Metering and bay inputs on the Pi: the core's planner, scheduler and site logic over pymodbus.
 
 `Metering` owns one `BusPort` and one core `BusScheduler` per bus.  Each bus runs its own
-asyncio loop (`run_bus`), so a slow bus never holds up another.  Poll results are decoded by
-the meter's plan; readings and faults go through the core `SiteGuard`, which decides identity
-checks, events and interlocks.  Console raw reads, coil writes and scans are submitted to the
-same schedulers and answered through futures.
+asyncio loop (`run_bus`), so a slow bus never holds up another.  Meters, presence sensors and
+pile controllers (plug state) are devices on those schedulers.  Poll results are decoded by the
+device's plan and handed to the core `SiteCore`, which decides identity checks, events,
+interlocks, sessions and bay occupancy.  Console raw reads, coil writes and scans are submitted
+to the same schedulers and answered through futures.  Digital inputs (presence, contactor) come
+from an `inputs` object with `read(name) -> 0 | 1 | None` (the Pi's GPIO reader, or a fake in
+tests).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from pilecore import metering, modbus, planner
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler
+from pilecore.site import SiteCore
 from pilegate.modbus_port import BusPort
 
 log = logging.getLogger("pilegate.metering")
@@ -50,11 +54,15 @@ def char_us(bus: dict[str, Any]) -> int:
 class Metering:
     """See the module docstring.  `clock` is monotonic seconds, `wall` Unix seconds."""
 
-    def __init__(self, cfg: dict[str, Any], state: dict[str, Any] | None = None,
+    def __init__(self, cfg: dict[str, Any], core: SiteCore | None = None,
                  on_event: EventSink | None = None, relays: Any = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 poll_s: float | None = None):
+                 poll_s: float | None = None, inputs: Any = None, tsync: Callable[[], str] = lambda: "none"):
         self.cfg = cfg
+        self.core = core or SiteCore(cfg, None, cfg["gateway"]["id"], "")
+        self.guard = self.core.guard
+        self.inputs = inputs
+        self.tsync = tsync
         self.clock, self.wall = clock, wall
         self.on_event = on_event or (lambda ev: None)
         self.relays = relays
@@ -68,7 +76,8 @@ class Metering:
             self._add_meter(pile["id"], pile["meter"])
         if cfg.get("main_meter"):
             self._add_meter(MAIN, cfg["main_meter"], names=["energy_import", "power"])
-        self.guard = metering.SiteGuard(cfg, state)
+        self.raw: dict[str, tuple[int, Any]] = {}       # sensor/controller key -> (time, value)
+        self._add_bay_devices()
         self.coils = {p["id"]: p["coil"] for p in cfg["pile"] if p.get("coil")}
         self.applied: dict[str, bool] = {}
         self._futures: dict[tuple[str, int], asyncio.Future] = {}
@@ -85,6 +94,65 @@ class Metering:
                                          response_ms=prof.get("response_ms", 100),
                                          min_gap_ms=prof.get("min_gap_ms", 0),
                                          timeout_ms=prof.get("timeout_ms"))
+
+    def _add_bay_devices(self) -> None:
+        """Presence sensors and pile controllers (plug state) as polled devices."""
+        sensor_poll = min(self.poll_ms, 5000)
+        for bay in self.cfg.get("bay", []):
+            for k, sensor in enumerate(bay.get("presence", [])):
+                if sensor["type"] != "modbus":
+                    continue
+                prof = self.cfg["sensor_profiles"][sensor["profile"]]
+                width = 2 if prof["type"] in ("u32", "s32") else 1
+                plan = planner.RawPlan(prof["function"], prof["register"], width)
+                self.scheds[sensor["bus"]].add_device(f"{bay['id']}#{k}", sensor["address"], plan, sensor_poll,
+                                                      prof.get("response_ms", 50), prof.get("min_gap_ms", 0),
+                                                      prof.get("timeout_ms"))
+            plug = bay.get("plug") or {}
+            if plug.get("source") == "modbus":
+                plan = planner.RawPlan(plug["function"], plug["register"], 1)
+                self.scheds[plug["bus"]].add_device(f"{bay['id']}#plug", plug["address"], plan, sensor_poll)
+
+    def _raw_value(self, key: str, blocks: list[Any]) -> Any:
+        """A sensor's or controller's value from its registers, or None."""
+        regs = blocks[0]
+        if regs is None:
+            return None
+        bay_id, _, which = key.partition("#")
+        bay = next(b for b in self.cfg["bay"] if b["id"] == bay_id)
+        if which == "plug":
+            return regs[0]
+        prof = self.cfg["sensor_profiles"][bay["presence"][int(which)]["profile"]]
+        typ = prof["type"]
+        try:
+            raw = modbus.decode_raw(regs, 0, typ, prof.get("byte_order", "big"), prof.get("word_order", "big"))
+        except ValueError:
+            return None
+        if prof["measures"] == "distance":
+            return int(raw * prof["scale"])
+        return raw
+
+    def bay_step(self) -> None:
+        """Hand every monitored bay its latest inputs (stale values become None)."""
+        now = self.now_s()
+        for bay in self.cfg.get("bay", []):
+            samples = []
+            for k, sensor in enumerate(bay.get("presence", [])):
+                if sensor["type"] == "input":
+                    samples.append(self.inputs.read(sensor["input"]) if self.inputs else None)
+                else:
+                    samples.append(self._fresh(f"{bay['id']}#{k}", now))
+            plug = bay.get("plug") or {}
+            raw_plug = None
+            if plug.get("source") == "input":
+                raw_plug = self.inputs.read(plug["input"]) if self.inputs else None
+            elif plug.get("source") == "modbus":
+                raw_plug = self._fresh(f"{bay['id']}#plug", now)
+            self.emit(self.core.bay_inputs(now, bay["id"], samples, raw_plug))
+
+    def _fresh(self, key: str, now: int) -> Any:
+        t, value = self.raw.get(key, (0, None))
+        return value if now - t <= 30 else None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -136,25 +204,29 @@ class Metering:
                         "reason": "meter refuses values", "values": [list(v) for v in result[2]]}])
 
     def _poll_done(self, key: str, res: dict[str, Any]) -> None:
-        m = self.meters[key]
         now = self.now_s()
+        if "#" in key:                                  # a presence sensor or pile controller
+            self.raw[key] = (now, self._raw_value(key, res["blocks"]) if res["ok"] else None)
+            return
+        m = self.meters[key]
         m.polls += 1
         self.cycles_done[key] = self.cycles_done.get(key, 0) + 1
         if not res["ok"]:
             m.failures += 1
             m.error = modbus.RESULT_NAMES[res["code"]] if res["code"] is not None else "failed"
             if key != MAIN:
-                self.emit(self.guard.failure(now, key, m.error))
+                self.emit(self.core.failure(now, key, m.error))
             return
         reading, faults = m.plan.decode(res["blocks"])
         m.faults = faults
         if key == MAIN:
             m.reading = dict(reading, t=now)
             m.error = None
-            self.emit(self.guard.main_reading(now, reading.get("energy_wh")))
+            self.emit(self.core.main_reading(now, reading))
             return
-        events, accepted = self.guard.reading(now, key, reading, faults)
-        self.emit(events)
+        before = self.core.latest.get(key)
+        self.emit(self.core.reading(now, key, reading, faults, self.tsync()))
+        accepted = self.core.latest.get(key) is not before
         if accepted:
             m.reading = dict(reading, t=now)
             m.error = None if not faults else "; ".join(f"{n}: {w}" for n, w in faults)
@@ -177,15 +249,15 @@ class Metering:
         m = self.meters[pile]
         now = self.now_s()
         if code != modbus.OK:
-            self.emit(self.guard.identity(now, pile, None, self._describe(code, payload)))
+            self.emit(self.core.identity(now, pile, None, self._describe(code, payload)))
             return
         ident = m.profile.get("identity", {})
         try:
             m.identity = metering.decode_identity(ident, payload)
         except ValueError as exc:
-            self.emit(self.guard.identity(now, pile, None, str(exc)))
+            self.emit(self.core.identity(now, pile, None, str(exc)))
             return
-        self.emit(self.guard.identity(now, pile, m.identity))
+        self.emit(self.core.identity(now, pile, m.identity))
 
     @staticmethod
     def _describe(code: int, payload: Any) -> str:
@@ -198,9 +270,10 @@ class Metering:
     def tick(self) -> None:
         """Once a second: offline checks, identity checks due, interlocks to apply."""
         now = self.now_s()
-        self.emit(self.guard.tick(now))
+        self.emit(self.core.tick(now))
         for pile in self.guard.identity_due(now):
             self._request_identity(pile, now)
+        self.bay_step()
         self._apply_interlocks()
 
     def _request_identity(self, pile: str, now: int) -> None:
@@ -209,8 +282,7 @@ class Metering:
         # Hold the check for a minute so it is not queued again while it runs.
         self.guard.piles[pile].identity_due_at = now + 60
         if read is None:
-            self.emit(self.guard.identity(now, pile, ""))
-            return
+            return                    # verified by its readings (see pilecore.metering)
         fc, reg, count = read
         self.scheds[m.bus].submit(m.address, fc, reg, count, PRIO_INTERACTIVE, tag=("identity", pile))
         self._wake[m.bus].set()
@@ -274,7 +346,7 @@ class Metering:
         return found
 
     def snapshot(self) -> dict[str, Any]:
-        return self.guard.snapshot()
+        return self.core.snapshot()
 
 
 async def poll_once(cfg: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Meter]:

@@ -97,7 +97,24 @@ class MqttLink:
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         c.will_set(self.topic("state"), self.will(), qos=1, retain=True)
+        self._wrap_reconnect(c)
         return c
+
+    def _wrap_reconnect(self, c: mqtt.Client) -> None:
+        """paho retries failed connections silently; say why (TLS, refused, DNS) once per cause."""
+        original = c.reconnect
+
+        def reconnect() -> Any:
+            try:
+                return original()
+            except OSError as exc:
+                text = f"cannot connect to {self.host}:{self.port}: {exc}"
+                if text != self.last_error:
+                    log.warning("MQTT %s", text)
+                self.last_error = text
+                raise
+
+        c.reconnect = reconnect  # type: ignore[method-assign]
 
     # ------------------------------------------------------------ lifecycle
 

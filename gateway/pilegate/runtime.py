@@ -21,8 +21,9 @@ from typing import Any
 
 from pilecore import commands, envelope
 from pilecore.envelope import Chain
+from pilecore.site import SiteCore
 from pilegate import VERSION, keys
-from pilegate.metering_service import MAIN, Metering
+from pilegate.metering_service import Metering
 from pilegate.mqtt_link import MqttLink
 from pilegate.outbox import Outbox, OutboxFull, signing_input_hash
 from pilegate.siteconfig import Site
@@ -46,8 +47,8 @@ def ntp_synchronised() -> bool:
 class Gateway:
     """One gateway process; see the module docstring."""
 
-    def __init__(self, site: Site, data_dir: Path | None = None, poll_s: int | None = None,
-                 interval_s: int | None = None, wall=time.time):
+    def __init__(self, site: Site, data_dir: Path | None = None, poll_s: float | None = None,
+                 interval_s: int | None = None, wall=time.time, inputs: Any = None):
         self.site = site
         cfg = site.config
         self.cfg = cfg
@@ -71,9 +72,10 @@ class Gateway:
         self.platform_pub = keys.load_public_pem(sign["platform_key"]) if sign.get("platform_key") else None
         self.max_cmd_age = sign.get("command_max_age_s", 300)
         self.events: list[dict[str, Any]] = []
-        self.metering = Metering(cfg, state=self.outbox.kv_get("metering"), on_event=self.events.append,
-                                 wall=self.now, poll_s=poll_s)
-        self._saved_state: str | None = None
+        self.core = SiteCore(cfg, self.key.sign_der, self.gw, VERSION, self.outbox.kv_get("core"))
+        self.metering = Metering(cfg, core=self.core, on_event=self.events.append, wall=self.now,
+                                 poll_s=poll_s, tsync=self.tsync, inputs=inputs)
+        self._saved_version: tuple[int, int] | None = None
         self.prefix = f"{cfg['mqtt'].get('prefix', 'pilegate/v1')}/{self.site_id}/{self.gw}"
         self.link = MqttLink(cfg["mqtt"], cfg["mqtt"].get("client_id") or self.gw, self.prefix, self.outbox,
                              will=lambda: self._state_msg("offline", "connection lost"),
@@ -136,34 +138,17 @@ class Gateway:
             "config_hash": self.site.config_hash, "kid": self.key.kid, "pubkey": self.key.public_pem,
             "interval_s": self.interval_s,
             "piles": [{"pile": p["id"], "bus": p["meter"]["bus"], "address": p["meter"]["address"],
-                       "profile": p["meter"]["profile"], "serial": self.metering.guard.piles[p["id"]].bound,
+                       "profile": p["meter"]["profile"], "serial": self.core.guard.piles[p["id"]].bound,
                        "interlock": p.get("interlock", "report")} for p in cfg["pile"]],
             "bays": [{"bay": b["id"], "pile": b["pile"]} for b in cfg.get("bay", [])],
         }
 
     def telemetry(self) -> dict[str, Any]:
-        piles = []
-        for p in self.cfg["pile"]:
-            m = self.metering.meters[p["id"]]
-            st = self.metering.guard.status(p["id"])
-            item: dict[str, Any] = {"pile": p["id"], "serial": st["serial"], "metered": st["metered"]}
-            if not st["metered"]:
-                item["reasons"] = st["reasons"]
-            r = m.reading
-            if r is not None:
-                item.update({k: v for k, v in r.items() if k != "t"})
-                item["t"] = r["t"]
-                if r["t"] <= self.last_telemetry_t:
-                    item["stale"] = True
-            else:
-                item["stale"] = True
-            if m.error:
-                item["error"] = m.error
-            piles.append(item)
-        data: dict[str, Any] = {"interval_s": self.interval_s, "piles": piles}
-        main = self.metering.meters.get(MAIN)
-        if main is not None and main.reading is not None:
-            data["main"] = {k: v for k, v in main.reading.items()}
+        data = self.core.telemetry(self.now(), self.last_telemetry_t, self.interval_s)
+        for item in data["piles"]:
+            err = self.metering.meters[item["pile"]].error
+            if err:
+                item["error"] = err
         return data
 
     # ------------------------------------------------------------ loops
@@ -182,9 +167,12 @@ class Gateway:
                 next_t = time.monotonic() + self.interval_s
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Every second: flush events, report thinned telemetry, persist changed state."""
+        """Every second: flush events and billing records, report thinned telemetry, persist
+        changed state."""
         while not stop.is_set():
             self._flush_events()
+            for record in self.core.take_billing():
+                self.seal("billing", record)
             self._save_state()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -201,12 +189,11 @@ class Gateway:
             self.seal("event", {"events": batch})
 
     def _save_state(self) -> None:
-        state = {"metering": self.metering.snapshot(), "replay": self.replay.snapshot()}
-        text = json.dumps(state, sort_keys=True)
-        if text != self._saved_state:
-            for k, v in state.items():
-                self.outbox.kv_put(k, v)
-            self._saved_state = text
+        """Persist the core's state when it changed (bindings, sessions, bays, pagination)."""
+        version = (self.core.version, self.core.bays_version())
+        if version != self._saved_version:
+            self.outbox.kv_put("core", self.core.snapshot())
+            self._saved_version = version
 
     async def run(self, stop: asyncio.Event) -> int:
         self.loop = asyncio.get_running_loop()
@@ -246,8 +233,11 @@ class Gateway:
             ack = {"cmd_id": _peek_id(text), "ok": False, "reason": why}
             self.events.append({"type": "command.rejected", "t": self.now(), "reason": why})
         else:
-            ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": True, "result": self._apply(cmd)}
-            self.outbox.kv_put("replay", self.replay.snapshot())
+            self.outbox.kv_put("replay", self.replay.snapshot())   # executed once, even if it fails
+            try:
+                ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": True, "result": self._apply(cmd)}
+            except CommandFailed as exc:
+                ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": False, "reason": str(exc)}
         self.seal("ack", ack)
         return ack
 
@@ -272,14 +262,21 @@ class Gateway:
                 sent += 1
             return {"resent": sent, "not_stored": missing}
         if name == "set_tariff":
-            self.outbox.kv_put("tariff", args["tariff"])
-            return {"tariff": args["tariff"].get("id")}
+            why = self.core.set_tariff(args["tariff"])
+            if why:
+                raise CommandFailed(f"tariff refused: {why}")
+            self._save_state()
+            return {"tariff": args["tariff"].get("id"), "version": args["tariff"].get("version")}
         if name == "reboot":
             self.exit_code = EXIT_REBOOT
             if self.loop is not None:
                 self.loop.call_later(1.0, lambda: os.kill(os.getpid(), 15))
             return {"rebooting_in_s": 1}
         return {}
+
+
+class CommandFailed(Exception):
+    """A verified command whose arguments the gateway cannot apply; nothing was changed."""
 
 
 def _peek_id(text: str) -> str | None:

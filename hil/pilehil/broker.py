@@ -93,13 +93,16 @@ class Broker:
     """A mosquitto process on 127.0.0.1; plain MQTT, or TLS when `tls` is set."""
 
     def __init__(self, workdir: Path, tls: bool = False, require_client_cert: bool = False,
-                 port: int | None = None):
+                 port: int | None = None, persistence: bool = False):
+        """persistence: keep retained messages and persistent sessions (with their queued
+        messages) across a clean stop and start, as a production broker does."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls = tls
         self.require_client_cert = require_client_cert
         self.port = port or free_port()
         self.pki = make_pki(self.workdir / "pki") if tls else None
+        self.persistence = persistence
         self.proc: subprocess.Popen | None = None
         self.log = self.workdir / "mosquitto.log"
 
@@ -111,7 +114,8 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
+            "persistence true" if self.persistence else "persistence false",
+            f"persistence_location {self.workdir}/" if self.persistence else "",
             # run as root (CI), mosquitto would drop to user "mosquitto" and lose access to
             # the key files in workdir; keep the invoking user instead
             "user root" if os.geteuid() == 0 else "",

@@ -190,3 +190,15 @@ def test_board_validation():
     assert "must match" in d["id"]
     assert "firmware_offset" in d
     assert "DE/RE" in d["uart[uart2].de"]
+
+
+def test_parameter_rules_between_keys():
+    _, d, _ = check(site(bays={"occupied_below_mm": 2000, "vacant_above_mm": 1000},
+                         sessions={"start_power_w": 100, "stop_power_w": 500}))
+    assert any(k.startswith("bays.") for k in d), d
+    assert any(k.startswith("sessions.") for k in d), d
+
+
+def test_bad_tariff_is_reported_under_tariff():
+    _, d, _ = check(site(tariff={"id": "t", "version": 1, "currency": "CNY", "free_min": -5}))
+    assert any(k.startswith("tariff") for k in d), d

@@ -65,7 +65,7 @@ class KeyRegister:
 
 @dataclass
 class Verdict:
-    status: str            # accepted | duplicate | bad_signature | misrouted | replay | malformed
+    status: str            # accepted | duplicate | bad_signature | misrouted | replay | malformed | ignored
     gw: str | None = None
     seq: int | None = None
     kind: str | None = None
@@ -129,6 +129,8 @@ class Receiver:
     # ------------------------------------------------------------ rules
 
     def accept(self, topic: str, payload: bytes) -> Verdict:
+        if topic.endswith("/cmd"):
+            return Verdict("ignored")          # downlink: the platform's own commands
         try:
             text = payload.decode("ascii")
             h64, p64, s64 = text.split(".")

@@ -10,6 +10,7 @@ exits 1 if any gap is open or any signature, link or replay check failed.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 import threading
@@ -51,7 +52,10 @@ class Subscriber:
 
     def __init__(self, receiver: Receiver, url: str, topic: str, ca_file: str | None = None,
                  cert_file: str | None = None, key_file: str | None = None, insecure: bool = False,
-                 share: str | None = None, on_verdict: Callable[[Verdict], None] | None = None):
+                 share: str | None = None, on_verdict: Callable[[Verdict], None] | None = None,
+                 client_id: str | None = None):
+        """client_id: fixed per verifier instance so the broker keeps its session (and the
+        messages queued for it) while it is disconnected; default pilegate-verify-<pid>."""
         self.receiver = receiver
         self.on_verdict = on_verdict or (lambda v: None)
         scheme, _, rest = url.partition("://")
@@ -60,7 +64,8 @@ class Subscriber:
         self.topic = f"$share/{share}/{topic}" if share else topic
         self.lock = threading.Lock()
         self.connected = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        cid = client_id or f"pilegate-verify-{os.getpid()}-{id(self) & 0xFFFF:x}"
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         if scheme == "mqtts":
             c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file,
                       cert_reqs=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED)

@@ -1,0 +1,134 @@
+"""SiteCore: readings become sessions and OCMF billing records; bay inputs become occupancy
+records; telemetry never invents a value; state survives a restart (both interpreters)."""
+
+import json
+
+from pilecore import ecdsa, ocmf, tariff
+from pilecore.site import SiteCore
+
+D = ecdsa.private_key_from_seed(b"site-core-test-seed-0123456789abcdef0123")
+PUB = ecdsa.public_key(D)
+
+
+def prof():
+    return {"id": "m", "maker": "Eastron", "model": "SDM120", "phases": 1,
+            "identity": {"kind": "serial", "register": 0xFC00, "type": "u32", "count": 2, "function": 3},
+            "values": {"energy_import": {"scale": 1.0}}}
+
+
+def cfg(with_bay=True):
+    c = {
+        "gateway": {"id": "GW-1"},
+        "pile": [{"id": "P1", "meter": {"bus": "b", "address": 1, "profile": "m", "serial": ""},
+                  "max_power_kw": 7.0, "interlock": "report"}],
+        "profiles": {"m": prof()},
+        "sensor_profiles": {"us": {"measures": "distance", "type": "u16", "scale": 1.0}},
+        "bays": {"arrive_s": 10, "leave_s": 20, "grace_s": 300},
+    }
+    if with_bay:
+        c["bay"] = [{"id": "B1", "pile": "P1",
+                     "presence": [{"type": "modbus", "bus": "b", "address": 31, "profile": "us"},
+                                  {"type": "input", "input": "DI1", "active": "low"}],
+                     "plug": {"source": "input", "input": "DI2", "active": "high"}}]
+    return c
+
+
+def core(c=None, state=None):
+    return SiteCore(c or cfg(), ocmf.signer(D), "GW-1", "0.1.0", state)
+
+
+def types(evs):
+    return [e["type"] for e in evs]
+
+
+def charge(sc, t0, minutes, kw=7.0, wh0=1000000, plug_bay=True):
+    """An EV arrives, plugs, charges `minutes` and leaves; returns the time after it left."""
+    t = t0
+    wh = wh0
+    for _ in range(30):                         # arrives (sensor 400 mm, input active low -> 0)
+        sc.bay_inputs(t, "B1", [400, 0], 0)
+        sc.reading(t, "P1", {"energy_wh": wh, "power_w": 0.0}, (), "ntp")
+        t += 1
+    for _ in range(minutes * 6):                # plugged and charging, a reading every 10 s
+        sc.bay_inputs(t, "B1", [400, 0], 1)
+        sc.reading(t, "P1", {"energy_wh": wh, "power_w": kw * 1000}, (), "ntp")
+        wh += int(kw * 1000 * 10 / 3600)
+        t += 10
+    for _ in range(40):                         # unplugs and leaves
+        sc.bay_inputs(t, "B1", [2500, 1], 0)
+        sc.reading(t, "P1", {"energy_wh": wh, "power_w": 0.0}, (), "ntp")
+        t += 1
+    return t, wh
+
+
+def test_a_charging_session_becomes_a_verifiable_ocmf_record_and_no_fee():
+    sc = core()
+    sc.identity(999, "P1", "12345678")
+    t, wh = charge(sc, 1000, 30)
+    bills = sc.take_billing()
+    kinds = [b["type"] for b in bills]
+    assert kinds == ["session", "occupancy"], kinds
+    session = bills[0]
+    assert session["pile"] == "P1" and session["session"]["metered"]
+    assert session["session"]["energy_wh"] == wh - 1000000
+    assert ocmf.verify(session["ocmf"], PUB)
+    payload, _, _ = ocmf.parse(session["ocmf"])
+    assert payload["MS"] == "12345678" and payload["PG"] == "T1"
+    occ = bills[1]
+    assert occ["classification"] == "ev_charging" and occ["fee_fen"] == 0
+    assert sc.take_billing() == []
+
+
+def test_pagination_and_state_survive_a_restart():
+    sc = core()
+    sc.identity(999, "P1", "12345678")
+    t, wh = charge(sc, 1000, 10)
+    sc.take_billing()
+    snap = json.loads(json.dumps(sc.snapshot()))
+    sc2 = core(state=snap)
+    sc2.identity(t, "P1", "12345678")
+    charge(sc2, t + 100, 10, wh0=wh)
+    payload, _, _ = ocmf.parse(sc2.take_billing()[0]["ocmf"])
+    assert payload["PG"] == "T2"
+
+
+def test_a_fuel_car_pays_and_telemetry_reports_it_live():
+    sc = core()
+    sc.identity(999, "P1", "12345678")
+    t = 1000
+    for _ in range(40 * 60 // 5):                 # 40 minutes, never plugged, no power
+        sc.bay_inputs(t, "B1", [500, 0], 0)
+        sc.reading(t, "P1", {"energy_wh": 1000, "power_w": 0.0}, (), "ntp")
+        t += 5
+    data = sc.telemetry(t, 0, 30)
+    assert data["bays"][0]["state"] in ("occupied", "idle")
+    for _ in range(40):
+        sc.bay_inputs(t, "B1", [2500, 1], 0)
+        t += 1
+    occ = [b for b in sc.take_billing() if b["type"] == "occupancy"][0]
+    assert occ["classification"] == "fuel_car"
+    fen, _ = tariff.fee(tariff.default_tariff(), "fuel_car", occ["billable_s"])
+    assert occ["fee_fen"] == fen and fen > 0
+    assert "bay.fuel_suspected" in types(sc.recent)
+
+
+def test_telemetry_marks_stale_and_unmetered_and_invents_nothing():
+    sc = core(cfg(with_bay=False))
+    data = sc.telemetry(1000, 0, 30)
+    p = data["piles"][0]
+    assert p["stale"] and not p["metered"] and p["reasons"] == ["unverified"]
+    assert "energy_wh" not in p and "power_w" not in p
+    sc.identity(1000, "P1", "1")
+    sc.reading(1001, "P1", {"energy_wh": 5, "power_w": 10.0}, (), "ntp")
+    p = sc.telemetry(1002, 1000, 30)["piles"][0]
+    assert p["metered"] and p["energy_wh"] == 5 and "stale" not in p
+    p = sc.telemetry(1100, 1050, 30)["piles"][0]
+    assert p["stale"] and p["t"] == 1001
+
+
+def test_a_bad_tariff_is_refused_and_a_good_one_applies():
+    sc = core()
+    assert sc.set_tariff({"id": "x"}) != ""
+    t = tariff.default_tariff()
+    t["id"], t["version"] = "new", 2
+    assert sc.set_tariff(t) == "" and sc.tariff["id"] == "new"

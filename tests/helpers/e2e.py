@@ -1,0 +1,131 @@
+"""Helpers for end-to-end tests: the platform side (command key, verifying receiver, command
+sender) and running `pilegate run` as a real process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pilecore import commands
+from pilegate.keys import DeviceKey
+from pilehil.load import PiecewiseLoad
+from piletools.receiver import KeyRegister, Receiver
+from piletools.verify import Subscriber
+
+
+class OneSession(PiecewiseLoad):
+    """Idle, then one car charging at `kw` from `on_s` to `off_s` (simulated seconds), idle after."""
+
+    def __init__(self, on_s: int, off_s: int, w: int = 7000) -> None:
+        super().__init__()
+        self._append(on_s * 1000, w, 1)
+        self._append(off_s * 1000, 0, 1)
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.05, tick=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tick:
+            tick()
+        if pred():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Platform:
+    """The platform side of a test: a command key, a verifying receiver, a command sender."""
+
+    def __init__(self, tmp: Path, broker, gw: str = "GW-T1", site: str = "test-site"):
+        self.gw, self.site = gw, site
+        self.key = DeviceKey(ec.generate_private_key(ec.SECP256R1()))
+        self.key_file = tmp / "platform-cmd.pub.pem"
+        self.key_file.write_text(self.key.public_pem)
+        self.broker = broker
+        self.prefix = f"pilegate/v1/{site}/{gw}"
+        self.acks: list[dict] = []
+        self.bills: list[dict] = []
+        self.receiver: Receiver | None = None
+        self.sub: Subscriber | None = None
+
+    def listen(self, device_pem: str) -> None:
+        reg = KeyRegister()
+        reg.add(self.gw, device_pem)
+        self.receiver = Receiver(reg)
+        ca = str(self.broker.pki.ca) if self.broker.tls else None
+
+        def on_verdict(v):
+            if v.status == "accepted" and v.kind == "ack":
+                self.acks.append(v.body["data"])
+            if v.status == "accepted" and v.kind == "billing":
+                self.bills.append(v.body["data"])
+        self.sub = Subscriber(self.receiver, self.broker.url, "pilegate/v1/+/+/+", ca_file=ca,
+                              on_verdict=on_verdict).start()
+        wait_for(self.sub.connected.is_set, 10, "the verifier to connect")
+
+    def send(self, jws: str) -> None:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        if self.broker.tls:
+            c.tls_set(ca_certs=str(self.broker.pki.ca))
+        c.connect("localhost" if self.broker.tls else "127.0.0.1", self.broker.port)
+        c.loop_start()
+        c.publish(f"{self.prefix}/cmd", jws, qos=1).wait_for_publish(5)
+        c.loop_stop()
+        c.disconnect()
+
+    def command(self, cmd_id: str, name: str, args: dict, key=None, iat=None, exp=None) -> str:
+        key = key or self.key
+        now = int(time.time())
+        return commands.make(self.gw, cmd_id, name, args, iat or now - 1, exp or now + 120, key.sign_raw, key.kid)
+
+    def account(self):
+        return self.receiver.accounts.get(self.gw)
+
+
+def write_site(s, tmp: Path, broker, platform: Platform, extra: str = "") -> Path:
+    text = s.path.read_text()
+    if broker.tls:
+        mqtt_block = f'[mqtt]\nurl = "{broker.url}"\nca_file = "{broker.pki.ca}"\n'
+    else:
+        mqtt_block = f'[mqtt]\nurl = "{broker.url}"\nallow_insecure = true\n'
+    text = text.replace('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nallow_insecure = true\n', mqtt_block)
+    text += f'\n[signing]\nplatform_key = "{platform.key_file}"\n' + extra
+    path = tmp / "gw-site.toml"
+    path.write_text(text)
+    return path
+
+
+def start_gateway(site_path: Path, data: Path, interval: int = 1) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pilegate.cli", "run", str(site_path), "--data-dir", str(data),
+                             "--interval", str(interval), "--poll", "0.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def device_pem(site_path: Path, data: Path) -> str:
+    out = subprocess.run([sys.executable, "-m", "pilegate.cli", "keys", str(site_path), "--data-dir", str(data)],
+                         capture_output=True, text=True, check=True).stdout
+    return out[out.index("-----BEGIN"):]
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    return out
+
+
+def billing(platform: Platform) -> list[dict]:
+    return [b for b in platform.bills if b.get("type") == "session"]
+
+
+def spki_hex(pem: str) -> str:
+    """The key form pyocmf takes: hex of the SubjectPublicKeyInfo DER."""
+    pub = serialization.load_pem_public_key(pem.encode())
+    return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo).hex()
