@@ -10,6 +10,7 @@ Known answers come from the RFCs' own text, not from another implementation:
 import hashlib
 
 from mpytest import raises
+
 from pilecore import ecdsa
 
 N = ecdsa.N

@@ -1,6 +1,7 @@
 """RTU framing, CRC-16 and typed decoding (both interpreters)."""
 
 from mpytest import raises
+
 from pilecore import modbus
 
 

@@ -5,6 +5,7 @@ literals instead of reading the TOML files (tests/gateway/test_profiles_data.py 
 """
 
 from mpytest import raises
+
 from pilecore import profile
 
 

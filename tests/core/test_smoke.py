@@ -1,5 +1,6 @@
-import pilecore
 from mpytest import raises
+
+import pilecore
 
 
 def test_version_is_a_string():

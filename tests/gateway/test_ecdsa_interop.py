@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pilecore import ecdsa
 from test_ecdsa import _signature_with_large_x
+
+from pilecore import ecdsa
 
 N = ecdsa.N
 ES256 = ec.ECDSA(hashes.SHA256())
