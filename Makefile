@@ -30,10 +30,10 @@ firmware: ## compile firmware/ with mpy-cross into build/firmware/, with module 
 	@$(PY) -m piletools.firmware_build
 
 bench: ## benchmarks, each printed as a ratio against a baseline measured in the same run
-	@echo "make bench: the benchmarks arrive with metering (issue 3) and telemetry (issue 4)"
+	@$(VENV)/bin/pilegate bench all
 
 demo: ## private broker + simulated 8-pile site + gateway + verifier; Ctrl-C stops all
-	@echo "make demo: arrives with metering and telemetry (issues 3 and 4)"
+	@$(VENV)/bin/pilegate demo
 
 lock: ## re-resolve requirements.in into requirements.lock
 	@$(PY) -m pip install -q -r requirements.in

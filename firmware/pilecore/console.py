@@ -95,8 +95,9 @@ NO_PIN = ("no technician PIN has been provisioned on this gateway, so privileged
           "the gateway stores only a salted PBKDF2 hash of it.")
 BINDING_REFUSED = ("meter-to-pile bindings (which meter, bus, address and serial belong to a "
                    "pile) cannot be changed from the console: they decide billing, so they go "
-                   "through commissioning (pilegate commission), which re-reads the meter's "
-                   "serial number and records a signed binding event.")
+                   "through commissioning: the installer records the meter's serial number in "
+                   "the site file (pilegate check, then deploy it), and the gateway verifies it "
+                   "against the meter and publishes a signed binding event.")
 
 _NORMAL = 0
 _PIN = 1

@@ -120,6 +120,12 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_console(args: argparse.Namespace) -> int:
+    from piletools import console_client
+
+    return console_client.main(args)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from piletools import verify
 
@@ -157,6 +163,44 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from piletools import bench
 
     return bench.main(args)
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    import os
+    import secrets
+
+    from pilecore import pinhash
+    from pilegate import keys
+
+    site = _load(args.site)
+    if site is None:
+        return 2
+    data_dir = args.data_dir or Path(site.config["gateway"]["data_dir"])
+    try:
+        key, created = keys.load_or_create(data_dir)
+    except (keys.KeyFileError, OSError) as exc:
+        print(f"pilegate provision: {exc}", file=sys.stderr)
+        return 2
+    gw = site.config["gateway"]["id"]
+    print(f"gateway {gw}: device key {'generated' if created else 'present'}, kid {key.kid}")
+    if args.console_pin:
+        pin = "".join(secrets.choice("0123456789") for _ in range(args.pin_digits))
+        record = pinhash.make_record(pin, secrets.token_bytes(16), args.iterations)
+        path = Path(data_dir) / "console-pin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(record + "\n")
+        os.chmod(path, 0o600)
+        print(f"technician PIN for {gw}: {pin}")
+        print("  write it down now: the gateway keeps only a salted PBKDF2 hash, it cannot be shown again;")
+        print("  a running gateway picks it up at its next start")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from piletools import demo
+
+    return demo.main(args)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -212,6 +256,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
     handlers["bench"] = _cmd_bench
 
+    p = sub.add_parser("demo", help="the whole chain on this machine: broker, simulated site, gateway, verifier",
+                       description="Start a private mosquitto, simulate the example 8-pile site (meters, bay "
+                                   "sensors, vehicles), run the gateway against it and the reference verifier "
+                                   "on its messages, and print live verified readings. Ctrl-C stops all.")
+    p.add_argument("--site", type=Path, help="site file to simulate (default examples/site.toml)")
+    p.add_argument("--interval", type=int, default=5, help="telemetry interval in seconds (default 5)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated traffic")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
+    handlers["demo"] = _cmd_demo
+
     p = sub.add_parser("run", help="run the gateway",
                        description="Run the gateway: poll the meters, enforce one pile one meter, "
                                    "publish signed telemetry. Stops cleanly on SIGINT/SIGTERM.")
@@ -230,6 +285,32 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--register", action="store_true",
                    help="print a [[key]] entry for a verifier key register file")
     handlers["keys"] = _cmd_keys
+
+    p = sub.add_parser("provision", help="create the device key and the technician console PIN",
+                       description="Create the gateway's device key if it has none, and with --console-pin "
+                                   "a new random technician PIN, unique to this gateway, stored only as a "
+                                   "salted PBKDF2-HMAC-SHA256 hash (file mode 0600). The PIN is printed once.")
+    p.add_argument("site", type=Path, help="the site configuration (TOML)")
+    p.add_argument("--data-dir", type=Path, help="override [gateway] data_dir")
+    p.add_argument("--console-pin", action="store_true", help="set a new technician PIN (replaces the old one)")
+    p.add_argument("--pin-digits", type=int, default=8, choices=range(6, 13), metavar="N",
+                   help="PIN length, 6-12 digits (default 8)")
+    p.add_argument("--iterations", type=int, default=200000,
+                   help="PBKDF2 iterations (default 200000 on a Pi; use about 20000 for an ESP32)")
+    handlers["provision"] = _cmd_provision
+
+    p = sub.add_parser("console", help="technician console over a serial cable or the gateway's local socket",
+                       description="Attach to a gateway's technician console: over a USB serial cable (--port) "
+                                   "or, on the Pi, its local socket (--socket). Local line editing, history, "
+                                   "Tab completion, a session log; no traceback when the port is missing, busy "
+                                   "or not permitted.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--port", help="serial port wired to the gateway's console UART, e.g. /dev/ttyUSB0")
+    where.add_argument("--socket", help="the gateway's console socket (default /run/pilegate/console.sock "
+                                        "when no --port is given)")
+    p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200, 8N1)")
+    p.add_argument("--log", type=Path, help="session log file (default ~/pilegate-console-YYYYmmdd-HHMMSS.log)")
+    handlers["console"] = _cmd_console
 
     p = sub.add_parser("verify", help="reference receiver: verify gateways' messages",
                        description="Subscribe to gateways' topics, verify every signature against a "

@@ -10,21 +10,26 @@ change.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt_client
+
 from pilecore import commands, envelope
+from pilecore.console import AuthState
 from pilecore.envelope import Chain
 from pilecore.site import SiteCore
-from pilegate import VERSION, keys
+from pilegate import VERSION, gpio, keys
+from pilegate.console_backend import GatewayBackend, LogRing, load_pin_record
+from pilegate.console_server import ConsoleError, ConsoleServer
 from pilegate.metering_service import Metering
-from pilegate.mqtt_link import MqttLink
+from pilegate.mqtt_link import MqttLink, parse_url
 from pilegate.outbox import Outbox, OutboxFull, signing_input_hash
 from pilegate.siteconfig import Site
 
@@ -73,8 +78,11 @@ class Gateway:
         self.max_cmd_age = sign.get("command_max_age_s", 300)
         self.events: list[dict[str, Any]] = []
         self.core = SiteCore(cfg, self.key.sign_der, self.gw, VERSION, self.outbox.kv_get("core"))
+        if inputs is None:
+            inputs = gpio.open_inputs(cfg["board_def"])
+        relays = inputs if isinstance(inputs, gpio.BoardGpio) else None
         self.metering = Metering(cfg, core=self.core, on_event=self.events.append, wall=self.now,
-                                 poll_s=poll_s, tsync=self.tsync, inputs=inputs)
+                                 poll_s=poll_s, tsync=self.tsync, inputs=inputs, relays=relays)
         self._saved_version: tuple[int, int] | None = None
         self.prefix = f"{cfg['mqtt'].get('prefix', 'pilegate/v1')}/{self.site_id}/{self.gw}"
         self.link = MqttLink(cfg["mqtt"], cfg["mqtt"].get("client_id") or self.gw, self.prefix, self.outbox,
@@ -85,6 +93,11 @@ class Gateway:
         self.exit_code = 0
         self.started = time.monotonic()
         self.last_telemetry_t = 0
+        self.recent_events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self._stop: asyncio.Event | None = None
+        self.log_ring = LogRing()
+        logging.getLogger("pilegate").addHandler(self.log_ring)
+        self.console: ConsoleServer | None = None
 
     # ------------------------------------------------------------ time
 
@@ -186,6 +199,7 @@ class Gateway:
                                 "dropped": [{"seq": s, "hash": h} for s, h in dropped]})
         if self.events:
             batch, self.events[:] = list(self.events), []
+            self.recent_events.extend(batch)
             self.seal("event", {"events": batch})
 
     def _save_state(self) -> None:
@@ -195,7 +209,76 @@ class Gateway:
             self.outbox.kv_put("core", self.core.snapshot())
             self._saved_version = version
 
+    def _console(self) -> ConsoleServer | None:
+        con = self.cfg.get("console", {})
+        if not con.get("serial_port") and not con.get("socket"):
+            return None
+        auth = AuthState(load_pin_record(self.data_dir))
+        return ConsoleServer(GatewayBackend(self, self.log_ring), auth, serial_port=con.get("serial_port"),
+                             baud=con.get("baud", 115200), socket_path=con.get("socket"),
+                             idle_logout_s=con.get("idle_logout_s", 600))
+
+    @staticmethod
+    async def _serve_console(console: ConsoleServer, stop: asyncio.Event) -> None:
+        try:
+            await console.serve(stop)
+        except (ConsoleError, OSError) as exc:
+            log.error("technician console not available: %s", exc)
+
+    def _start_plate_reader(self) -> mqtt_client.Client | None:
+        """Plate-reader events from the cameras' local broker ([bays] plate_broker)."""
+        bays = self.cfg.get("bays", {})
+        url = bays.get("plate_broker")
+        if not url:
+            return None
+        tls, host, port = parse_url(url)
+        c = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=f"{self.gw}-plates")
+        if tls:
+            c.tls_set()
+        topic = bays.get("plate_topic", "pilegate/local/plates")
+        c.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        c.on_message = lambda client, userdata, msg: self.loop.call_soon_threadsafe(self._plate, bytes(msg.payload))
+        c.reconnect_delay_set(1, 30)
+        c.connect_async(host, port, keepalive=30)
+        c.loop_start()
+        return c
+
+    def _plate(self, payload: bytes) -> None:
+        """One plate read: {"camera", "plate", "colour", "t"(optional)}; malformed ones are logged."""
+        try:
+            msg = json.loads(payload)
+            camera, plate, colour = msg["camera"], msg["plate"], msg["colour"]
+            if not all(isinstance(v, str) for v in (camera, plate, colour)):
+                raise ValueError("camera, plate and colour must be strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("plate reader sent an unusable message (%s): %r", exc, payload[:200])
+            return
+        t = msg.get("t") if isinstance(msg.get("t"), int) else self.now()
+        self.events.extend(self.core.plate(min(t, self.now()), camera, plate, colour))
+
+    def request_stop(self, reboot: bool = False) -> None:
+        """Stop the process (systemd restarts it; a reboot request exits with EXIT_REBOOT)."""
+        if reboot:
+            self.exit_code = EXIT_REBOOT
+        if self._stop is not None:
+            self._stop.set()
+
+    def factory_reset(self) -> None:
+        """Wipe the device key, the backlog, state and the console PIN, then stop.
+
+        The next start generates a new key, which the platform must register again."""
+        log.warning("factory reset requested from the console: wiping key, outbox and credentials")
+        self._wipe = True
+        self.request_stop()
+
+    def _do_wipe(self) -> None:
+        for name in (keys.KEY_FILE, "outbox.db", "outbox.db-wal", "outbox.db-shm", "console-pin"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / name).unlink()
+
     async def run(self, stop: asyncio.Event) -> int:
+        self._stop = stop
+        self._wipe = False
         self.loop = asyncio.get_running_loop()
         self.events.append({"type": "gateway.started", "t": self.now(), "epoch": self.epoch,
                             "fw": VERSION, "config_hash": self.site.config_hash})
@@ -204,8 +287,20 @@ class Gateway:
         tasks = [asyncio.create_task(self.metering.run(stop)),
                  asyncio.create_task(self._telemetry_loop(stop)),
                  asyncio.create_task(self._housekeeping(stop))]
+        self.console = self._console()
+        plates = self._start_plate_reader()
+        if self.console is not None:
+            tasks.append(asyncio.create_task(self._serve_console(self.console, stop)))
         await stop.wait()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if plates is not None:
+            plates.disconnect()
+            plates.loop_stop()
+        if self._wipe:
+            self.link.stop()
+            self.outbox.close()
+            self._do_wipe()
+            return self.exit_code
         await self._drain_before_exit(2.0)
         self.link.stop(publish_offline=self._state_msg("offline", "stopped"))
         self.outbox.close()
@@ -268,9 +363,8 @@ class Gateway:
             self._save_state()
             return {"tariff": args["tariff"].get("id"), "version": args["tariff"].get("version")}
         if name == "reboot":
-            self.exit_code = EXIT_REBOOT
             if self.loop is not None:
-                self.loop.call_later(1.0, lambda: os.kill(os.getpid(), 15))
+                self.loop.call_later(1.0, self.request_stop, True)
             return {"rebooting_in_s": 1}
         return {}
 

@@ -750,6 +750,8 @@ class SimPileController(BusDevice):
         super().__init__(address, clock, latency_ms)
         self._connectors: dict[tuple[int, int], tuple[BaySim, tuple[int, ...]]] = {}
         self._forced: dict[tuple[int, int], int] = {}
+        self.enable: dict[int, bool] = {}           # enable coils (the gateway's interlock)
+        self.enable_log: list[tuple[float, int, bool]] = []
 
     def __repr__(self) -> str:
         return f"SimPileController(address={self.address}, connectors={sorted(self._connectors)})"
@@ -767,9 +769,23 @@ class SimPileController(BusDevice):
                              f"{register} already serves bay {self._connectors[key][0].bay_id}")
         self._connectors[key] = (bay, values)
 
+    def add_enable_coil(self, coil: int, on: bool = True) -> None:
+        """A coil the gateway writes (function 5) to enable or disable charging: the
+        interlock of `interlock = "relay"` piles with a `coil`."""
+        self.enable[coil] = on
+
     @property
     def mapped(self) -> frozenset[tuple[int, int]]:
-        return frozenset(self._connectors)
+        return frozenset(self._connectors) | frozenset((1, c) for c in self.enable)
+
+    def write(self, function: int, address: int, values: list[Any]) -> int | None:
+        """Function 5/15 on an enable coil; anything else: exception 2 (illegal address)."""
+        if function not in (5, 15) or any(address + i not in self.enable for i in range(len(values))):
+            return 2
+        for i, v in enumerate(values):
+            self.enable[address + i] = bool(v)
+            self.enable_log.append((self.clock(), address + i, bool(v)))
+        return None
 
     def value(self, function: int, register: int, t: float | None = None) -> int:
         """The value of a connector at clock time ``t`` (None = now)."""
@@ -801,7 +817,12 @@ class SimPileController(BusDevice):
         t = self.clock()
         out = []
         for r in range(address, address + count):
-            out.append(self.value(function, r, t) if (function, r) in self._connectors else 0)
+            if (function, r) in self._connectors:
+                out.append(self.value(function, r, t))
+            elif function == 1 and r in self.enable:
+                out.append(int(self.enable[r]))
+            else:
+                out.append(0)
         return out
 
     def clear_faults(self) -> None:

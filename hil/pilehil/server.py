@@ -137,7 +137,11 @@ def sim_device(meter: SimMeter) -> SimDevice:
                      registers: list[int], set_values: list[int] | list[bool] | None
                      ) -> ExcCodes | None:
         if set_values is not None and function in (5, 6, 15, 16, 22, 23):
-            return ExcCodes.ILLEGAL_ADDRESS  # measurement registers are read-only
+            write = getattr(meter, "write", None)
+            if write is None:
+                return ExcCodes.ILLEGAL_ADDRESS  # measurement registers are read-only
+            code = write(function, address, list(set_values))
+            return None if code is None else ExcCodes(code)
         if function in (1, 2) and function in bit_functions:
             # pymodbus asks for whole 16-bit words: `count` words from the word holding
             # bit `address`; it picks the requested bits out of them afterwards.

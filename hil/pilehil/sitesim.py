@@ -63,7 +63,8 @@ def serial_for(profile: dict[str, Any], n: int) -> str:
 
 def build(cfg: dict[str, Any], speed: float = 1.0, seed: int = 0, realtime: bool = False,
           clock: Any = None, *, bays: bool = True, scenario: bool = True, mount: str = "ground",
-          empty_mm: int = 2800, jitter_mm: int = 10) -> tuple[Site, dict[tuple[str, int], Any]]:
+          empty_mm: int = 2800, jitter_mm: int = 10,
+          gap_s: tuple[int, int] = (300, 3600)) -> tuple[Site, dict[tuple[str, int], Any]]:
     """A Site for a compiled site config (not started) and its meters by (bus, address).
 
     With ``bays`` (default) the configured bays are simulated too and the site gets a
@@ -93,7 +94,7 @@ def build(cfg: dict[str, Any], speed: float = 1.0, seed: int = 0, realtime: bool
         meters[(m["bus"], m["address"])] = meter
         pile_meters[pile["id"]] = meter
     if bays:
-        site.bays = build_bays(site, cfg, pile_meters, seed=seed, scenario=scenario, mount=mount,
+        site.bays = build_bays(site, cfg, pile_meters, seed=seed, scenario=scenario, mount=mount, gap_s=gap_s,
                                empty_mm=empty_mm, jitter_mm=jitter_mm)
     main = cfg.get("main_meter")
     if main:
@@ -122,12 +123,12 @@ def power_options(pile: dict[str, Any], phases: int) -> tuple[tuple[int, int], .
 
 def build_bays(site: Site, cfg: dict[str, Any], pile_meters: dict[str, Any], *, seed: int = 0,
                scenario: bool = True, mount: str = "ground", empty_mm: int = 2800,
-               jitter_mm: int = 10) -> SiteBays:
+               jitter_mm: int = 10, gap_s: tuple[int, int] = (300, 3600)) -> SiteBays:
     """Simulate every `[[bay]]` of ``cfg`` on ``site`` (not started): a :class:`BaySim` per bay
     driving its pile's meter, a :class:`SimSensor` per Modbus presence sensor, a
     :class:`SimPileController` per plug controller address (one connector per bay), the
     board's inputs wired to presence and plug signals, and a plate feed for the cameras."""
-    params_base = {k: v for k, v in (cfg.get("bays") or {}).items() if k != "plate_topic"}
+    params_base = {k: v for k, v in (cfg.get("bays") or {}).items() if k not in ("plate_topic", "plate_broker")}
     board_inputs = [i["name"] for i in (cfg.get("board_def") or {}).get("input", ())]
     inputs = FakeInputs(site.clock, names=board_inputs)
     plates = PlateFeed(site.clock)
@@ -145,7 +146,7 @@ def build_bays(site: Site, cfg: dict[str, Any], pile_meters: dict[str, Any], *, 
             params = dict(params_base, plug_source=plug["source"])
             sc = None
             if scenario:
-                sc = Scenario(seed + zlib.crc32(b["id"].encode()), phases=meter.phases,
+                sc = Scenario(seed + zlib.crc32(b["id"].encode()), phases=meter.phases, gap_s=gap_s,
                               power_options=power_options(piles[pile_id], meter.phases),
                               overstay_s=core_bays.make_params(params)["overstay_s"])
             bay = BaySim(b["id"], pile_id, site.clock, meter=meter, drive_meter=len(group) == 1,
@@ -173,6 +174,14 @@ def build_bays(site: Site, cfg: dict[str, Any], pile_meters: dict[str, Any], *, 
                                                plug.get("plugged_values", [1]))
         if len(group) > 1:  # one meter behind several connectors: it sees their sum
             meter.load = SumLoad([sims[b["id"]].load for b in group], base_w=0)
+    for pile in cfg["pile"]:           # enable coils the gateway switches (interlock = "relay")
+        coil = pile.get("coil")
+        if coil:
+            key = (coil["bus"], coil["address"])
+            if key not in controllers:
+                controllers[key] = _add_device(site, coil["bus"], SimPileController(coil["address"], site.clock),
+                                               f"pile[{pile['id']}].coil")
+            controllers[key].add_enable_coil(coil["coil"])
     return SiteBays(sims, sensors, controllers, inputs, plates)
 
 

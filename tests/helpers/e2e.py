@@ -51,6 +51,7 @@ class Platform:
         self.broker = broker
         self.prefix = f"pilegate/v1/{site}/{gw}"
         self.acks: list[dict] = []
+        self.event_log: list[dict] = []
         self.bills: list[dict] = []
         self.receiver: Receiver | None = None
         self.sub: Subscriber | None = None
@@ -64,6 +65,8 @@ class Platform:
         def on_verdict(v):
             if v.status == "accepted" and v.kind == "ack":
                 self.acks.append(v.body["data"])
+            if v.status == "accepted" and v.kind == "event":
+                self.event_log.extend(v.body["data"].get("events", []))
             if v.status == "accepted" and v.kind == "billing":
                 self.bills.append(v.body["data"])
         self.sub = Subscriber(self.receiver, self.broker.url, "pilegate/v1/+/+/+", ca_file=ca,
@@ -84,6 +87,9 @@ class Platform:
         key = key or self.key
         now = int(time.time())
         return commands.make(self.gw, cmd_id, name, args, iat or now - 1, exp or now + 120, key.sign_raw, key.kid)
+
+    def events(self) -> list[dict]:
+        return list(self.event_log)
 
     def account(self):
         return self.receiver.accounts.get(self.gw)

@@ -116,6 +116,9 @@ def summary_lines(receiver: Receiver) -> list[str]:
                 out.append(f"    {p['pile']:<6} {('%.3f kWh' % (kwh / 1000)) if kwh is not None else '-':>14} "
                            f"{_w(p.get('power_w')):>9} W  {'metered' if p.get('metered') else 'UNMETERED'}"
                            f"{'  stale' if p.get('stale') else ''}")
+            bays = tele.get("data", {}).get("bays", [])
+            if bays:
+                out.append("    bays: " + "  ".join(f"{b.get('bay')}={b.get('state')}" for b in bays))
     return out
 
 
