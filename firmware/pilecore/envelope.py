@@ -128,6 +128,24 @@ class Chain:
         jws, digest = sign_compact(self.header, payload, self.sign_raw)
         return Prepared(seq, kind, jws, digest, payload)
 
+    def prepare_many(self, items, now, tsync, hist=False):
+        """Sign several chained messages at once (each linked to the one before); the chain
+        advances only on commit_many(), after the caller stored them in one transaction."""
+        seq, head = self.seq, self.head
+        out = []
+        try:
+            for kind, data in items:
+                p = self.prepare(kind, data, now, tsync, hist)
+                out.append(p)
+                self.seq, self.head = p.seq, p.hash
+        finally:
+            self.seq, self.head = seq, head
+        return out
+
+    def commit_many(self, prepared):
+        for p in prepared:
+            self.commit(p)
+
     def commit(self, prepared):
         if prepared.seq != self.seq + 1:
             raise ValueError("commit out of order: chain at %d, message %d" % (self.seq, prepared.seq))

@@ -19,6 +19,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class MqttLink:
 
     def __init__(self, mqtt_cfg: dict[str, Any], client_id: str, prefix: str, outbox: Outbox,
                  will: Callable[[], str], online: Callable[[], str],
-                 on_command: Callable[[bytes], None] | None = None, window: int = 20):
+                 on_command: Callable[[bytes], None] | None = None, window: int = 256):
         self.cfg = mqtt_cfg
         self.prefix = prefix
         self.outbox = outbox
@@ -169,13 +170,15 @@ class MqttLink:
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 self._early.add(mid)
+            low = len(self._inflight) <= self.window // 2
         if seq is not None:
-            self._acked(seq)
+            self._acked(seq, low)
 
-    def _acked(self, seq: int) -> None:
+    def _acked(self, seq: int, wake: bool = True) -> None:
         self.outbox.ack(seq)
         self.acked += 1
-        self._kick.set()
+        if wake:                       # wake the drain only when half the window is free again
+            self._kick.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         if self.on_command is not None and msg.topic == self.topic("cmd"):
@@ -185,13 +188,16 @@ class MqttLink:
 
     def _drain(self) -> None:
         while not self._stop.is_set():
-            self._kick.wait(1.0)
+            self._kick.wait(0.5)
             self._kick.clear()
+            self.outbox.flush_acks()
             while self.connected.is_set() and not self._stop.is_set():
                 with self._lock:
                     room = self.window - len(self._inflight)
                     after = self._sent_upto
-                if room <= 0:
+                # refill in batches (half a window at least): one outbox query per batch, not
+                # one per PUBACK
+                if room <= 0 or (room < self.window // 2 and self._inflight):
                     break
                 batch = self.outbox.pending(room, after=after)
                 if not batch:
@@ -214,7 +220,7 @@ class MqttLink:
                     if early:
                         self._acked(seq)
                     self.published += 1
-                    self.last_publish = _now()
+                    self.last_publish = time.time()
                 if not ok:
                     break
 
@@ -222,7 +228,3 @@ class MqttLink:
         with self._lock:
             return len(self._inflight)
 
-
-def _now() -> float:
-    import time
-    return time.time()

@@ -13,6 +13,7 @@ states, command replay guard, OCMF pagination).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import sqlite3
@@ -63,8 +64,39 @@ class Outbox:
         self.path.chmod(0o600)
         row = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM msg").fetchone()
         self._bytes = int(row[0])
+        self._acks: collections.deque[int] = collections.deque()
 
     # ------------------------------------------------------------ messages
+
+    def put_many(self, records: list[tuple[int, str, str, bytes]], chain_head: tuple[int, str]) -> list[int]:
+        """Store several messages and the chain head they end at in ONE transaction (one fsync:
+        a group commit).  Returns the seqs stored; telemetry that cannot fit is left out, and a
+        record that must never be dropped raises OutboxFull with nothing stored."""
+        with self._lock:
+            last = self.db.execute("SELECT MAX(seq) FROM msg").fetchone()[0] or 0
+            stored = []
+            rows = []
+            batch_bytes = 0
+            for seq, kind, topic, payload in records:
+                if seq <= last:
+                    raise ValueError(f"seq {seq} is not above the newest stored seq {last}")
+                last = seq
+                size = len(payload) + len(topic) + 32
+                if not self._make_room(size + batch_bytes, kind):
+                    continue
+                rows.append((seq, kind, topic, bytes(payload), size))
+                batch_bytes += size
+                stored.append(seq)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany("INSERT INTO msg (seq, kind, topic, payload, size) VALUES (?,?,?,?,?)", rows)
+                self._kv_put("chain", {"seq": chain_head[0], "head": chain_head[1]})
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self._bytes += batch_bytes
+            return stored
 
     def put(self, seq: int, kind: str, topic: str, payload: bytes,
             chain_head: tuple[int, str] | None = None) -> bool:
@@ -95,6 +127,8 @@ class Outbox:
 
     def _make_room(self, size: int, kind: str) -> bool:
         """Free space: acked records first, then unacked telemetry, oldest first."""
+        if self._bytes + size > self.max_bytes:
+            self.flush_acks()
         while self._bytes + size > self.max_bytes:
             row = self.db.execute("SELECT seq, size FROM msg WHERE acked = 1 ORDER BY seq LIMIT 1").fetchone()
             if row is not None:
@@ -120,13 +154,30 @@ class Outbox:
     def pending(self, limit: int = 16, after: int = 0) -> list[tuple[int, str, str, bytes]]:
         """Oldest-first unacked messages (seq > after)."""
         with self._lock:
+            acked = set(self._acks)
             rows = self.db.execute("SELECT seq, kind, topic, payload FROM msg WHERE acked = 0 AND seq > ? "
-                                   "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+                                   "ORDER BY seq LIMIT ?", (after, limit + len(acked))).fetchall()
+            rows = [r for r in rows if r[0] not in acked][:limit]
         return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
     def ack(self, seq: int) -> None:
+        """Mark a message published.  Acks are buffered and written in batches (flush_acks): a
+        lost ack only makes the message be published once more, which receivers drop as a
+        duplicate, so acks need no fsync of their own."""
+        # Called on the MQTT client's network thread: never wait for the database lock here
+        # (deque.append is atomic), or a long store would stall the whole link.
+        self._acks.append(seq)
+
+    def flush_acks(self) -> None:
         with self._lock:
-            self.db.execute("UPDATE msg SET acked = 1 WHERE seq = ?", (seq,))
+            if not self._acks:
+                return
+            batch = []
+            while self._acks:
+                batch.append(self._acks.popleft())
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("UPDATE msg SET acked = 1 WHERE seq = ?", [(s,) for s in batch])
+            self.db.execute("COMMIT")
 
     def get(self, seq: int) -> tuple[int, str, str, bytes] | None:
         with self._lock:
@@ -135,10 +186,12 @@ class Outbox:
 
     def depth(self) -> int:
         with self._lock:
+            self.flush_acks()
             return int(self.db.execute("SELECT COUNT(*) FROM msg WHERE acked = 0").fetchone()[0])
 
     def oldest(self) -> int | None:
         with self._lock:
+            self.flush_acks()
             return self.db.execute("SELECT MIN(seq) FROM msg WHERE acked = 0").fetchone()[0]
 
     def last(self) -> tuple[int, bytes] | None:
@@ -183,4 +236,5 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            self.flush_acks()
             self.db.close()

@@ -216,3 +216,25 @@ def test_parse_sig_der_is_exactly_der(data: bytes) -> None:
 def test_sig_der_equals_cryptography_encoding(r: int, s: int) -> None:
     assert ecdsa.sig_der(r, s) == encode_dss_signature(r, s)
     assert ecdsa.parse_sig_der(encode_dss_signature(r, s)) == (r, s)
+
+
+def test_jsonc_fast_path_matches_the_portable_encoder():
+    """On CPython jsonc uses json.dumps; it must give exactly the bytes MicroPython's path gives."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pilecore import jsonc
+
+    leaves = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+              | st.text())
+    values = st.recursive(leaves,
+                          lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+                          max_leaves=20)
+
+    @settings(max_examples=200, deadline=None)
+    @given(values)
+    def check(v):
+        out = []
+        jsonc._enc(v, out)
+        assert "".join(out) == jsonc.dumps(v)
+    check()
