@@ -34,6 +34,27 @@ say "installing pinned Python packages (requirements.lock)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
+say "fetching micropython-umqtt.simple 1.3.4 (pinned sha256) into build/deps/umqtt/ for the ESP32 MQTT tests"
+.venv/bin/python - <<'EOF'
+import hashlib, io, pathlib, tarfile, urllib.request
+url = ("https://files.pythonhosted.org/packages/bd/cf/697e3418b2f44222b3e848078b1e33ee76aedca9b6c2430ca1b1aec1ce1d/"
+       "micropython-umqtt.simple-1.3.4.tar.gz")
+sha256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
+dst = pathlib.Path("build/deps/umqtt/umqtt/simple.py")
+stamp = dst.parent.parent / "sdist.sha256"
+if not (dst.exists() and stamp.exists() and stamp.read_text().strip() == sha256):
+    data = urllib.request.urlopen(url, timeout=60).read()
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise SystemExit(f"setup: umqtt.simple sdist sha256 {got} != pinned {sha256}; refusing it")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        src = tar.extractfile("micropython-umqtt.simple-1.3.4/umqtt/simple.py").read()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    (dst.parent / "__init__.py").write_bytes(b"")
+    dst.write_bytes(src)
+    stamp.write_text(sha256 + "\n")
+EOF
+
 say "installing the MicroPython WebAssembly runtime (npm ci)"
 npm ci --no-audit --no-fund --loglevel=error
 

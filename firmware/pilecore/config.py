@@ -77,7 +77,7 @@ def validate_board(board, name):
             seen[item["name"]] = where
             if kind == "uart":
                 _check_board_uart(item, where, esp, problems)
-    if not any(u["role"] == "rs485" for u in out["uart"]):
+    if "uart" in out and not any(u["role"] == "rs485" for u in out["uart"]):
         problems.append(("uart", "no UART with role \"rs485\": the board cannot reach the meters"))
     return (None if problems else out), problems
 

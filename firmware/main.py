@@ -1,0 +1,26 @@
+# pilegate ESP32 main: load /config.json, build the gateway, run it until `repl` ends the loop.
+import time
+
+from pilefw import app as _app
+from pilefw.hw import DeviceHw
+
+CONFIG = "/config.json"
+
+
+def main():
+    hw = DeviceHw()
+    try:
+        cfg, digest = _app.load_config_file(CONFIG)
+    except _app.ConfigError as e:
+        # Nothing can run on a bad configuration: say exactly what is wrong, again and again,
+        # so a technician who plugs in later still sees it.  The watchdog is not started yet.
+        while True:
+            print("pilegate: %s is not usable:" % CONFIG)
+            for key, msg in e.problems:
+                print("  %s: %s" % (key, msg))
+            time.sleep(30)
+    gw = _app.App(cfg, hw, digest)
+    gw.run()
+
+
+main()
