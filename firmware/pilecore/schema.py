@@ -92,7 +92,7 @@ def site_schema():
         }, required=True),
         "telemetry": _t({
             "interval_s": _i(1, 3600, 30),
-            "outbox_mb": _i(1, 4096, 64),
+            "outbox_mb": _i(1, 4096, 256),
         }),
         "metering": _t({
             "poll_s": _i(1, 3600, 10),

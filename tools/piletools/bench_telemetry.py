@@ -34,6 +34,7 @@ from pilehil.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = 256
+DISK_BYTES_PER_MSG = 0.0
 
 
 def telemetry_data(piles: int = 16) -> dict[str, Any]:
@@ -119,6 +120,8 @@ def pipeline(url: str, work: Path, n: int, batch: int = 50) -> tuple[float, int]
     dt = time.monotonic() - t0
     link.stop()
     ob.close()
+    global DISK_BYTES_PER_MSG
+    DISK_BYTES_PER_MSG = sum(f.stat().st_size for f in work.glob("pipe.db*")) / n
     return n / dt, size
 
 
@@ -197,6 +200,12 @@ def run(args: Any) -> dict[str, float]:
     print(f"      (bare paho waiting for each PUBACK before the next: {lockstep:.0f} msg/s -> {rate / lockstep:.3f})")
     print(f"  (e) draining a {backlog:,}-message backlog {drain_rate:8.0f} msg/s, bare paho {base_drain:8.0f} msg/s"
           f" -> {drain_rate / base_drain:.3f}   (building the backlog took {fill_s:.1f} s)")
+    per_day = 86400 // 30
+    accounted = size + len("pilegate/v1/luoyang-demo-p01/LY-0001/telemetry") + 32
+    days = 256 * 1024 * 1024 / (accounted * per_day)
+    print(f"  capacity: a 16-pile telemetry message takes {accounted} bytes of the outbox budget "
+          f"({DISK_BYTES_PER_MSG:.0f} bytes on disk with SQLite's overhead); at the default 30 s interval "
+          f"the default 256 MB outbox holds {days:.1f} days of backlog")
     mpy_text = f"{mpy:.1f} ms" if mpy is not None else "skipped (Node.js missing)"
     print(f"  (f) one ES256 signature: MicroPython (WebAssembly) {mpy_text}; same code on CPython "
           f"{pure:.2f} ms; OpenSSL {ossl:.3f} ms")
