@@ -19,6 +19,7 @@ Presence samples are True (vehicle), False (empty) or None (no valid reading).  
 sensors go through DistanceFilter first; digital inputs arrive as booleans.
 """
 
+from pilecore import params as _params
 from pilecore.tariff import CLASSIFICATIONS, fee, tariff_ref, validate_tariff
 
 STATES = ("vacant", "arriving", "occupied", "charging", "idle", "leaving", "unknown")
@@ -115,15 +116,7 @@ def param_spec():
 
 def default_params():
     """The default value of every parameter in param_spec()."""
-    spec = param_spec()
-    out = {}
-    for k in spec:
-        out[k] = spec[k][0]
-    return out
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
+    return _params.defaults(param_spec())
 
 
 def validate_params(params):
@@ -131,30 +124,9 @@ def validate_params(params):
 
     Missing keys take their defaults; the cross-checks apply to the merged values.
     """
-    if not isinstance(params, dict):
-        return [("", "bay parameters must be a table (dict)")]
-    spec = param_spec()
-    probs = []
-    for k in params:
-        if k not in spec:
-            probs.append((str(k), "unknown parameter"))
-    merged = default_params()
-    for k in spec:
-        if k not in params:
-            continue
-        v = params[k]
-        _d, lo, hi, unit, _doc = spec[k]
-        if k == "plug_source":
-            if v not in PLUG_SOURCES:
-                probs.append((k, "must be one of %s, got %r" % (", ".join(PLUG_SOURCES), v)))
-                continue
-        elif not _is_int(v):
-            probs.append((k, "must be an integer (%s), got %r" % (unit, v)))
-            continue
-        elif v < lo or v > hi:
-            probs.append((k, "must be between %d and %d %s, got %d" % (lo, hi, unit, v)))
-            continue
-        merged[k] = v
+    probs, merged = _params.check(params, param_spec(), "bay", {"plug_source": PLUG_SOURCES})
+    if probs and probs[0][0] == "":
+        return probs
     if merged["occupied_below_mm"] > merged["vacant_above_mm"]:
         probs.append(("occupied_below_mm", "must not exceed vacant_above_mm (%d)"
                       % merged["vacant_above_mm"]))
@@ -165,14 +137,7 @@ def validate_params(params):
 
 def make_params(params=None):
     """Defaults overlaid with `params`; raises ValueError listing every problem."""
-    if params is None:
-        return default_params()
-    probs = validate_params(params)
-    if probs:
-        raise ValueError("bad bay parameters: " + "; ".join("%s: %s" % kv for kv in probs))
-    merged = default_params()
-    merged.update(params)
-    return merged
+    return _params.make(params, param_spec(), validate_params, "bay")
 
 
 def _event(kind, bay, t, **extra):

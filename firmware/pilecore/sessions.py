@@ -52,6 +52,8 @@ begun/ended, flags, debounce windows, plug state); the port persists on change. 
 readings are not counted as such changes: a stale copy of them is harmless.
 """
 
+from pilecore import params as _params
+
 SNAPSHOT_VERSION = 1
 END_REASONS = ("unplugged", "power")
 START_REASONS = ("plug", "power")
@@ -85,11 +87,7 @@ def param_spec():
 
 def default_params():
     """The default value of every parameter in param_spec()."""
-    spec = param_spec()
-    out = {}
-    for k in spec:
-        out[k] = spec[k][0]
-    return out
+    return _params.defaults(param_spec())
 
 
 def _is_int(v):
@@ -99,27 +97,11 @@ def _is_int(v):
 def validate_params(params):
     """Problems of a (possibly partial) parameter dict as a list of (key, message).
 
-    Missing keys take their defaults; the cross-check applies to the merged values.
+    Missing keys take their defaults; the cross-checks apply to the merged values.
     """
-    if not isinstance(params, dict):
-        return [("", "session parameters must be a table (dict)")]
-    spec = param_spec()
-    probs = []
-    for k in params:
-        if k not in spec:
-            probs.append((str(k), "unknown parameter"))
-    merged = default_params()
-    for k in spec:
-        if k not in params:
-            continue
-        v = params[k]
-        _d, lo, hi, unit, _doc = spec[k]
-        if not _is_int(v):
-            probs.append((k, "must be an integer (%s), got %r" % (unit, v)))
-        elif v < lo or v > hi:
-            probs.append((k, "must be between %d and %d %s, got %d" % (lo, hi, unit, v)))
-        else:
-            merged[k] = v
+    probs, merged = _params.check(params, param_spec(), "session")
+    if probs and probs[0][0] == "":
+        return probs
     if merged["stop_power_w"] > merged["start_power_w"]:
         probs.append(("stop_power_w", "must not exceed start_power_w (%d)"
                       % merged["start_power_w"]))
@@ -128,14 +110,7 @@ def validate_params(params):
 
 def make_params(params=None):
     """Defaults overlaid with `params`; raises ValueError listing every problem."""
-    if params is None:
-        return default_params()
-    probs = validate_params(params)
-    if probs:
-        raise ValueError("bad session parameters: " + "; ".join("%s: %s" % kv for kv in probs))
-    merged = default_params()
-    merged.update(params)
-    return merged
+    return _params.make(params, param_spec(), validate_params, "session")
 
 
 def _copy(x):

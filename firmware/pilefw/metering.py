@@ -16,11 +16,10 @@ or a Modbus coil on its pile controller; the console's override sits in the guar
 (`guard.overrides`).
 """
 
-from pilecore import metering, modbus, planner
+from pilecore import baydevices, metering, modbus, planner
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler, char_time_us
 
 MAIN = "_main"
-FRESH_S = 30            # a sensor value older than this is no value
 
 
 class Meter:
@@ -99,20 +98,8 @@ class Metering:
 
     def _add_bay_devices(self):
         sensor_poll = min(self.poll_ms, 5000)
-        for bay in self.cfg.get("bay", ()):
-            for k, sensor in enumerate(bay.get("presence", ())):
-                if sensor["type"] != "modbus":
-                    continue
-                prof = self.cfg["sensor_profiles"][sensor["profile"]]
-                width = 2 if prof["type"] in ("u32", "s32") else 1
-                plan = planner.RawPlan(prof["function"], prof["register"], width)
-                self.scheds[sensor["bus"]].add_device("%s#%d" % (bay["id"], k), sensor["address"], plan,
-                                                      sensor_poll, prof.get("response_ms", 50),
-                                                      prof.get("min_gap_ms", 0), prof.get("timeout_ms"))
-            plug = bay.get("plug") or {}
-            if plug.get("source") == "modbus":
-                plan = planner.RawPlan(plug["function"], plug["register"], 1)
-                self.scheds[plug["bus"]].add_device(bay["id"] + "#plug", plug["address"], plan, sensor_poll)
+        for key, bus, addr, fc, reg, count, resp, gap, tmo in baydevices.devices(self.cfg, sensor_poll):
+            self.scheds[bus].add_device(key, addr, planner.RawPlan(fc, reg, count), sensor_poll, resp, gap, tmo)
 
     # ------------------------------------------------------------ the bus step
 
@@ -143,31 +130,10 @@ class Metering:
             self.emit([{"type": "meter.fault", "pile": result[1], "t": self.now_s(),
                         "reason": "meter refuses values", "values": [list(v) for v in result[2]]}])
 
-    def _raw_value(self, key, blocks):
-        regs = blocks[0]
-        if regs is None:
-            return None
-        bay_id, _, which = key.partition("#")
-        if which == "plug":
-            return regs[0]
-        bay = None
-        for b in self.cfg["bay"]:
-            if b["id"] == bay_id:
-                bay = b
-        prof = self.cfg["sensor_profiles"][bay["presence"][int(which)]["profile"]]
-        try:
-            raw = modbus.decode_raw(regs, 0, prof["type"], prof.get("byte_order", "big"),
-                                    prof.get("word_order", "big"))
-        except ValueError:
-            return None
-        if prof["measures"] == "distance":
-            return int(raw * prof["scale"])
-        return raw
-
     def _poll_done(self, key, res):
         now = self.now_s()
         if "#" in key:
-            self.raw[key] = (now, self._raw_value(key, res["blocks"]) if res["ok"] else None)
+            self.raw[key] = (now, baydevices.value(self.cfg, key, res["blocks"][0]) if res["ok"] else None)
             return
         m = self.meters[key]
         m.polls += 1
@@ -241,24 +207,8 @@ class Metering:
                                   tag=("identity", pile))
 
     def bay_step(self, now):
-        for bay in self.cfg.get("bay", ()):
-            samples = []
-            for k, sensor in enumerate(bay.get("presence", ())):
-                if sensor["type"] == "input":
-                    samples.append(self.inputs(sensor["input"]) if self.inputs else None)
-                else:
-                    samples.append(self._fresh("%s#%d" % (bay["id"], k), now))
-            plug = bay.get("plug") or {}
-            raw_plug = None
-            if plug.get("source") == "input":
-                raw_plug = self.inputs(plug["input"]) if self.inputs else None
-            elif plug.get("source") == "modbus":
-                raw_plug = self._fresh(bay["id"] + "#plug", now)
-            self.emit(self.core.bay_inputs(now, bay["id"], samples, raw_plug))
-
-    def _fresh(self, key, now):
-        t, value = self.raw.get(key, (0, None))
-        return value if now - t <= FRESH_S else None
+        for bay_id, samples, raw_plug in baydevices.gather(self.cfg, now, self.raw, self.inputs):
+            self.emit(self.core.bay_inputs(now, bay_id, samples, raw_plug))
 
     def apply_interlocks(self):
         """Drive every relay-mode pile's relay or coil to what the guard says (fail-safe)."""

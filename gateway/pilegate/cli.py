@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pilegate import VERSION
 
@@ -99,18 +100,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _cmd_keys(args: argparse.Namespace) -> int:
+def _site_and_key(args: argparse.Namespace) -> tuple[Any, Any, bool, Path] | None:
+    """The site and its device key (created on first use), or None after printing why."""
     from pilegate import keys
 
     site = _load(args.site)
     if site is None:
-        return 2
+        return None
     data_dir = args.data_dir or Path(site.config["gateway"]["data_dir"])
     try:
         key, created = keys.load_or_create(data_dir)
     except (keys.KeyFileError, OSError) as exc:
-        print(f"pilegate keys: {exc}", file=sys.stderr)
+        print(f"pilegate {args.command}: {exc}", file=sys.stderr)
+        return None
+    return site, key, created, data_dir
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    loaded = _site_and_key(args)
+    if loaded is None:
         return 2
+    site, key, created, _ = loaded
     gw = site.config["gateway"]["id"]
     if args.register:
         print(f'[[key]]\ngateway = "{gw}"\nkid = "{key.kid}"\npem = """\n{key.public_pem}"""')
@@ -170,17 +180,11 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     import secrets
 
     from pilecore import pinhash
-    from pilegate import keys
 
-    site = _load(args.site)
-    if site is None:
+    loaded = _site_and_key(args)
+    if loaded is None:
         return 2
-    data_dir = args.data_dir or Path(site.config["gateway"]["data_dir"])
-    try:
-        key, created = keys.load_or_create(data_dir)
-    except (keys.KeyFileError, OSError) as exc:
-        print(f"pilegate provision: {exc}", file=sys.stderr)
-        return 2
+    site, key, created, data_dir = loaded
     gw = site.config["gateway"]["id"]
     print(f"gateway {gw}: device key {'generated' if created else 'present'}, kid {key.kid}")
     if args.console_pin:

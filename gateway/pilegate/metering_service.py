@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilecore import metering, modbus, planner
+from pilecore import baydevices, metering, modbus, planner
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler
 from pilecore.site import SiteCore
 from pilegate.modbus_port import BusPort
@@ -98,61 +98,15 @@ class Metering:
     def _add_bay_devices(self) -> None:
         """Presence sensors and pile controllers (plug state) as polled devices."""
         sensor_poll = min(self.poll_ms, 5000)
-        for bay in self.cfg.get("bay", []):
-            for k, sensor in enumerate(bay.get("presence", [])):
-                if sensor["type"] != "modbus":
-                    continue
-                prof = self.cfg["sensor_profiles"][sensor["profile"]]
-                width = 2 if prof["type"] in ("u32", "s32") else 1
-                plan = planner.RawPlan(prof["function"], prof["register"], width)
-                self.scheds[sensor["bus"]].add_device(f"{bay['id']}#{k}", sensor["address"], plan, sensor_poll,
-                                                      prof.get("response_ms", 50), prof.get("min_gap_ms", 0),
-                                                      prof.get("timeout_ms"))
-            plug = bay.get("plug") or {}
-            if plug.get("source") == "modbus":
-                plan = planner.RawPlan(plug["function"], plug["register"], 1)
-                self.scheds[plug["bus"]].add_device(f"{bay['id']}#plug", plug["address"], plan, sensor_poll)
-
-    def _raw_value(self, key: str, blocks: list[Any]) -> Any:
-        """A sensor's or controller's value from its registers, or None."""
-        regs = blocks[0]
-        if regs is None:
-            return None
-        bay_id, _, which = key.partition("#")
-        bay = next(b for b in self.cfg["bay"] if b["id"] == bay_id)
-        if which == "plug":
-            return regs[0]
-        prof = self.cfg["sensor_profiles"][bay["presence"][int(which)]["profile"]]
-        typ = prof["type"]
-        try:
-            raw = modbus.decode_raw(regs, 0, typ, prof.get("byte_order", "big"), prof.get("word_order", "big"))
-        except ValueError:
-            return None
-        if prof["measures"] == "distance":
-            return int(raw * prof["scale"])
-        return raw
+        for key, bus, addr, fc, reg, count, resp, gap, tmo in baydevices.devices(self.cfg, sensor_poll):
+            self.scheds[bus].add_device(key, addr, planner.RawPlan(fc, reg, count), sensor_poll, resp, gap, tmo)
 
     def bay_step(self) -> None:
         """Hand every monitored bay its latest inputs (stale values become None)."""
         now = self.now_s()
-        for bay in self.cfg.get("bay", []):
-            samples = []
-            for k, sensor in enumerate(bay.get("presence", [])):
-                if sensor["type"] == "input":
-                    samples.append(self.inputs.read(sensor["input"]) if self.inputs else None)
-                else:
-                    samples.append(self._fresh(f"{bay['id']}#{k}", now))
-            plug = bay.get("plug") or {}
-            raw_plug = None
-            if plug.get("source") == "input":
-                raw_plug = self.inputs.read(plug["input"]) if self.inputs else None
-            elif plug.get("source") == "modbus":
-                raw_plug = self._fresh(f"{bay['id']}#plug", now)
-            self.emit(self.core.bay_inputs(now, bay["id"], samples, raw_plug))
-
-    def _fresh(self, key: str, now: int) -> Any:
-        t, value = self.raw.get(key, (0, None))
-        return value if now - t <= 30 else None
+        read = self.inputs.read if self.inputs else None
+        for bay_id, samples, raw_plug in baydevices.gather(self.cfg, now, self.raw, read):
+            self.emit(self.core.bay_inputs(now, bay_id, samples, raw_plug))
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -206,7 +160,7 @@ class Metering:
     def _poll_done(self, key: str, res: dict[str, Any]) -> None:
         now = self.now_s()
         if "#" in key:                                  # a presence sensor or pile controller
-            self.raw[key] = (now, self._raw_value(key, res["blocks"]) if res["ok"] else None)
+            self.raw[key] = (now, baydevices.value(self.cfg, key, res["blocks"][0]) if res["ok"] else None)
             return
         m = self.meters[key]
         m.polls += 1

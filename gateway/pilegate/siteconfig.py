@@ -87,38 +87,30 @@ def load_boards(folder: Path | None = None) -> tuple[dict[str, dict], list[Probl
     return boards, problems
 
 
-def load_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
-    """Load and validate every meter profile; invalid profiles are reported and left out."""
-    folder = folder or paths.meter_profiles_dir()
-    profiles: dict[str, dict] = {}
-    problems: list[Problem] = []
-    for path in sorted(folder.glob("*.toml")):
-        data, errs = read_toml(path)
-        problems += errs
-        if data is None:
-            continue
-        errs2 = core_profile.validate_profile(data, path.stem)
-        problems += [Problem(str(path), k, m) for k, m in errs2]
-        if not errs2:
-            profiles[path.stem] = data
-    return profiles, problems
-
-
-def load_sensor_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
-    """Load and validate every presence-sensor profile (profiles/sensors/*.toml)."""
-    folder = folder or paths.sensor_profiles_dir()
-    profiles: dict[str, dict] = {}
+def _load_dir(folder: Path, validate: Any) -> tuple[dict[str, dict], list[Problem]]:
+    """Every *.toml in folder checked by `validate(data, name) -> problems`; bad ones left out."""
+    found: dict[str, dict] = {}
     problems: list[Problem] = []
     for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
         data, errs = read_toml(path)
         problems += errs
         if data is None:
             continue
-        errs2 = core_profile.validate_sensor_profile(data, path.stem)
+        errs2 = validate(data, path.stem)
         problems += [Problem(str(path), k, m) for k, m in errs2]
         if not errs2:
-            profiles[path.stem] = data
-    return profiles, problems
+            found[path.stem] = data
+    return found, problems
+
+
+def load_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+    """Load and validate every meter profile; invalid profiles are reported and left out."""
+    return _load_dir(folder or paths.meter_profiles_dir(), core_profile.validate_profile)
+
+
+def load_sensor_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+    """Load and validate every presence-sensor profile (profiles/sensors/*.toml)."""
+    return _load_dir(folder or paths.sensor_profiles_dir(), core_profile.validate_sensor_profile)
 
 
 def canonical_json(obj: Any) -> bytes:

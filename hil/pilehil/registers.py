@@ -27,25 +27,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from pilecore import modbus as core_modbus
+from pilecore import profile as core_profile
+
 Profile = Mapping[str, Any]
 RegisterImage = dict[tuple[int, int], int]
 Number = int | float | Fraction
 
-#: Canonical value names and their units (profile-spec.md).
-CANONICAL_UNITS: dict[str, str] = {
-    "energy_import": "kWh",
-    "power": "W",
-    "voltage": "V",
-    "current": "A",
-    "frequency": "Hz",
-    "power_factor": "",
-}
-PER_PHASE = ("voltage", "current")
+#: Canonical value names and their units, and the per-phase ones: the core's definitions.
+CANONICAL_UNITS: dict[str, str] = {name: core_profile.canonical_unit(name) for name in core_profile.value_names()}
+PER_PHASE = tuple(name for name in core_profile.value_names() if core_profile.is_per_phase(name))
 
-#: Registers spanned by each value type.
-TYPE_WIDTH: dict[str, int] = {
-    "u16": 1, "s16": 1, "u32": 2, "s32": 2, "u64": 4, "s64": 4, "f32": 2,
-}
+#: Registers spanned by each value type (the core decoder's table).
+TYPE_WIDTH: dict[str, int] = dict(core_modbus.TYPE_WIDTH)
 
 #: Folder holding the repository's meter profiles (profiles/meters/<id>.toml).
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles" / "meters"
