@@ -19,10 +19,11 @@ Outputs:
 """
 
 from pilecore import bays as _bays
-from pilecore import civiltime, metering, ocmf, sessions
+from pilecore import civiltime, metering, modbus, ocmf, sessions
 from pilecore import tariff as _tariff
 
 EVENT_RING = 64
+MAIN = "_main"          # the device key of the site main meter
 
 
 class SiteCore:
@@ -106,6 +107,27 @@ class SiteCore:
             self.latest[pile] = r
             self._session_step(now, pile, r, tsync)
         return self._note(events)
+
+    def poll_done(self, now, key, res, plan, tsync="none"):
+        """A finished poll cycle of a meter (a pile id, or MAIN), as the bus scheduler reports it.
+
+        Returns (reading or None, error text or None, events, faults): the reading (with "t")
+        only when the guard accepted it; a failed cycle gives its Modbus error; faults and
+        rejections give their reasons.
+        """
+        if not res["ok"]:
+            error = modbus.RESULT_NAMES[res["code"]] if res["code"] is not None else "failed"
+            return None, error, ([] if key == MAIN else self.failure(now, key, error)), []
+        reading, faults = plan.decode(res["blocks"])
+        if key == MAIN:
+            events = self.main_reading(now, reading)
+            return self.main, None, events, faults
+        before = self.latest.get(key)
+        events = self.reading(now, key, reading, faults, tsync)
+        if self.latest.get(key) is before:
+            return None, "reading rejected (see events)", events, faults
+        error = "; ".join(["%s: %s" % (n, w) for n, w in faults]) if faults else None
+        return self.latest[key], error, events, faults
 
     def failure(self, now, pile, reason):
         return self._note(self.guard.failure(now, pile, reason))

@@ -16,10 +16,10 @@ or a Modbus coil on its pile controller; the console's override sits in the guar
 (`guard.overrides`).
 """
 
-from pilecore import baydevices, metering, modbus, planner
+from pilecore import baydevices, metering, modbus, planner, site
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler, char_time_us
 
-MAIN = "_main"
+MAIN = site.MAIN
 
 
 class Meter:
@@ -139,28 +139,10 @@ class Metering:
         m.polls += 1
         if not res["ok"]:
             m.failures += 1
-            m.error = modbus.RESULT_NAMES[res["code"]] if res["code"] is not None else "failed"
-            if key != MAIN:
-                self.emit(self.core.failure(now, key, m.error))
-            return
-        reading, faults = m.plan.decode(res["blocks"])
-        m.faults = faults
-        if key == MAIN:
-            r = dict(reading)
-            r["t"] = now
-            m.reading = r
-            m.error = None
-            self.emit(self.core.main_reading(now, reading))
-            return
-        before = self.core.latest.get(key)
-        self.emit(self.core.reading(now, key, reading, faults, self.tsync()))
-        if self.core.latest.get(key) is not before:
-            r = dict(reading)
-            r["t"] = now
-            m.reading = r
-            m.error = "; ".join(["%s: %s" % (n, w) for n, w in faults]) if faults else None
-        else:
-            m.error = "reading rejected (see events)"
+        reading, m.error, events, m.faults = self.core.poll_done(now, key, res, m.plan, self.tsync())
+        if reading is not None:
+            m.reading = reading
+        self.emit(events)
 
     def _job_done(self, bus, job, code, payload):
         done = self._waiting.pop((bus, job.id), None)

@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilecore import baydevices, metering, modbus, planner
+from pilecore import baydevices, metering, modbus, planner, site
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler
 from pilecore.site import SiteCore
 from pilegate.modbus_port import BusPort
 
 log = logging.getLogger("pilegate.metering")
-MAIN = "_main"
+MAIN = site.MAIN
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -167,25 +167,10 @@ class Metering:
         self.cycles_done[key] = self.cycles_done.get(key, 0) + 1
         if not res["ok"]:
             m.failures += 1
-            m.error = modbus.RESULT_NAMES[res["code"]] if res["code"] is not None else "failed"
-            if key != MAIN:
-                self.emit(self.core.failure(now, key, m.error))
-            return
-        reading, faults = m.plan.decode(res["blocks"])
-        m.faults = faults
-        if key == MAIN:
-            m.reading = dict(reading, t=now)
-            m.error = None
-            self.emit(self.core.main_reading(now, reading))
-            return
-        before = self.core.latest.get(key)
-        self.emit(self.core.reading(now, key, reading, faults, self.tsync()))
-        accepted = self.core.latest.get(key) is not before
-        if accepted:
-            m.reading = dict(reading, t=now)
-            m.error = None if not faults else "; ".join(f"{n}: {w}" for n, w in faults)
-        else:
-            m.error = "reading rejected (see events)"
+        reading, m.error, events, m.faults = self.core.poll_done(now, key, res, m.plan, self.tsync())
+        if reading is not None:
+            m.reading = reading
+        self.emit(events)
 
     def _job_done(self, bus: str, job: Any, code: int, payload: Any) -> None:
         fut = self._futures.pop((bus, job.id), None)
