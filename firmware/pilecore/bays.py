@@ -19,6 +19,7 @@ Presence samples are True (vehicle), False (empty) or None (no valid reading).  
 sensors go through DistanceFilter first; digital inputs arrive as booleans.
 """
 
+from pilecore import jsonc
 from pilecore import params as _params
 from pilecore.tariff import CLASSIFICATIONS, fee, tariff_ref, validate_tariff
 
@@ -146,18 +147,6 @@ def _event(kind, bay, t, **extra):
     return ev
 
 
-def _copy(x):
-    """Deep copy of plain JSON-like data (dicts, lists, scalars)."""
-    if isinstance(x, dict):
-        out = {}
-        for k in x:
-            out[k] = _copy(x[k])
-        return out
-    if isinstance(x, (list, tuple)):
-        return [_copy(v) for v in x]
-    return x
-
-
 def nev_plate_format(text):
     """True when `text` has the 8-character layout issued only to new-energy vehicles.
 
@@ -274,7 +263,7 @@ class BayMachine:
             probs = validate_tariff(tariff)
             if probs:
                 raise ValueError("bad tariff: " + "; ".join("%s: %s" % kv for kv in probs))
-            tariff = _copy(tariff)
+            tariff = jsonc.copy(tariff)
         self.tariff = tariff
 
     def step(self, now, samples, plug=None, power_w=None):
@@ -336,14 +325,14 @@ class BayMachine:
             "pres": self.pres,
             "cand": self.cand,
             "cand_t": self.cand_t,
-            "sens": _copy(self.sens),
+            "sens": jsonc.copy(self.sens),
             "dis": [self.dis_t, self.dis_on],
             "pw": [self.pw, self.pw_t, self.pw_cand, self.pw_cand_t, self.pw_bad, self.pw_miss,
                    self.pw_hi],
             "plug": [self.plug, self.plug_bad, self.plug_miss],
             "unk": [self.unk, self.unk_t],
-            "occ": _copy(self.occ),
-            "pend": _copy(self.pend),
+            "occ": jsonc.copy(self.occ),
+            "pend": jsonc.copy(self.pend),
         }
 
     def status(self, now=None):
@@ -728,7 +717,7 @@ class BayMachine:
             "ovr": None,
             "seen": 0,
             "faults": [],
-            "tariff": _copy(self.tariff),
+            "tariff": jsonc.copy(self.tariff),
         }
         self._bump()
         out.append(_event("bay.arrived", self.bay, a))
@@ -995,7 +984,7 @@ class BayMachine:
                 "power_seen": occ["power_seen"],
                 "charge_start_t": occ["c0"],
                 "charge_end_t": occ["c1"],
-                "plates": _copy(occ["plates"]),
+                "plates": jsonc.copy(occ["plates"]),
                 "nev_plate": occ["nev"],
                 "fuel_plate_t": occ["fuel"][0] if occ["fuel"] is not None else None,
                 "plate_conflict": occ["conflict"],
@@ -1020,14 +1009,14 @@ class BayMachine:
         self.pres = snap["pres"]
         self.cand = snap["cand"]
         self.cand_t = snap["cand_t"]
-        self.sens = _copy(snap["sens"])
+        self.sens = jsonc.copy(snap["sens"])
         self.dis_t, self.dis_on = snap["dis"]
         (self.pw, self.pw_t, self.pw_cand, self.pw_cand_t, self.pw_bad,
          self.pw_miss, self.pw_hi) = snap["pw"]
         self.plug, self.plug_bad, self.plug_miss = snap["plug"]
         self.unk, self.unk_t = snap["unk"]
-        self.occ = _copy(snap["occ"])
-        self.pend = _copy(snap["pend"])
+        self.occ = jsonc.copy(snap["occ"])
+        self.pend = jsonc.copy(snap["pend"])
 
 
 __all__ = [

@@ -124,3 +124,15 @@ def _str(s):
     parts.append(s[start:])
     parts.append('"')
     return "".join(parts)
+
+
+def copy(x):
+    """Deep copy of plain JSON-like data (dicts, lists, scalars)."""
+    if isinstance(x, dict):
+        out = {}
+        for k in x:
+            out[k] = copy(x[k])
+        return out
+    if isinstance(x, (list, tuple)):
+        return [copy(v) for v in x]
+    return x

@@ -52,6 +52,7 @@ begun/ended, flags, debounce windows, plug state); the port persists on change. 
 readings are not counted as such changes: a stale copy of them is harmless.
 """
 
+from pilecore import jsonc
 from pilecore import params as _params
 
 SNAPSHOT_VERSION = 1
@@ -111,18 +112,6 @@ def validate_params(params):
 def make_params(params=None):
     """Defaults overlaid with `params`; raises ValueError listing every problem."""
     return _params.make(params, param_spec(), validate_params, "session")
-
-
-def _copy(x):
-    """Deep copy of plain JSON-like data (dicts, lists, scalars)."""
-    if isinstance(x, dict):
-        out = {}
-        for k in x:
-            out[k] = _copy(x[k])
-        return out
-    if isinstance(x, (list, tuple)):
-        return [_copy(v) for v in x]
-    return x
 
 
 def _flags(unmetered):
@@ -191,7 +180,7 @@ class SessionTracker:
         s = self.sess
         if s is None:
             return None
-        return {"started_by": s["why"], "t0": s["t0"], "start": _copy(s["start"]),
+        return {"started_by": s["why"], "t0": s["t0"], "start": jsonc.copy(s["start"]),
                 "flags": list(s["flags"]), "meter_serial": s["serial"]}
 
     def step(self, now, energy_wh, power_w=None, plug=None, unmetered=False, sync=None,
@@ -250,10 +239,10 @@ class SessionTracker:
             "pile": self.pile,
             "t": self.t,
             "plug": self.plug,
-            "prev": _copy(self.prev),
-            "run": [self.run_t, _copy(self.run_rd), list(self.run_fl)],
+            "prev": jsonc.copy(self.prev),
+            "run": [self.run_t, jsonc.copy(self.run_rd), list(self.run_fl)],
             "low_t": self.low_t,
-            "sess": _copy(self.sess),
+            "sess": jsonc.copy(self.sess),
         }
 
     # ----------------------------------------------------------------- internals
@@ -265,12 +254,12 @@ class SessionTracker:
             raise ValueError("snapshot is for pile %r, not %r" % (snap.get("pile"), self.pile))
         self.t = snap["t"]
         self.plug = snap["plug"]
-        self.prev = _copy(snap["prev"])
+        self.prev = jsonc.copy(snap["prev"])
         self.run_t = snap["run"][0]
-        self.run_rd = _copy(snap["run"][1])
+        self.run_rd = jsonc.copy(snap["run"][1])
         self.run_fl = list(snap["run"][2])
         self.low_t = snap["low_t"]
-        self.sess = _copy(snap["sess"])
+        self.sess = jsonc.copy(snap["sess"])
 
     def _fresh(self, rd, now):
         """rd if it is a reading taken at most max_gap_s before now (not after it), else None."""
@@ -332,14 +321,14 @@ class SessionTracker:
         if pending:
             # No reading to begin with: keep a placeholder, filled by the next valid reading.
             begin = {"t": now, "wh": None, "sync": sync, "serial": serial, "flags": flags}
-        self.sess = {"t0": now, "why": why, "start": _copy(begin), "last": None,
+        self.sess = {"t0": now, "why": why, "start": jsonc.copy(begin), "last": None,
                      "serial": begin["serial"], "flags": []}
         self.version += 1
         self._set_low(None)
         if pending:
             self._flag("no_reading")
         else:
-            self.sess["last"] = _copy(begin)
+            self.sess["last"] = jsonc.copy(begin)
             for f in begin["flags"]:
                 self._flag(f)
         if rd is not begin:
@@ -359,14 +348,14 @@ class SessionTracker:
             elif rd["serial"] != s["serial"]:
                 self._flag("swapped")
         if s["start"]["wh"] is None:
-            s["start"] = _copy(rd)
-            s["last"] = _copy(rd)
+            s["start"] = jsonc.copy(rd)
+            s["last"] = jsonc.copy(rd)
             self.version += 1
             return
         last = s["last"]
         if last is not None and rd["wh"] < last["wh"]:
             self._flag("energy_backwards")
-        s["last"] = _copy(rd)
+        s["last"] = jsonc.copy(rd)
 
     def _end_reason(self, now, power_w, plug):
         if plug is False:
@@ -403,8 +392,8 @@ class SessionTracker:
                 metered = False
         done = {
             "pile": self.pile,
-            "start": _copy(start),
-            "end": _copy(end),
+            "start": jsonc.copy(start),
+            "end": jsonc.copy(end),
             "energy_wh": energy,
             "meter_serial": s["serial"],
             "reason": why,

@@ -31,30 +31,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
+from pilecore import modbus as core_modbus
+
 from .meter import SimMeter
 
 MAX_RTU_FRAME = 256
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
 def crc16(data: bytes) -> int:
-    """Modbus CRC-16 (poly 0xA001 reflected, init 0xFFFF)."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc
+    """Modbus CRC-16 (poly 0xA001 reflected, init 0xFFFF): the core's implementation."""
+    return core_modbus.crc16(data)
 
 
 def add_crc(body: bytes) -> bytes:
