@@ -119,8 +119,11 @@ class Receiver:
         self.db = None
         if store is not None:
             self.db = sqlite3.connect(str(store), check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 5000")      # several verifiers may share a store
             self.db.execute("CREATE TABLE IF NOT EXISTS msg (gw TEXT, seq INTEGER, kind TEXT, hash TEXT, "
                             "t INTEGER, body TEXT, PRIMARY KEY (gw, seq))")
+            self.db.execute("CREATE TABLE IF NOT EXISTS rejected (gw TEXT, status TEXT, n INTEGER, "
+                            "PRIMARY KEY (gw, status))")
             self.db.commit()
 
     def account(self, gw: str) -> GatewayAccount:
@@ -145,6 +148,7 @@ class Receiver:
         if not self._signature_ok(header, sig, signing_input, gw):
             if gw and isinstance(gw, str):
                 self.account(gw).bad_signatures += 1
+                self._count_rejected(gw, "bad_signature")
             else:
                 self.unknown_bad += 1
             return Verdict("bad_signature", gw=gw)
@@ -152,6 +156,7 @@ class Receiver:
         kind = body.get("kind")
         if topic != f"{self.prefix}/{body.get('site')}/{gw}/{kind}":
             acct.bad_signatures += 1
+            self._count_rejected(gw, "bad_signature")
             return Verdict("misrouted", gw=gw, kind=kind, problems=[f"topic {topic} does not match payload"])
         if kind == "state":
             acct.states += 1
@@ -159,6 +164,7 @@ class Receiver:
         seq = body.get("seq")
         if kind not in CHAINED or not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
             acct.replays += 1
+            self._count_rejected(gw, "replay")
             return Verdict("replay", gw=gw, kind=kind, problems=["invalid seq"])
         digest = hashlib.sha256(signing_input).hexdigest()
         if seq in acct.hashes:
@@ -166,9 +172,16 @@ class Receiver:
                 acct.duplicates += 1
                 return Verdict("duplicate", gw=gw, seq=seq, kind=kind)
             acct.replays += 1
+            self._count_rejected(gw, "replay")
             return Verdict("replay", gw=gw, seq=seq, kind=kind,
                            problems=[f"seq {seq} reused by a different message"])
         return self._accept_chained(acct, gw, seq, kind, body, digest)
+
+    def _count_rejected(self, gw: str, status: str) -> None:
+        if self.db is not None:
+            self.db.execute("INSERT INTO rejected VALUES (?, ?, 1) ON CONFLICT (gw, status) DO UPDATE SET n = n + 1",
+                            (gw, status))
+            self.db.commit()
 
     def _signature_ok(self, header: Any, sig: bytes, signing_input: bytes, gw: Any) -> bool:
         if not isinstance(header, dict) or header.get("alg") != "ES256" or len(sig) != 64:

@@ -32,9 +32,16 @@ def rebuild(receiver: Receiver, store: Path) -> None:
     db = sqlite3.connect(str(store))
     try:
         rows = db.execute("SELECT gw, seq, kind, hash, body FROM msg ORDER BY gw, seq").fetchall()
+        rejected = db.execute("SELECT gw, status, n FROM rejected").fetchall()
     except sqlite3.OperationalError:
-        rows = []
+        rows, rejected = [], []
     db.close()
+    for gw, status, n in rejected:
+        acct = receiver.account(gw)
+        if status == "bad_signature":
+            acct.bad_signatures += n
+        elif status == "replay":
+            acct.replays += n
     for gw, seq, _kind, digest, body in rows:
         acct = receiver.account(gw)
         data = json.loads(body)
