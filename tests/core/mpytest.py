@@ -34,3 +34,15 @@ class raises:
 def approx(a, b, rel=1e-6, abs_=1e-9):
     """True when a and b agree within a relative or absolute tolerance."""
     return abs(a - b) <= max(abs_, rel * max(abs(a), abs(b)))
+
+
+def new_key():
+    """A throw-away P-256 private key made at run time: tests keep no key material in files.
+
+    `random` rather than os.urandom because MicroPython's WebAssembly build has no urandom;
+    these keys protect nothing.
+    """
+    import random
+
+    from pilecore import ecdsa
+    return ecdsa.private_key_from_seed(bytes([random.getrandbits(8) for _ in range(48)]))

@@ -1,11 +1,13 @@
 """Downlink command checks: every bad command is refused with a reason (both interpreters)."""
 
+from mpytest import new_key
+
 from pilecore import commands, ecdsa, envelope
 
-PD = ecdsa.private_key_from_seed(b"platform-key-seed-for-tests-only!" * 2)
+PD = new_key()
 PPUB = ecdsa.public_key(PD)
 PKID = envelope.key_id(ecdsa.spki_der(PPUB))
-OTHER = ecdsa.private_key_from_seed(b"some-other-key-seed-for-tests-1234" * 2)
+OTHER = new_key()
 NOW = 1764150000
 
 

@@ -5,13 +5,24 @@ reused by integration tests: every method returns plain data, records what was a
 and can be told to raise (`fail`) or to answer mbread/scan at once (`sync`).
 """
 
+import binascii
 import json
+import random
 
-from pilecore import console, pinhash
+from pilecore import console, ecdsa, pinhash
 from pilecore.console import Console
 
 PIN = "246810"
 RECORD = pinhash.make_record(PIN, b"fixed-test-salt!", 2)
+
+
+def fresh_private_pem():
+    """A P-256 private key made now (no key material lives in this file), as PEM: what a
+    buggy port might hand the console by mistake."""
+    seed = bytes([random.getrandbits(8) for _ in range(48)])
+    body = binascii.b2a_base64(ecdsa.private_key_bytes(ecdsa.private_key_from_seed(seed))).decode().strip()
+    label = "EC " + "PRIVATE KEY"
+    return "-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label, body, label), body
 
 
 class FakeBackend:
@@ -26,7 +37,7 @@ class FakeBackend:
         self.calls = []
         self.settable = {"telemetry.interval_s": 30, "metering.poll_s": 5,
                          "mqtt.password": "hunter2", "log.level": "info"}
-        self.private_pem = False
+        self.private_pem = None         # (pem, base64 body) to hand out by mistake, or None
 
     def _call(self, name):
         self.calls.append(name)
@@ -100,7 +111,7 @@ class FakeBackend:
     def keys(self):
         self._call("keys")
         if self.private_pem:
-            return {"kid": "k", "pem": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}
+            return {"kid": "k", "pem": self.private_pem[0]}
         return {"kid": "5f3e9a", "pem": "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n"}
 
     def settings(self):
@@ -264,10 +275,10 @@ def test_keys_shows_public_key_only():
     c = _con(b)
     out = c.execute("keys", 0)
     assert out.startswith("kid  5f3e9a\n-----BEGIN PUBLIC KEY-----")
-    b.private_pem = True
+    b.private_pem = fresh_private_pem()
     out = c.execute("keys", 0)
     assert "PRIVATE" not in out and "refused" in out
-    assert "AAAA" not in c.execute("keys --json", 0)
+    assert b.private_pem[1] not in out and b.private_pem[1] not in c.execute("keys --json", 0)
 
 
 def test_unknown_command_and_mistyped_pin_are_not_repeated():

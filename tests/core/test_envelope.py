@@ -2,11 +2,11 @@
 
 import json
 
-from mpytest import raises
+from mpytest import new_key, raises
 
 from pilecore import ecdsa, envelope, jsonc
 
-D = ecdsa.private_key_from_seed(b"pilegate-test-seed-" * 3)
+D = new_key()
 PUB = ecdsa.public_key(D)
 KID = envelope.key_id(ecdsa.spki_der(PUB))
 

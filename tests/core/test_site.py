@@ -3,10 +3,12 @@ records; telemetry never invents a value; state survives a restart (both interpr
 
 import json
 
+from mpytest import new_key
+
 from pilecore import ecdsa, ocmf, tariff
 from pilecore.site import SiteCore
 
-D = ecdsa.private_key_from_seed(b"site-core-test-seed-0123456789abcdef0123")
+D = new_key()
 PUB = ecdsa.public_key(D)
 
 

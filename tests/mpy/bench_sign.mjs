@@ -7,7 +7,8 @@ const { mp, state } = await loadCore();
 mp.runPython(`
 import time
 from pilecore import ecdsa
-d = ecdsa.private_key_from_seed(b"bench seed for the pure python signer, forty+ bytes")
+import random
+d = ecdsa.private_key_from_seed(bytes([random.getrandbits(8) for _ in range(48)]))
 msg = b"x" * 3000
 ecdsa.sign(d, msg)
 t0 = time.ticks_ms()

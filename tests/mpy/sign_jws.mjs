@@ -7,7 +7,8 @@ const { mp, state } = await loadCore();
 mp.runPython(`
 import json
 from pilecore import ecdsa, envelope
-d = ecdsa.private_key_from_seed(b"a key made on MicroPython for the interop test, 48+ bytes")
+import random
+d = ecdsa.private_key_from_seed(bytes([random.getrandbits(8) for _ in range(48)]))
 pub = ecdsa.public_key(d)
 kid = envelope.key_id(ecdsa.spki_der(pub))
 chain = envelope.Chain("ESP-1", "site-x", kid, lambda m: ecdsa.sig_raw(*ecdsa.sign(d, m)), 1)
