@@ -9,7 +9,7 @@ Known answers come from the RFCs' own text, not from another implementation:
 
 import hashlib
 
-from mpytest import raises
+from mpytest import new_key, raises
 
 from pilecore import ecdsa
 
@@ -32,7 +32,7 @@ RFC_TEST_S = 0x019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083
 RFC_PUB = (RFC_UX, RFC_UY)
 
 # A second key for wrong-key checks, derived the way a device derives its key.
-OTHER_D = ecdsa.private_key_from_seed(b"pilegate test seed, not random at all!!!")
+OTHER_D = new_key()
 
 # DER SubjectPublicKeyInfo header for id-ecPublicKey + prime256v1 (RFC 5480), written out.
 SPKI_HEADER = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")

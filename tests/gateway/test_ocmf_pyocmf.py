@@ -6,6 +6,7 @@ path).  pyocmf parses in strict mode, so any deviation from the OCMF spec fails 
 
 import base64
 import json
+import os
 import warnings
 
 import pytest
@@ -37,7 +38,7 @@ def _session(unmetered=None, sync=True, clock_back=False):
 
 @pytest.fixture(scope="module")
 def core_key():
-    d = ecdsa.private_key_from_seed(b"pilegate pyocmf interop seed, at least forty bytes")
+    d = ecdsa.private_key_from_seed(os.urandom(48))
     pub = ecdsa.public_key(d)
     return ocmf.signer(d), ecdsa.spki_der(pub).hex()
 
