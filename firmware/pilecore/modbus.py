@@ -106,6 +106,13 @@ def exception_name(code):
     return _EXCEPTIONS.get(code, "exception %d" % code)
 
 
+def describe(code, payload=None):
+    """A transaction's outcome in words, e.g. "exception 2: illegal data address" or "timeout"."""
+    if code == E_EXCEPTION:
+        return "exception %s: %s" % (payload, exception_name(payload))
+    return RESULT_NAMES[code]
+
+
 def parse_read_response(frm, address, function, count):
     """Check and unpack the response to a register read.
 

@@ -44,6 +44,7 @@ class SiteCore:
         for pile in cfg["pile"]:
             self.sessions[pile["id"]] = sessions.SessionTracker(pile["id"], sparams, snaps.get(pile["id"]))
         self.latest = {}
+        self.applied = {}             # pile -> interlock state last driven by the port
         self.main = None
         self.billing = []
         self.recent = []
@@ -134,6 +135,17 @@ class SiteCore:
 
     def identity(self, now, pile, ident, error=None):
         return self._note(self.guard.identity(now, pile, ident, error))
+
+    def identity_result(self, now, pile, code, regs):
+        """The answer to an identity read of a pile's meter: (identity or None, events)."""
+        if code != modbus.OK:
+            return None, self.identity(now, pile, None, modbus.describe(code, regs))
+        prof = self.guard.piles[pile].profile
+        try:
+            ident = metering.decode_identity(prof.get("identity", {}), regs)
+        except ValueError as exc:
+            return None, self.identity(now, pile, None, str(exc))
+        return ident, self.identity(now, pile, ident)
 
     def main_reading(self, now, reading):
         r = dict(reading)
@@ -260,6 +272,26 @@ class SiteCore:
 
     def interlocks(self):
         return self.guard.interlocks()
+
+    def interlock_changes(self, now):
+        """([(pile, on)] to drive now, events): only what differs from what was last driven.
+        The port switches the relay or coil; when that fails it calls interlock_failed, and the
+        change is tried again on the next call."""
+        changes, events = [], []
+        wanted = self.guard.interlocks()
+        for pile in wanted:
+            on = wanted[pile]
+            if self.applied.get(pile) == on:
+                continue
+            self.applied[pile] = on
+            changes.append((pile, on))
+            events.append({"type": "interlock.on" if on else "interlock.off", "pile": pile, "t": now,
+                           "reasons": list(self.guard.piles[pile].reasons)})
+        return changes, self._note(events)
+
+    def interlock_failed(self, now, pile, reason):
+        self.applied.pop(pile, None)
+        return self._note([{"type": "interlock.failed", "pile": pile, "t": now, "reason": reason}])
 
     def bays_version(self):
         v = 0

@@ -10,7 +10,7 @@ through `audit()`, which the gateway signs and publishes as an event.
 from pilecore import modbus
 from pilecore.console import LOG_LEVELS
 from pilecore.scheduler import PRIO_INTERACTIVE
-from pilefw.metering import Scan, describe
+from pilefw.metering import Scan
 
 SETTINGS = ("telemetry.interval_s", "metering.poll_s", "log.level")
 
@@ -40,7 +40,7 @@ class ConsoleBackend:
         if p.get("interlock", "report") != "relay":
             inter = "report"
         elif mode is None:
-            inter = "auto (%s)" % ("on" if a.metering.applied.get(p["id"]) else "off")
+            inter = "auto (%s)" % ("on" if a.core.applied.get(p["id"]) else "off")
         else:
             inter = "on" if mode else "off"
         power = r.get("power_w")
@@ -227,7 +227,7 @@ class ConsoleBackend:
                 vals = [int(v) for v in payload]
                 d.complete({"values": vals, "elapsed_ms": a.ms() - t0})
             else:
-                d.complete({"error": describe(code, payload)})
+                d.complete({"error": modbus.describe(code, payload)})
         a.metering.request(bus, addr, fc, reg, count, PRIO_INTERACTIVE, done, ("console", d.token))
 
     def scan(self, d):

@@ -84,7 +84,6 @@ class Metering:
                 self.coils[p["id"]] = p["coil"]
             if p.get("relay"):
                 self.relay_of[p["id"]] = p["relay"]
-        self.applied = {}
         self._waiting = {}              # (bus, job id) -> done(code, payload)
 
     def _add_meter(self, key, m, names=None):
@@ -150,24 +149,15 @@ class Metering:
         if isinstance(tag, tuple) and tag[0] == "identity":
             self._identity_done(tag[1], code, payload)
         elif isinstance(tag, tuple) and tag[0] == "coil" and code != modbus.OK:
-            self.applied.pop(tag[1], None)          # try again on the next tick
-            self.emit([{"type": "interlock.failed", "pile": tag[1], "t": self.now_s(),
-                        "reason": describe(code, payload)}])
+            self.emit(self.core.interlock_failed(self.now_s(), tag[1], modbus.describe(code, payload)))
         if done is not None:
             done(code, payload)
 
     def _identity_done(self, pile, code, payload):
-        m = self.meters[pile]
-        now = self.now_s()
-        if code != modbus.OK:
-            self.emit(self.core.identity(now, pile, None, describe(code, payload)))
-            return
-        try:
-            m.identity = metering.decode_identity(m.profile.get("identity", {}), payload)
-        except ValueError as exc:
-            self.emit(self.core.identity(now, pile, None, str(exc)))
-            return
-        self.emit(self.core.identity(now, pile, m.identity))
+        ident, events = self.core.identity_result(self.now_s(), pile, code, payload)
+        if ident is not None:
+            self.meters[pile].identity = ident
+        self.emit(events)
 
     # ------------------------------------------------------------ once a second
 
@@ -194,14 +184,9 @@ class Metering:
 
     def apply_interlocks(self):
         """Drive every relay-mode pile's relay or coil to what the guard says (fail-safe)."""
-        wanted = self.guard.interlocks()
-        for pile in wanted:
-            on = wanted[pile]
-            if self.applied.get(pile) == on:
-                continue
-            self.applied[pile] = on
-            self.emit([{"type": "interlock.on" if on else "interlock.off", "pile": pile,
-                        "t": self.now_s(), "reasons": list(self.guard.piles[pile].reasons)}])
+        changes, events = self.core.interlock_changes(self.now_s())
+        self.emit(events)
+        for pile, on in changes:
             if pile in self.coils:
                 c = self.coils[pile]
                 self.scheds[c["bus"]].submit(c["address"], 5, c["coil"], 1, PRIO_INTERACTIVE,
@@ -268,9 +253,3 @@ class Scan:
     def cancel(self):
         self.cancelled = True
         self.m.cancel(self.bus, self.tag)
-
-
-def describe(code, payload):
-    if code == modbus.E_EXCEPTION:
-        return "exception %s: %s" % (payload, modbus.exception_name(payload))
-    return modbus.RESULT_NAMES[code]

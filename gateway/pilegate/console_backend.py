@@ -220,10 +220,8 @@ class GatewayBackend:
             code, payload = await self.gw.metering.request(bus, addr, fc, reg, count)
             if code == modbus.OK:
                 d.complete({"values": payload})
-            elif code == modbus.E_EXCEPTION:
-                d.complete({"error": f"exception {payload}: {modbus.exception_name(payload)}"})
             else:
-                d.complete({"error": modbus.RESULT_NAMES[code]})
+                d.complete({"error": modbus.describe(code, payload)})
         self._spawn(d, run())
 
     def scan(self, d: Any) -> None:

@@ -79,7 +79,7 @@ class Metering:
         self.raw: dict[str, tuple[int, Any]] = {}       # sensor/controller key -> (time, value)
         self._add_bay_devices()
         self.coils = {p["id"]: p["coil"] for p in cfg["pile"] if p.get("coil")}
-        self.applied: dict[str, bool] = {}
+        self.relay_of = {p["id"]: p.get("relay") for p in cfg["pile"]}
         self._futures: dict[tuple[str, int], asyncio.Future] = {}
         self._wake = {name: asyncio.Event() for name in self.buses}
         self.cycles_done: dict[str, int] = {k: 0 for k in self.meters}
@@ -178,31 +178,15 @@ class Metering:
         if isinstance(tag, tuple) and tag[0] == "identity":
             self._identity_done(tag[1], code, payload)
         elif isinstance(tag, tuple) and tag[0] == "coil" and code != modbus.OK:
-            self.applied.pop(tag[1], None)      # try again on the next tick
-            self.emit([{"type": "interlock.failed", "pile": tag[1], "t": self.now_s(),
-                        "reason": self._describe(code, payload)}])
+            self.emit(self.core.interlock_failed(self.now_s(), tag[1], modbus.describe(code, payload)))
         if fut is not None and not fut.done():
             fut.set_result((code, payload))
 
     def _identity_done(self, pile: str, code: int, payload: Any) -> None:
-        m = self.meters[pile]
-        now = self.now_s()
-        if code != modbus.OK:
-            self.emit(self.core.identity(now, pile, None, self._describe(code, payload)))
-            return
-        ident = m.profile.get("identity", {})
-        try:
-            m.identity = metering.decode_identity(ident, payload)
-        except ValueError as exc:
-            self.emit(self.core.identity(now, pile, None, str(exc)))
-            return
-        self.emit(self.core.identity(now, pile, m.identity))
-
-    @staticmethod
-    def _describe(code: int, payload: Any) -> str:
-        if code == modbus.E_EXCEPTION:
-            return f"exception {payload}: {modbus.exception_name(payload)}"
-        return modbus.RESULT_NAMES[code]
+        ident, events = self.core.identity_result(self.now_s(), pile, code, payload)
+        if ident is not None:
+            self.meters[pile].identity = ident
+        self.emit(events)
 
     # ------------------------------------------------------------ supervision
 
@@ -227,20 +211,16 @@ class Metering:
         self._wake[m.bus].set()
 
     def _apply_interlocks(self) -> None:
-        for pile, on in self.guard.interlocks().items():
-            if self.applied.get(pile) == on:
-                continue
-            self.applied[pile] = on
-            self.emit([{"type": "interlock.on" if on else "interlock.off", "pile": pile,
-                        "t": self.now_s(), "reasons": list(self.guard.piles[pile].reasons)}])
+        changes, events = self.core.interlock_changes(self.now_s())
+        self.emit(events)
+        for pile, on in changes:
             if pile in self.coils:
                 c = self.coils[pile]
                 self.scheds[c["bus"]].submit(c["address"], 5, c["coil"], 1, PRIO_INTERACTIVE,
                                              value=on, tag=("coil", pile))
                 self._wake[c["bus"]].set()
             elif self.relays is not None:
-                relay = next(p.get("relay") for p in self.cfg["pile"] if p["id"] == pile)
-                self.relays.set(relay, on)
+                self.relays.set(self.relay_of[pile], on)
 
     async def run(self, stop: asyncio.Event) -> None:
         """All bus loops plus the once-a-second supervisor, until `stop` is set."""

@@ -134,3 +134,20 @@ def test_a_bad_tariff_is_refused_and_a_good_one_applies():
     t = tariff.default_tariff()
     t["id"], t["version"] = "new", 2
     assert sc.set_tariff(t) == "" and sc.tariff["id"] == "new"
+
+
+def test_identity_answers_and_interlock_changes_are_judged_once_for_both_ports():
+    c = cfg(with_bay=False)
+    c["pile"][0]["interlock"] = "relay"
+    sc = core(c)
+    changes, events = sc.interlock_changes(1000)
+    assert changes == [("P1", False)] and types(events) == ["interlock.off"]
+    assert sc.interlock_changes(1001) == ([], [])               # nothing new to drive
+    ident, events = sc.identity_result(1002, "P1", 0, [0x0001, 0xE240])
+    assert ident == "123456" and "meter.verified" in types(events)
+    changes, events = sc.interlock_changes(1003)
+    assert changes == [("P1", True)]
+    assert types(sc.interlock_failed(1004, "P1", "timeout")) == ["interlock.failed"]
+    assert sc.interlock_changes(1005)[0] == [("P1", True)]      # a failed write is driven again
+    ident, events = sc.identity_result(1006, "P1", 7, None)
+    assert ident is None and events[0]["type"] == "meter.identity_failed" and events[0]["reason"] == "timeout"
