@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 import time
-from pathlib import Path
 
-from e2e import Platform, device_pem, start_gateway, wait_for, write_site
+from e2e import Platform, device_pem, start_gateway, stored_last, wait_for, write_site
 from simsite import pile_block
 
 from pilehil import ConstantLoad
 from pilehil.broker import Broker
 
 ROUNDS = 14
-
-
-def stored_last(data: Path) -> tuple[int, int, int]:
-    """(newest acked seq, unacked count, oldest unacked seq or 0) from the outbox, read-only."""
-    db = sqlite3.connect(f"file:{data / 'outbox.db'}?mode=ro", uri=True)
-    try:
-        acked = db.execute("SELECT MAX(seq) FROM msg WHERE acked = 1").fetchone()[0] or 0
-        unacked = db.execute("SELECT COUNT(*), MIN(seq) FROM msg WHERE acked = 0").fetchone()
-        return acked, unacked[0], unacked[1] or 0
-    finally:
-        db.close()
 
 
 def test_kill_9_and_broker_restarts_lose_nothing(sim_site, tmp_path):

@@ -13,7 +13,18 @@ import time
 import pyocmf
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from e2e import OneSession, Platform, billing, device_pem, spki_hex, start_gateway, stop, wait_for, write_site
+from e2e import (
+    OneSession,
+    Platform,
+    billing,
+    device_pem,
+    spki_hex,
+    start_gateway,
+    stop,
+    stored_last,
+    wait_for,
+    write_site,
+)
 from simsite import pile_block
 
 from pilecore import envelope
@@ -55,7 +66,10 @@ def test_signed_telemetry_commands_and_billing_over_plain_mqtt(sim_site, broker,
         wait_for(lambda: len(platform.acks) >= 6, 20, "six acks")
     finally:
         out = stop(gw)
-    time.sleep(0.5)
+    # everything the gateway had acknowledged by the broker reaches the platform
+    acked = stored_last(data)[0]
+    wait_for(lambda: platform.account().high >= acked and not platform.account().gaps(), 20,
+             f"seq 1-{acked} at the receiver")
     platform.sub.stop()
     acks: dict = {}
     for a in platform.acks:
@@ -104,11 +118,11 @@ def test_tls_is_verified_and_never_falls_back(sim_site, tls_broker, tmp_path):
     bad_path.write_text(bad)
     first_run_high = platform.account().high
     platform.listen(device_pem(site_path, data))
-    gw = start_gateway(bad_path, data)
-    time.sleep(4)                                  # it keeps retrying; give it a few tries
-    out = stop(gw)
+    log = tmp_path / "bad-gateway.log"
+    gw = start_gateway(bad_path, data, log=log)
+    wait_for(lambda: "certificate verify failed" in log.read_text(), 30, "the TLS refusal in the gateway log")
+    stop(gw)
     platform.sub.stop()
     # only the retained birth of the first run arrives; nothing new crossed without TLS
     assert platform.account().high <= first_run_high
-    assert "certificate verify failed" in out
 

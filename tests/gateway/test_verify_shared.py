@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -46,8 +45,7 @@ def test_two_verifiers_share_the_work_and_the_store_accounts_for_all(broker, tmp
     subs = [Subscriber(Receiver(reg, store=store, from_first_seen=False), broker.url, "pilegate/v1/+/+/+",
                        share="platform", client_id=f"verifier-{i}").start() for i in range(2)]
     for s in subs:
-        wait_for(s.connected.is_set, 10, "verifier connected")
-    time.sleep(0.3)          # the broker registers the shared subscription after SUBACK
+        wait_for(s.subscribed.is_set, 10, "verifier subscribed")
     publish_chain(broker, key, N)
     wait_for(lambda: sum(s.receiver.account("GW-S").messages for s in subs) >= N, 20, "every message")
     for s in subs:
@@ -67,8 +65,7 @@ def test_report_fails_on_a_gap(broker, tmp_path):
     reg.add("GW-S", key.public_pem)
     store = tmp_path / "verify.db"
     sub = Subscriber(Receiver(reg, store=store), broker.url, "pilegate/v1/+/+/+", client_id="verifier").start()
-    wait_for(sub.connected.is_set, 10, "verifier connected")
-    time.sleep(0.3)
+    wait_for(sub.subscribed.is_set, 10, "verifier subscribed")
     publish_chain(broker, key, 10, skip={4, 5})
     wait_for(lambda: sub.receiver.account("GW-S").messages >= 8, 20, "the messages")
     sub.stop()
@@ -85,8 +82,7 @@ def test_report_fails_on_a_bad_signature_seen_by_any_instance(broker, tmp_path):
     reg.add("GW-S", key.public_pem)
     store = tmp_path / "verify.db"
     sub = Subscriber(Receiver(reg, store=store), broker.url, "pilegate/v1/+/+/+", client_id="verifier").start()
-    wait_for(sub.connected.is_set, 10, "verifier connected")
-    time.sleep(0.3)
+    wait_for(sub.subscribed.is_set, 10, "verifier subscribed")
     publish_chain(broker, key, 3)
     forger = DeviceKey(ec.generate_private_key(ec.SECP256R1()))
     forged = Chain("GW-S", "site-s", key.kid, forger.sign_raw, 1).prepare("telemetry", {}, 1, "ntp").jws

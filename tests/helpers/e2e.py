@@ -4,6 +4,7 @@ sender) and running `pilegate run` as a real process."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ class Platform:
                 self.bills.append(v.body["data"])
         self.sub = Subscriber(self.receiver, self.broker.url, "pilegate/v1/+/+/+", ca_file=ca,
                               on_verdict=on_verdict).start()
-        wait_for(self.sub.connected.is_set, 10, "the verifier to connect")
+        wait_for(self.sub.subscribed.is_set, 10, "the verifier's subscription")
 
     def send(self, jws: str) -> None:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -108,10 +109,15 @@ def write_site(s, tmp: Path, broker, platform: Platform, extra: str = "") -> Pat
     return path
 
 
-def start_gateway(site_path: Path, data: Path, interval: int = 1) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pilegate.cli", "run", str(site_path), "--data-dir", str(data),
+def start_gateway(site_path: Path, data: Path, interval: int = 1, log: Path | None = None) -> subprocess.Popen:
+    """`pilegate run` as a process; its output is piped (read by stop()) or written to `log`."""
+    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen([sys.executable, "-m", "pilegate.cli", "run", str(site_path), "--data-dir", str(data),
                              "--interval", str(interval), "--poll", "0.5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=out, stderr=subprocess.STDOUT, text=True)
+    if log is not None:
+        out.close()
+    return proc
 
 
 def device_pem(site_path: Path, data: Path) -> str:
@@ -124,7 +130,7 @@ def stop(proc: subprocess.Popen) -> str:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
-    return out
+    return out or ""
 
 
 def billing(platform: Platform) -> list[dict]:
@@ -135,3 +141,14 @@ def spki_hex(pem: str) -> str:
     """The key form pyocmf takes: hex of the SubjectPublicKeyInfo DER."""
     pub = serialization.load_pem_public_key(pem.encode())
     return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo).hex()
+
+
+def stored_last(data: Path) -> tuple[int, int, int]:
+    """(newest acked seq, unacked count, oldest unacked seq or 0) from the outbox, read-only."""
+    db = sqlite3.connect(f"file:{data / 'outbox.db'}?mode=ro", uri=True)
+    try:
+        acked = db.execute("SELECT MAX(seq) FROM msg WHERE acked = 1").fetchone()[0] or 0
+        unacked = db.execute("SELECT COUNT(*), MIN(seq) FROM msg WHERE acked = 0").fetchone()
+        return acked, unacked[0], unacked[1] or 0
+    finally:
+        db.close()

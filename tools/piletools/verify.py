@@ -71,6 +71,7 @@ class Subscriber:
         self.topic = f"$share/{share}/{topic}" if share else topic
         self.lock = threading.Lock()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()     # the broker acknowledged the subscription
         cid = client_id or f"pilegate-verify-{os.getpid()}-{id(self) & 0xFFFF:x}"
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         if scheme == "mqtts":
@@ -79,8 +80,9 @@ class Subscriber:
             if insecure:
                 c.tls_insecure_set(True)
         c.on_connect = self._on_connect
+        c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._on_message
-        c.on_disconnect = lambda *a: self.connected.clear()
+        c.on_disconnect = lambda *a: (self.connected.clear(), self.subscribed.clear())
         c.reconnect_delay_set(1, 10)
         self.client = c
 
