@@ -209,11 +209,6 @@ def _runs(spans):
     return runs
 
 
-def minimal_transactions(prof, names=None):
-    """The fewest reads that can cover the values (ignoring gaps): the benchmark's baseline."""
-    return len(MeterPlan(prof, names, gap=MAX_BLOCK).reads)
-
-
 class RawPlan:
     """A device read as one fixed block (a presence sensor, a pile controller's plug register).
 

@@ -95,9 +95,6 @@ class Device:
         self.last_latency_ms = None
         self.cycle = None                      # [started_ms, blocks, codes] while polling
 
-    def latency_estimate(self):
-        return self.srtt // 8
-
     def stats(self):
         return {"address": self.address, "requests": self.requests, "replies": self.replies,
                 "timeouts": self.timeouts, "errors": self.errors,

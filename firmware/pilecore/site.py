@@ -19,7 +19,7 @@ Outputs:
 """
 
 from pilecore import bays as _bays
-from pilecore import civiltime, metering, modbus, ocmf, sessions
+from pilecore import metering, modbus, ocmf, sessions
 from pilecore import tariff as _tariff
 
 EVENT_RING = 64
@@ -324,6 +324,3 @@ class SiteCore:
         if self.bays:
             data["bays"] = [self.bays[b].status(now) for b in sorted(self.bays)]
         return data
-
-    def time_text(self, now, tsync):
-        return civiltime.iso_utc(now) + ("" if tsync in ("ntp", "platform") else " (not synchronised)")

@@ -83,7 +83,6 @@ class Metering:
         self._futures: dict[tuple[str, int], asyncio.Future] = {}
         self._wake = {name: asyncio.Event() for name in self.buses}
         self.cycles_done: dict[str, int] = {k: 0 for k in self.meters}
-        self.started_ms = self.now_ms()
 
     def _add_meter(self, key: str, m: dict[str, Any], names: list[str] | None = None) -> None:
         prof = self.cfg["profiles"][m["profile"]]

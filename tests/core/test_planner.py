@@ -71,11 +71,6 @@ def test_functions_are_never_merged():
     assert fcs == [3, 4]
 
 
-def test_minimal_transactions():
-    assert planner.minimal_transactions(one_phase()) == 2
-    assert planner.minimal_transactions(three_phase()) == 2
-
-
 def test_exception_first_stops_gap_bridging_then_halves_the_block():
     plan = planner.MeterPlan(one_phase(), gap=10)
     assert plan.shrink(0, 2) is True
