@@ -68,62 +68,51 @@ class Outbox:
 
     # ------------------------------------------------------------ messages
 
-    def put_many(self, records: list[tuple[int, str, str, bytes]], chain_head: tuple[int, str]) -> list[int]:
-        """Store several messages and the chain head they end at in ONE transaction (one fsync:
-        a group commit).  Returns the seqs stored; telemetry that cannot fit is left out, and a
-        record that must never be dropped raises OutboxFull with nothing stored."""
+    def put_many(self, records: list[tuple[int, str, str, bytes, str | None]]) -> int:
+        """Store consecutive messages (seq, kind, topic, payload, chain hash) in ONE transaction
+        (one fsync: a group commit), with the chain head of the last one stored.
+
+        Stores the longest prefix that fits and returns its length: the chain head always
+        matches the newest stored message, so a refused message leaves no hole.  Telemetry that
+        cannot fit even after thinning ends the prefix; a message that must never be dropped
+        and cannot fit raises OutboxFull, with nothing of the batch stored.
+        """
         with self._lock:
             last = self.db.execute("SELECT MAX(seq) FROM msg").fetchone()[0] or 0
-            stored = []
             rows = []
             batch_bytes = 0
-            for seq, kind, topic, payload in records:
+            head = None
+            for seq, kind, topic, payload, digest in records:
                 if seq <= last:
                     raise ValueError(f"seq {seq} is not above the newest stored seq {last}")
                 last = seq
                 size = len(payload) + len(topic) + 32
                 if not self._make_room(size + batch_bytes, kind):
-                    continue
+                    break
                 rows.append((seq, kind, topic, bytes(payload), size))
                 batch_bytes += size
-                stored.append(seq)
+                head = (seq, digest)
+            if not rows:
+                return 0
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self.db.executemany("INSERT INTO msg (seq, kind, topic, payload, size) VALUES (?,?,?,?,?)", rows)
-                self._kv_put("chain", {"seq": chain_head[0], "head": chain_head[1]})
+                if head is not None and head[1] is not None:
+                    self._kv_put("chain", {"seq": head[0], "head": head[1]})
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
             self._bytes += batch_bytes
-            return stored
+            return len(rows)
 
     def put(self, seq: int, kind: str, topic: str, payload: bytes,
             chain_head: tuple[int, str] | None = None) -> bool:
-        """Store a message (and the chain head it creates) durably; False if refused.
-
-        Telemetry that cannot fit even after thinning is refused (False); a message that must
-        never be dropped raises OutboxFull instead.
-        """
-        size = len(payload) + len(topic) + 32
-        with self._lock:
-            last = self.db.execute("SELECT MAX(seq) FROM msg").fetchone()[0]
-            if last is not None and seq <= last:
-                raise ValueError(f"seq {seq} is not above the newest stored seq {last}")
-            if not self._make_room(size, kind):
-                return False
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute("INSERT INTO msg (seq, kind, topic, payload, size) VALUES (?,?,?,?,?)",
-                                (seq, kind, topic, bytes(payload), size))
-                if chain_head is not None:
-                    self._kv_put("chain", {"seq": chain_head[0], "head": chain_head[1]})
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self._bytes += size
-            return True
+        """Store one message (and the chain head it creates) durably; False if refused: see
+        put_many, of which this is the one-message case."""
+        if chain_head is not None and chain_head[0] != seq:
+            raise ValueError("the chain head must be the message's own")
+        return self.put_many([(seq, kind, topic, payload, chain_head[1] if chain_head else None)]) == 1
 
     def _make_room(self, size: int, kind: str) -> bool:
         """Free space: acked records first, then unacked telemetry, oldest first."""

@@ -119,44 +119,30 @@ class Gateway:
             return last[0], signing_input_hash(last[1])
         return stored
 
-    def seal_many(self, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
-        """Sign several messages, store them in one transaction (a group commit: one fsync),
-        then publish.  Returns the seqs stored (telemetry may be refused when the outbox is
-        full; then the chain head stays at the last stored message, so no seq is skipped)."""
+    def seal_many(self, items: list[tuple[str, Any]]) -> int:
+        """Sign messages, store them in one transaction (a group commit: one fsync), then
+        publish.  Returns how many of `items`, from the first, were stored: the chain advances
+        by exactly those, so no seq is skipped or reused.  The caller keeps the rest."""
         if not items:
-            return []
+            return 0
         hist = not self.link.connected.is_set() or self.outbox.depth() > 0
         prepared = self.chain.prepare_many(items, self.now(), self.tsync(), hist=hist)
-        if any(p.kind == "telemetry" for p in prepared) and len(prepared) > 1:
-            # keep it simple and exact: a refused telemetry record would leave a hole in the
-            # batch's chain, so batches with telemetry go one by one
-            return [s for s in (self.seal(k, d) for k, d in items) if s is not None]
         try:
-            stored = self.outbox.put_many([(p.seq, p.kind, f"{self.prefix}/{p.kind}", p.jws.encode())
-                                           for p in prepared], chain_head=(prepared[-1].seq, prepared[-1].hash))
+            n = self.outbox.put_many([(p.seq, p.kind, f"{self.prefix}/{p.kind}", p.jws.encode(), p.hash)
+                                      for p in prepared])
         except OutboxFull as exc:
             log.error("%s", exc)
-            return []
-        self.chain.commit_many(prepared)
-        self.link.kick()
-        return stored
+            return 0
+        if n < len(prepared):
+            log.warning("outbox full: %d message(s) not stored yet", len(prepared) - n)
+        self.chain.commit_many(prepared[:n])
+        if n:
+            self.link.kick()
+        return n
 
-    def seal(self, kind: str, data: dict[str, Any]) -> int | None:
-        """Sign, store durably, then publish: returns the seq, or None if refused."""
-        hist = not self.link.connected.is_set() or self.outbox.depth() > 0
-        prepared = self.chain.prepare(kind, data, self.now(), self.tsync(), hist=hist)
-        try:
-            stored = self.outbox.put(prepared.seq, kind, f"{self.prefix}/{kind}", prepared.jws.encode(),
-                                     chain_head=(prepared.seq, prepared.hash))
-        except OutboxFull as exc:
-            log.error("%s", exc)
-            return None
-        if not stored:
-            log.warning("outbox full: telemetry not stored")
-            return None
-        self.chain.commit(prepared)
-        self.link.kick()
-        return prepared.seq
+    def seal(self, kind: str, data: Any) -> int | None:
+        """Sign, store durably, then publish one message: its seq, or None if refused."""
+        return self.chain.seq if self.seal_many([(kind, data)]) == 1 else None
 
     def _state_msg(self, state: str, reason: str | None = None) -> str:
         data: dict[str, Any] = {"state": state, "since": self.now()}
@@ -217,13 +203,20 @@ class Gateway:
         if dropped:
             self.events.append({"type": "outbox.dropped", "t": self.now(),
                                 "dropped": [{"seq": s, "hash": h} for s, h in dropped]})
-        items: list[tuple[str, dict[str, Any]]] = []
+        items: list[tuple[str, Any]] = []
         if self.events:
             batch, self.events[:] = list(self.events), []
             self.recent_events.extend(batch)
             items.append(("event", {"events": batch}))
         items += [("billing", record) for record in self.core.take_billing()]
-        self.seal_many(items)
+        stored = self.seal_many(items)
+        # Events and billing records are never dropped: what a full outbox refused waits here
+        # for the next round (the platform's acks free space).
+        for kind, data in items[stored:]:
+            if kind == "event":
+                self.events[:0] = data["events"]
+            else:
+                self.core.billing.append(data)
 
     def _save_state(self) -> None:
         """Persist the core's state when it changed (bindings, sessions, bays, pagination)."""

@@ -109,3 +109,16 @@ def test_kill_9_while_writing_loses_nothing_that_was_stored(tmp_path):
     assert ob.chain() == (last, str(last))
     for seq in (1, reported):
         assert ob.get(seq)[3].endswith(str(seq).encode() + b".s")
+
+
+def test_a_group_commit_stores_the_longest_prefix_that_fits(tmp_path):
+    ob = Outbox(tmp_path / "o.db", max_bytes=3 * 200)
+    ob.put(1, "billing", "t/billing", jws(1))
+    ob.put(2, "billing", "t/billing", jws(2))
+    batch = [(3, "telemetry", "t/telemetry", jws(3), "h3"), (4, "telemetry", "t/telemetry", jws(4), "h4"),
+             (5, "event", "t/event", jws(5), "h5")]
+    assert ob.put_many(batch) == 1                   # seq 4 does not fit: 4 and 5 wait, no hole
+    assert ob.chain() == (3, "h3") and ob.last()[0] == 3
+    ob.ack(1)
+    ob.ack(2)
+    assert ob.put_many(batch[1:]) == 2 and ob.chain() == (5, "h5")

@@ -111,8 +111,8 @@ def pipeline(url: str, work: Path, n: int, batch: int = 50) -> tuple[float, int]
     for start in range(0, n, batch):
         items = [("telemetry", data)] * min(batch, n - start)
         prepared = chain.prepare_many(items, 1764150000, "ntp")
-        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH/telemetry", p.jws.encode()) for p in prepared],
-                    (prepared[-1].seq, prepared[-1].hash))
+        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH/telemetry", p.jws.encode(), p.hash)
+                     for p in prepared])
         chain.commit_many(prepared)
         size = len(prepared[-1].jws)
         link.kick()
@@ -135,8 +135,8 @@ def drain(url: str, work: Path, n: int) -> tuple[float, float]:
     t_fill = time.monotonic()
     for start in range(0, n, 1000):
         prepared = chain.prepare_many([("telemetry", data)] * min(1000, n - start), 1764150000, "ntp")
-        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH2/telemetry", p.jws.encode()) for p in prepared],
-                    (prepared[-1].seq, prepared[-1].hash))
+        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH2/telemetry", p.jws.encode(), p.hash)
+                     for p in prepared])
         chain.commit_many(prepared)
     fill = time.monotonic() - t_fill
     link = _link(url, ob, "pilegate/v1/bench/BENCH2")
