@@ -23,8 +23,9 @@ test-py: ## run the pytest suite only
 test-mpy: ## run the portable-core tests on MicroPython (official WebAssembly build under Node)
 	@scripts/test-mpy.sh
 
-lint: ## ruff: style and static checks
+lint: ## ruff (checks and the one formatter, --check)
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
 
 firmware: ## compile firmware/ with mpy-cross into build/firmware/, with module sizes
 	@$(PY) -m piletools.firmware_build

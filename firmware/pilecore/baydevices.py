@@ -9,7 +9,7 @@ call `gather` to hand every bay its samples.
 
 from pilecore import modbus
 
-FRESH_S = 30          # a sensor value older than this is no reading at all
+FRESH_S = 30  # a sensor value older than this is no reading at all
 
 
 def devices(cfg, poll_ms):
@@ -21,13 +21,24 @@ def devices(cfg, poll_ms):
                 continue
             prof = cfg["sensor_profiles"][sensor["profile"]]
             width = 2 if prof["type"] in ("u32", "s32") else 1
-            out.append(("%s#%d" % (bay["id"], k), sensor["bus"], sensor["address"], prof["function"],
-                        prof["register"], width, prof.get("response_ms", 50), prof.get("min_gap_ms", 0),
-                        prof.get("timeout_ms")))
+            out.append(
+                (
+                    "%s#%d" % (bay["id"], k),
+                    sensor["bus"],
+                    sensor["address"],
+                    prof["function"],
+                    prof["register"],
+                    width,
+                    prof.get("response_ms", 50),
+                    prof.get("min_gap_ms", 0),
+                    prof.get("timeout_ms"),
+                )
+            )
         plug = bay.get("plug") or {}
         if plug.get("source") == "modbus":
-            out.append((bay["id"] + "#plug", plug["bus"], plug["address"], plug["function"], plug["register"], 1,
-                        50, 0, None))
+            out.append(
+                (bay["id"] + "#plug", plug["bus"], plug["address"], plug["function"], plug["register"], 1, 50, 0, None)
+            )
     return out
 
 

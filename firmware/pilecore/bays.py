@@ -30,11 +30,26 @@ PLUG_SOURCES = ("modbus", "input", "power")
 PHASES = ("grace_s", "parked_s", "charging_s", "idle_s", "unknown_s")
 UNKNOWN_REASONS = ("sensors", "disagree", "pile", "gap")
 EVENT_TYPES = (
-    "bay.arrived", "bay.left", "bay.plugged", "bay.unplugged", "bay.charging",
-    "bay.charge_stopped", "bay.plate", "bay.fuel_confirmed", "bay.fuel_suspected",
-    "bay.plate_conflict", "bay.overstay_started", "bay.unknown", "bay.known",
-    "sensor.missing", "sensor.stuck", "sensor.flapping", "sensor.disagree",
-    "sensor.out_of_range", "sensor.recovered", "clock.backwards",
+    "bay.arrived",
+    "bay.left",
+    "bay.plugged",
+    "bay.unplugged",
+    "bay.charging",
+    "bay.charge_stopped",
+    "bay.plate",
+    "bay.fuel_confirmed",
+    "bay.fuel_suspected",
+    "bay.plate_conflict",
+    "bay.overstay_started",
+    "bay.unknown",
+    "bay.known",
+    "sensor.missing",
+    "sensor.stuck",
+    "sensor.flapping",
+    "sensor.disagree",
+    "sensor.out_of_range",
+    "sensor.recovered",
+    "clock.backwards",
 )
 RECORD_TYPE = "occupancy"
 SNAPSHOT_VERSION = 1
@@ -47,13 +62,13 @@ _IDLE = 3
 _UNKNOWN = 4
 
 # Fields of one sensor's health record (a list, so that it serialises as it is).
-_VAL = 0      # last valid sample (True/False) or None before the first
-_CHG = 1      # time the value last changed (or was first seen)
-_BAD = 2      # time of the first None in the current run of Nones, else None
-_MISS = 3     # True once the Nones have lasted hold_s ("sensor.missing" raised)
-_FAULT = 4    # None, "stuck" or "flapping"
-_SESS = 5     # charging sessions started since the value last changed (stuck evidence)
-_FLAPS = 6    # times of the latest changes (at most flap_max + 1)
+_VAL = 0  # last valid sample (True/False) or None before the first
+_CHG = 1  # time the value last changed (or was first seen)
+_BAD = 2  # time of the first None in the current run of Nones, else None
+_MISS = 3  # True once the Nones have lasted hold_s ("sensor.missing" raised)
+_FAULT = 4  # None, "stuck" or "flapping"
+_SESS = 5  # charging sessions started since the value last changed (stuck evidence)
+_FLAPS = 6  # times of the latest changes (at most flap_max + 1)
 
 _MAX_PLATES = 4
 _MAX_FAULTS = 4
@@ -68,50 +83,70 @@ def param_spec():
     in docs/bays.md.
     """
     return {
-        "arrive_s": (20, 1, 600, "s",
-                     "presence must hold this long before a vehicle counts as arrived"),
-        "leave_s": (45, 1, 900, "s",
-                    "absence must hold this long before the vehicle counts as gone"),
-        "grace_s": (900, 0, 7200, "s",
-                    "time after arrival to plug in and start charging before a car without "
-                    "EV evidence is suspected to be a fuel car"),
-        "overstay_s": (900, 0, 14400, "s",
-                       "idle time allowed after charging ends before the EV overstays"),
-        "charge_threshold_w": (300, 1, 100000, "W",
-                               "pile power at or above this means a vehicle is charging"),
-        "charge_debounce_s": (30, 0, 600, "s",
-                              "power must stay on the other side of the threshold this long "
-                              "before charging starts or stops"),
-        "plug_source": ("power", None, None, "",
-                        "where the plug state comes from: modbus (pile register), input "
-                        "(contactor aux contact) or power (inferred from charging)"),
-        "hold_s": (60, 10, 3600, "s",
-                   "a missing reading keeps its last value this long before it counts as "
-                   "unknown; also the longest gap between steps that is bridged"),
-        "disagree_s": (120, 0, 3600, "s",
-                       "sensors of one bay may disagree this long before the bay is unknown"),
+        "arrive_s": (20, 1, 600, "s", "presence must hold this long before a vehicle counts as arrived"),
+        "leave_s": (45, 1, 900, "s", "absence must hold this long before the vehicle counts as gone"),
+        "grace_s": (
+            900,
+            0,
+            7200,
+            "s",
+            "time after arrival to plug in and start charging before a car without "
+            "EV evidence is suspected to be a fuel car",
+        ),
+        "overstay_s": (900, 0, 14400, "s", "idle time allowed after charging ends before the EV overstays"),
+        "charge_threshold_w": (300, 1, 100000, "W", "pile power at or above this means a vehicle is charging"),
+        "charge_debounce_s": (
+            30,
+            0,
+            600,
+            "s",
+            "power must stay on the other side of the threshold this long before charging starts or stops",
+        ),
+        "plug_source": (
+            "power",
+            None,
+            None,
+            "",
+            "where the plug state comes from: modbus (pile register), input "
+            "(contactor aux contact) or power (inferred from charging)",
+        ),
+        "hold_s": (
+            60,
+            10,
+            3600,
+            "s",
+            "a missing reading keeps its last value this long before it counts as "
+            "unknown; also the longest gap between steps that is bridged",
+        ),
+        "disagree_s": (120, 0, 3600, "s", "sensors of one bay may disagree this long before the bay is unknown"),
         "flap_window_s": (600, 60, 86400, "s", "window in which sensor changes are counted"),
-        "flap_max": (12, 2, 100, "changes",
-                     "more changes than this within flap_window_s mean the sensor is flapping"),
-        "stuck_after_s": (172800, 3600, 2592000, "s",
-                          "a sensor that has not changed for this long while charging "
-                          "sessions started is stuck"),
-        "stuck_sessions": (2, 1, 100, "sessions",
-                           "charging sessions that must start while a sensor is unchanged "
-                           "before it is declared stuck"),
-        "plate_window_s": (120, 0, 3600, "s",
-                           "a plate read before the arrival is confirmed is kept this long"),
-        "heartbeat_s": (300, 10, 86400, "s",
-                        "version grows at least this often so persisted snapshots bound what "
-                        "a power cut can lose"),
-        "occupied_below_mm": (800, 10, 20000, "mm",
-                              "distance sensors: a reading below this means a vehicle"),
-        "vacant_above_mm": (1200, 10, 20000, "mm",
-                            "distance sensors: a reading above this means empty"),
-        "min_mm": (20, 0, 20000, "mm",
-                   "distance sensors: readings below this are faults (blind zone, covered)"),
-        "max_mm": (6000, 1, 65535, "mm",
-                   "distance sensors: readings above this are faults"),
+        "flap_max": (12, 2, 100, "changes", "more changes than this within flap_window_s mean the sensor is flapping"),
+        "stuck_after_s": (
+            172800,
+            3600,
+            2592000,
+            "s",
+            "a sensor that has not changed for this long while charging sessions started is stuck",
+        ),
+        "stuck_sessions": (
+            2,
+            1,
+            100,
+            "sessions",
+            "charging sessions that must start while a sensor is unchanged before it is declared stuck",
+        ),
+        "plate_window_s": (120, 0, 3600, "s", "a plate read before the arrival is confirmed is kept this long"),
+        "heartbeat_s": (
+            300,
+            10,
+            86400,
+            "s",
+            "version grows at least this often so persisted snapshots bound what a power cut can lose",
+        ),
+        "occupied_below_mm": (800, 10, 20000, "mm", "distance sensors: a reading below this means a vehicle"),
+        "vacant_above_mm": (1200, 10, 20000, "mm", "distance sensors: a reading above this means empty"),
+        "min_mm": (20, 0, 20000, "mm", "distance sensors: readings below this are faults (blind zone, covered)"),
+        "max_mm": (6000, 1, 65535, "mm", "distance sensors: readings above this are faults"),
     }
 
 
@@ -129,8 +164,7 @@ def validate_params(params):
     if probs and probs[0][0] == "":
         return probs
     if merged["occupied_below_mm"] > merged["vacant_above_mm"]:
-        probs.append(("occupied_below_mm", "must not exceed vacant_above_mm (%d)"
-                      % merged["vacant_above_mm"]))
+        probs.append(("occupied_below_mm", "must not exceed vacant_above_mm (%d)" % merged["vacant_above_mm"]))
     if merged["min_mm"] >= merged["max_mm"]:
         probs.append(("min_mm", "must be below max_mm (%d)" % merged["max_mm"]))
     return probs
@@ -190,14 +224,21 @@ class DistanceFilter:
         if mm < self.lo or mm > self.hi:
             if not self.fault:
                 self.fault = True
-                events.append(_event("sensor.out_of_range", self.bay, int(now),
-                                     sensor=self.sensor, mm=int(mm),
-                                     min_mm=self.lo, max_mm=self.hi))
+                events.append(
+                    _event(
+                        "sensor.out_of_range",
+                        self.bay,
+                        int(now),
+                        sensor=self.sensor,
+                        mm=int(mm),
+                        min_mm=self.lo,
+                        max_mm=self.hi,
+                    )
+                )
             return None, events
         if self.fault:
             self.fault = False
-            events.append(_event("sensor.recovered", self.bay, int(now), sensor=self.sensor,
-                                 fault="out_of_range"))
+            events.append(_event("sensor.recovered", self.bay, int(now), sensor=self.sensor, fault="out_of_range"))
         if mm < self.below:
             v = True
         elif mm > self.above:
@@ -228,29 +269,29 @@ class BayMachine:
         if tariff is not None:
             self.set_tariff(tariff)
         self.version = 0
-        self._vt = None       # step time of the last version bump (heartbeat)
-        self.t = None         # latest time seen by step()
+        self._vt = None  # step time of the last version bump (heartbeat)
+        self.t = None  # latest time seen by step()
         self.state = "vacant"
-        self.pres = False     # debounced belief: a vehicle is in the bay
-        self.cand = None      # presence value waiting out its debounce, or None
+        self.pres = False  # debounced belief: a vehicle is in the bay
+        self.cand = None  # presence value waiting out its debounce, or None
         self.cand_t = None
         self.sens = []
-        self.dis_t = None     # sensors of the bay disagree since
-        self.dis_on = False   # "sensor.disagree" raised
-        self.pw = None        # debounced: power >= threshold (None before the first reading)
-        self.pw_t = None      # time pw last changed (backdated to the start of its debounce)
+        self.dis_t = None  # sensors of the bay disagree since
+        self.dis_on = False  # "sensor.disagree" raised
+        self.pw = None  # debounced: power >= threshold (None before the first reading)
+        self.pw_t = None  # time pw last changed (backdated to the start of its debounce)
         self.pw_cand = None
         self.pw_cand_t = None
         self.pw_bad = None
         self.pw_miss = False
-        self.pw_hi = None     # last raw charging-power reading while arriving
+        self.pw_hi = None  # last raw charging-power reading while arriving
         self.plug = None
         self.plug_bad = None
         self.plug_miss = False
-        self.unk = None       # reason the bay is unknown, or None
+        self.unk = None  # reason the bay is unknown, or None
         self.unk_t = None
-        self.occ = None       # occupancy in progress
-        self.pend = None      # plate read before arrival: [t, text, colour]
+        self.occ = None  # occupancy in progress
+        self.pend = None  # plate read before arrival: [t, text, colour]
         self._why = None
         if snapshot is not None:
             self._load(snapshot)
@@ -327,8 +368,7 @@ class BayMachine:
             "cand_t": self.cand_t,
             "sens": jsonc.copy(self.sens),
             "dis": [self.dis_t, self.dis_on],
-            "pw": [self.pw, self.pw_t, self.pw_cand, self.pw_cand_t, self.pw_bad, self.pw_miss,
-                   self.pw_hi],
+            "pw": [self.pw, self.pw_t, self.pw_cand, self.pw_cand_t, self.pw_bad, self.pw_miss, self.pw_hi],
             "plug": [self.plug, self.plug_bad, self.plug_miss],
             "unk": [self.unk, self.unk_t],
             "occ": jsonc.copy(self.occ),
@@ -358,10 +398,17 @@ class BayMachine:
             cls, confirmed = self._classify(occ, d, tail)
             billable = self._billable(cls, d, tail)
             fen, _bd = fee(occ["tariff"], cls, billable)
-            st.update({"arrival": occ["arrival"], "elapsed_s": end - occ["arrival"],
-                       "classification": cls, "confirmed": confirmed,
-                       "billable_s": billable, "fee_fen": fen,
-                       "tariff": tariff_ref(occ["tariff"])})
+            st.update(
+                {
+                    "arrival": occ["arrival"],
+                    "elapsed_s": end - occ["arrival"],
+                    "classification": cls,
+                    "confirmed": confirmed,
+                    "billable_s": billable,
+                    "fee_fen": fen,
+                    "tariff": tariff_ref(occ["tariff"]),
+                }
+            )
         return st
 
     # ----------------------------------------------------------------- bookkeeping
@@ -450,8 +497,7 @@ class BayMachine:
                 if s[_MISS]:
                     s[_MISS] = False
                     self._bump()
-                    out.append(_event("sensor.recovered", self.bay, now, sensor=i,
-                                      fault="missing"))
+                    out.append(_event("sensor.recovered", self.bay, now, sensor=i, fault="missing"))
                 if s[_VAL] is None:
                     s[_VAL] = v
                     s[_CHG] = now
@@ -467,8 +513,7 @@ class BayMachine:
                     self._bump()
                     if s[_FAULT] == "stuck":
                         s[_FAULT] = None
-                        out.append(_event("sensor.recovered", self.bay, now, sensor=i,
-                                          fault="stuck"))
+                        out.append(_event("sensor.recovered", self.bay, now, sensor=i, fault="stuck"))
             self._health(now, i, s, out)
 
     def _health(self, now, i, s, out):
@@ -480,19 +525,21 @@ class BayMachine:
         if s[_FAULT] != "flapping" and recent > p["flap_max"]:
             s[_FAULT] = "flapping"
             self._bump()
-            out.append(_event("sensor.flapping", self.bay, now, sensor=i, changes=recent,
-                              window_s=p["flap_window_s"]))
+            out.append(_event("sensor.flapping", self.bay, now, sensor=i, changes=recent, window_s=p["flap_window_s"]))
         elif s[_FAULT] == "flapping" and recent == 0:
             s[_FAULT] = None
             self._bump()
             out.append(_event("sensor.recovered", self.bay, now, sensor=i, fault="flapping"))
-        if (s[_FAULT] is None and s[_VAL] is not None and not s[_MISS]
-                and now - s[_CHG] >= p["stuck_after_s"]
-                and s[_SESS] >= p["stuck_sessions"]):
+        if (
+            s[_FAULT] is None
+            and s[_VAL] is not None
+            and not s[_MISS]
+            and now - s[_CHG] >= p["stuck_after_s"]
+            and s[_SESS] >= p["stuck_sessions"]
+        ):
             s[_FAULT] = "stuck"
             self._bump()
-            out.append(_event("sensor.stuck", self.bay, now, sensor=i, value=s[_VAL],
-                              since=s[_CHG], sessions=s[_SESS]))
+            out.append(_event("sensor.stuck", self.bay, now, sensor=i, value=s[_VAL], since=s[_CHG], sessions=s[_SESS]))
 
     def _fuse(self, now, out):
         """Presence of the bay from its healthy sensors: True, False or None (unknown).
@@ -521,8 +568,7 @@ class BayMachine:
             if self.dis_on:
                 self.dis_on = False
                 self._bump()
-                out.append(_event("sensor.recovered", self.bay, now, sensor=None,
-                                  fault="disagree"))
+                out.append(_event("sensor.recovered", self.bay, now, sensor=None, fault="disagree"))
             return agree
         if self.dis_t is None:
             self.dis_t = now
@@ -531,8 +577,16 @@ class BayMachine:
             if not self.dis_on:
                 self.dis_on = True
                 self._bump()
-                out.append(_event("sensor.disagree", self.bay, now, sensor=None,
-                                  values=[s[_VAL] for s in self.sens], since=self.dis_t))
+                out.append(
+                    _event(
+                        "sensor.disagree",
+                        self.bay,
+                        now,
+                        sensor=None,
+                        values=[s[_VAL] for s in self.sens],
+                        since=self.dis_t,
+                    )
+                )
             self._why = "disagree"
             return None
         return self.pres
@@ -698,19 +752,18 @@ class BayMachine:
         chg = self._charging()
         self.occ = {
             "arrival": a,
-            "acc": a,              # durations are accounted up to here
-            "unk": False,          # accounting context: unknown ...
-            "chg": False,          # ... or charging
-            "charged": False,      # charging seen in this occupancy (idle after it)
+            "acc": a,  # durations are accounted up to here
+            "unk": False,  # accounting context: unknown ...
+            "chg": False,  # ... or charging
+            "charged": False,  # charging seen in this occupancy (idle after it)
             "d": [0, 0, 0, 0, 0],  # PHASES
-            "tail": 0,             # idle seconds since charging last stopped
+            "tail": 0,  # idle seconds since charging last stopped
             "plug_t": None,
-            "power_seen": (self.pw_cand is True or chg is True
-                           or (self.pw_hi is not None and self.pw_hi >= a)),
+            "power_seen": (self.pw_cand is True or chg is True or (self.pw_hi is not None and self.pw_hi >= a)),
             "c0": None,
             "c1": None,
             "plates": [],
-            "nev": False,          # NEV plate evidence (green, or the 8-character layout)
+            "nev": False,  # NEV plate evidence (green, or the 8-character layout)
             "fuel": None,
             "conflict": False,
             "sus": None,
@@ -736,8 +789,16 @@ class BayMachine:
             self._apply_ctx(left, out)
         self._account(left)
         rec = self._record(occ, left)
-        out.append(_event("bay.left", self.bay, left, arrival=rec["arrival"],
-                          classification=rec["classification"], fee_fen=rec["fee_fen"]))
+        out.append(
+            _event(
+                "bay.left",
+                self.bay,
+                left,
+                arrival=rec["arrival"],
+                classification=rec["classification"],
+                fee_fen=rec["fee_fen"],
+            )
+        )
         out.append(rec)
         self.occ = None
         self.pres = False
@@ -817,13 +878,13 @@ class BayMachine:
         if occ["fuel"] is not None and not occ["conflict"]:
             occ["conflict"] = True
             self._bump()
-            out.append(_event("bay.plate_conflict", self.bay, t, reason=reason,
-                              text=occ["fuel"][1], colour=occ["fuel"][2]))
+            out.append(
+                _event("bay.plate_conflict", self.bay, t, reason=reason, text=occ["fuel"][1], colour=occ["fuel"][2])
+            )
 
     def _evidence(self, now, power_w, out):
         occ = self.occ
-        high = power_w is not None and power_w == power_w and power_w >= self.p[
-            "charge_threshold_w"]
+        high = power_w is not None and power_w == power_w and power_w >= self.p["charge_threshold_w"]
         if occ is None:
             if high and self.cand is True:
                 # Charging power while the arrival is being confirmed belongs to the stay.
@@ -864,8 +925,7 @@ class BayMachine:
 
     @staticmethod
     def _has_ev_evidence(occ):
-        return (occ["charged"] or occ["power_seen"] or occ["plug_t"] is not None
-                or occ["nev"])
+        return occ["charged"] or occ["power_seen"] or occ["plug_t"] is not None or occ["nev"]
 
     def _add_plate(self, occ, t, text, colour, out):
         plates = occ["plates"]
@@ -894,8 +954,7 @@ class BayMachine:
             why = "nev_plate"
         if why is not None:
             occ["conflict"] = True
-            out.append(_event("bay.plate_conflict", self.bay, t, reason=why, text=text,
-                              colour=colour))
+            out.append(_event("bay.plate_conflict", self.bay, t, reason=why, text=text, colour=colour))
         elif occ["fuel"] is None:
             occ["fuel"] = [t, text, colour]
             out.append(_event("bay.fuel_confirmed", self.bay, t, text=text, colour=colour))
@@ -906,8 +965,7 @@ class BayMachine:
             return
         acc = occ["acc"]
         if not occ["charged"]:
-            if (occ["sus"] is not None or occ["fuel"] is not None or self.pw_cand is True
-                    or self._has_ev_evidence(occ)):
+            if occ["sus"] is not None or occ["fuel"] is not None or self.pw_cand is True or self._has_ev_evidence(occ):
                 return
             deadline = occ["arrival"] + self.p["grace_s"]
             start = deadline if deadline > acc else acc
@@ -1011,8 +1069,7 @@ class BayMachine:
         self.cand_t = snap["cand_t"]
         self.sens = jsonc.copy(snap["sens"])
         self.dis_t, self.dis_on = snap["dis"]
-        (self.pw, self.pw_t, self.pw_cand, self.pw_cand_t, self.pw_bad,
-         self.pw_miss, self.pw_hi) = snap["pw"]
+        (self.pw, self.pw_t, self.pw_cand, self.pw_cand_t, self.pw_bad, self.pw_miss, self.pw_hi) = snap["pw"]
         self.plug, self.plug_bad, self.plug_miss = snap["plug"]
         self.unk, self.unk_t = snap["unk"]
         self.occ = jsonc.copy(snap["occ"])
@@ -1020,8 +1077,20 @@ class BayMachine:
 
 
 __all__ = [
-    "CLASSIFICATIONS", "EVENT_TYPES", "FUEL_COLOURS", "PHASES", "PLATE_COLOURS",
-    "PLUG_SOURCES", "RECORD_TYPE", "STATES", "UNKNOWN_REASONS", "BayMachine",
-    "DistanceFilter", "default_params", "make_params", "nev_plate_format", "param_spec",
+    "CLASSIFICATIONS",
+    "EVENT_TYPES",
+    "FUEL_COLOURS",
+    "PHASES",
+    "PLATE_COLOURS",
+    "PLUG_SOURCES",
+    "RECORD_TYPE",
+    "STATES",
+    "UNKNOWN_REASONS",
+    "BayMachine",
+    "DistanceFilter",
+    "default_params",
+    "make_params",
+    "nev_plate_format",
+    "param_spec",
     "validate_params",
 ]

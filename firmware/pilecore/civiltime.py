@@ -30,8 +30,8 @@ MIN_YEAR = 1
 MAX_YEAR = 9999
 
 _DAY_S = 86400
-_DAYS_PER_ERA = 146097         # days in 400 Gregorian years
-_EPOCH_SHIFT = 719468          # days from 0000-03-01 to 1970-01-01
+_DAYS_PER_ERA = 146097  # days in 400 Gregorian years
+_EPOCH_SHIFT = 719468  # days from 0000-03-01 to 1970-01-01
 
 
 def is_leap(year):
@@ -58,11 +58,11 @@ def days_from_civil(year, month, day):
         raise ValueError("month must be 1..12, got %r" % (month,))
     # Count years from March so that February, with the leap day, is the last month.
     y = year - 1 if month <= 2 else year
-    era = y // 400                          # floor division: correct for negative years
-    yoe = y - era * 400                     # year of era, 0..399
-    mp = (month + 9) % 12                   # March = 0 ... February = 11
-    doy = (153 * mp + 2) // 5 + day - 1     # day of the year counted from March 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy   # day of era, 0..146096
+    era = y // 400  # floor division: correct for negative years
+    yoe = y - era * 400  # year of era, 0..399
+    mp = (month + 9) % 12  # March = 0 ... February = 11
+    doy = (153 * mp + 2) // 5 + day - 1  # day of the year counted from March 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy  # day of era, 0..146096
     return era * _DAYS_PER_ERA + doe - _EPOCH_SHIFT
 
 
@@ -70,10 +70,10 @@ def civil_from_days(days):
     """(year, month, day) of the date `days` after 1970-01-01; inverse of days_from_civil."""
     z = days + _EPOCH_SHIFT
     era = z // _DAYS_PER_ERA
-    doe = z - era * _DAYS_PER_ERA                                   # 0..146096
+    doe = z - era * _DAYS_PER_ERA  # 0..146096
     yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365  # 0..399
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)                  # 0..365
-    mp = (5 * doy + 2) // 153                                        # 0..11, March = 0
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)  # 0..365
+    mp = (5 * doy + 2) // 153  # 0..11, March = 0
     day = doy - (153 * mp + 2) // 5 + 1
     month = mp + 3 if mp < 10 else mp - 9
     year = yoe + era * 400 + (1 if month <= 2 else 0)
@@ -89,8 +89,7 @@ def check_date(year, month, day):
     if not 1 <= month <= 12:
         raise ValueError("month must be 1..12, got %d" % month)
     if not 1 <= day <= days_in_month(year, month):
-        raise ValueError("day must be 1..%d for %04d-%02d, got %d"
-                         % (days_in_month(year, month), year, month, day))
+        raise ValueError("day must be 1..%d for %04d-%02d, got %d" % (days_in_month(year, month), year, month, day))
 
 
 def from_civil(year, month, day, hour=0, minute=0, second=0):
@@ -111,14 +110,14 @@ def to_civil(t):
     if not isinstance(t, int) or isinstance(t, bool):
         raise ValueError("Unix time must be an int, got %r" % (t,))
     days = t // _DAY_S
-    rem = t - days * _DAY_S          # 0..86399 even for negative t
+    rem = t - days * _DAY_S  # 0..86399 even for negative t
     year, month, day = civil_from_days(days)
     return year, month, day, rem // 3600, rem // 60 % 60, rem % 60
 
 
 def weekday(t):
     """Day of the week of Unix time `t` in UTC: Monday = 0 ... Sunday = 6."""
-    return (t // _DAY_S + 3) % 7     # 1970-01-01 was a Thursday
+    return (t // _DAY_S + 3) % 7  # 1970-01-01 was a Thursday
 
 
 def _fields(t):
@@ -142,8 +141,7 @@ def sync_status(sync):
         return "U"
     if sync in SYNC_STATUSES:
         return sync
-    raise ValueError("time sync status must be one of %s or a bool, got %r"
-                     % (", ".join(SYNC_STATUSES), sync))
+    raise ValueError("time sync status must be one of %s or a bool, got %r" % (", ".join(SYNC_STATUSES), sync))
 
 
 def ocmf_time(t, sync):
@@ -172,8 +170,9 @@ def _parse_datetime(s):
     for i, c in ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":")):
         if s[i] != c:
             raise ValueError("expected %r at position %d of %r" % (c, i, s))
-    return from_civil(_digits(s, 0, 4), _digits(s, 5, 2), _digits(s, 8, 2),
-                      _digits(s, 11, 2), _digits(s, 14, 2), _digits(s, 17, 2))
+    return from_civil(
+        _digits(s, 0, 4), _digits(s, 5, 2), _digits(s, 8, 2), _digits(s, 11, 2), _digits(s, 14, 2), _digits(s, 17, 2)
+    )
 
 
 def parse_iso_utc(s):

@@ -24,7 +24,7 @@ COMMANDS = {
     "sync_time": ("t",),
     "reboot": (),
 }
-SKEW_S = 60          # tolerated clock difference between platform and gateway
+SKEW_S = 60  # tolerated clock difference between platform and gateway
 MAX_REMEMBERED = 256
 
 
@@ -33,7 +33,7 @@ class ReplayGuard:
 
     def __init__(self, snapshot=None):
         snap = snapshot or {}
-        self.seen = dict(snap.get("seen", {}))      # id -> exp
+        self.seen = dict(snap.get("seen", {}))  # id -> exp
         self.high_iat = snap.get("high_iat", 0)
 
     def snapshot(self):
@@ -133,6 +133,7 @@ def _args_problem(name, args):
 def make(gw, cmd_id, name, args, iat, exp, sign_raw, kid):
     """Build a signed command (used by the platform-side tools and by tests)."""
     from pilecore import jsonc
+
     body = {"v": 1, "gw": gw, "id": cmd_id, "iat": iat, "exp": exp, "cmd": name, "args": args}
     head = envelope.b64url(jsonc.dumps({"alg": "ES256", "kid": kid}).encode())
     return envelope.sign_compact(head, jsonc.dumps(body).encode(), sign_raw)[0]

@@ -78,7 +78,7 @@ def validate_board(board, name):
             if kind == "uart":
                 _check_board_uart(item, where, esp, problems)
     if "uart" in out and not any(u["role"] == "rs485" for u in out["uart"]):
-        problems.append(("uart", "no UART with role \"rs485\": the board cannot reach the meters"))
+        problems.append(("uart", 'no UART with role "rs485": the board cannot reach the meters'))
     return (None if problems else out), problems
 
 
@@ -94,6 +94,7 @@ def _check_board_uart(uart, where, esp, problems):
 
 
 # ---------------------------------------------------------------- generic schema walk
+
 
 def check_table(data, fields, path, problems):
     """Check `data` against a dict of field specs; return it with defaults filled in.
@@ -200,14 +201,19 @@ def id_problem(value):
 
 # ---------------------------------------------------------------- cross checks
 
+
 def _check_board_ref(cfg, boards, problems):
     gw = cfg.get("gateway")
     if not gw or "board" not in gw:
         return None
     board = boards.get(gw["board"])
     if board is None:
-        problems.append(("gateway.board", "unknown board %r; known boards: %s"
-                         % (gw["board"], ", ".join(sorted(boards)) or "(none)")))
+        problems.append(
+            (
+                "gateway.board",
+                "unknown board %r; known boards: %s" % (gw["board"], ", ".join(sorted(boards)) or "(none)"),
+            )
+        )
     return board
 
 
@@ -235,12 +241,14 @@ def port_problem(port, board):
         uarts[u["name"]] = u
     if port in uarts:
         if uarts[port]["role"] != "rs485":
-            return ("%r is the board's %s UART; meters must be on an RS-485 UART (%s)"
-                    % (port, uarts[port]["role"], _names(uarts, "rs485")))
+            return "%r is the board's %s UART; meters must be on an RS-485 UART (%s)" % (
+                port,
+                uarts[port]["role"],
+                _names(uarts, "rs485"),
+            )
         return ""
     if board.get("platform", "").startswith("esp32"):
-        return ("%r is not a UART of board %s; use one of: %s"
-                % (port, board.get("id"), _names(uarts, "rs485")))
+        return "%r is not a UART of board %s; use one of: %s" % (port, board.get("id"), _names(uarts, "rs485"))
     if port.startswith("/dev/"):
         for u in uarts.values():
             if u.get("device") == port and u["role"] == "console":
@@ -248,9 +256,11 @@ def port_problem(port, board):
         return ""
     for scheme in ("tcp://", "rtu+tcp://"):
         if port.startswith(scheme):
-            return _hostport_problem(port[len(scheme):], port)
-    return ("%r is not a serial device (/dev/...), tcp://host:port, rtu+tcp://host:port "
-            "or a UART of the board (%s)" % (port, _names(uarts, "rs485")))
+            return _hostport_problem(port[len(scheme) :], port)
+    return "%r is not a serial device (/dev/...), tcp://host:port, rtu+tcp://host:port or a UART of the board (%s)" % (
+        port,
+        _names(uarts, "rs485"),
+    )
 
 
 def _names(uarts, role):
@@ -269,11 +279,21 @@ def _hostport_problem(rest, port):
 
 def _meter_problems(meter, where, buses, profiles, problems):
     if "bus" in meter and meter["bus"] not in buses:
-        problems.append((where + ".bus", "unknown bus %r; define it in a [[bus]] table (buses: %s)"
-                         % (meter["bus"], ", ".join(sorted(buses)) or "none")))
+        problems.append(
+            (
+                where + ".bus",
+                "unknown bus %r; define it in a [[bus]] table (buses: %s)"
+                % (meter["bus"], ", ".join(sorted(buses)) or "none"),
+            )
+        )
     if "profile" in meter and meter["profile"] not in profiles:
-        problems.append((where + ".profile", "unknown meter profile %r; known profiles: %s"
-                         % (meter["profile"], ", ".join(sorted(profiles)) or "none")))
+        problems.append(
+            (
+                where + ".profile",
+                "unknown meter profile %r; known profiles: %s"
+                % (meter["profile"], ", ".join(sorted(profiles)) or "none"),
+            )
+        )
 
 
 def _check_piles(cfg, buses, board, profiles, problems):
@@ -301,17 +321,24 @@ def _claim_meter(meter, where, by_addr, by_serial, problems):
     if "bus" in meter and "address" in meter:
         key = "%s/%d" % (meter["bus"], meter["address"])
         if key in by_addr:
-            problems.append((where + ".meter.address",
-                             "bus %s address %d is already the meter of %s; every pile needs a "
-                             "meter of its own (一桩一表)" % (meter["bus"], meter["address"], by_addr[key])))
+            problems.append(
+                (
+                    where + ".meter.address",
+                    "bus %s address %d is already the meter of %s; every pile needs a "
+                    "meter of its own (一桩一表)" % (meter["bus"], meter["address"], by_addr[key]),
+                )
+            )
         else:
             by_addr[key] = where
     serial = meter.get("serial", "")
     if serial:
         if serial in by_serial:
-            problems.append((where + ".meter.serial",
-                             "serial %r is already bound to %s; one meter cannot meter two piles"
-                             % (serial, by_serial[serial])))
+            problems.append(
+                (
+                    where + ".meter.serial",
+                    "serial %r is already bound to %s; one meter cannot meter two piles" % (serial, by_serial[serial]),
+                )
+            )
         else:
             by_serial[serial] = where
 
@@ -319,14 +346,23 @@ def _claim_meter(meter, where, by_addr, by_serial, problems):
 def _check_interlock(pile, where, buses, board, problems):
     relays = [r["name"] for r in (board or {}).get("relay", ())]
     if "relay" in pile and board is not None and pile["relay"] not in relays:
-        problems.append((where + ".relay", "board %s has no relay output %r (relays: %s)"
-                         % (board["id"], pile["relay"], ", ".join(relays) or "none")))
+        problems.append(
+            (
+                where + ".relay",
+                "board %s has no relay output %r (relays: %s)"
+                % (board["id"], pile["relay"], ", ".join(relays) or "none"),
+            )
+        )
     coil = pile.get("coil")
     if coil and coil.get("bus") is not None and coil["bus"] not in buses:
         problems.append((where + ".coil.bus", "unknown bus %r" % coil["bus"]))
     if pile.get("interlock") == "relay" and "relay" not in pile and not coil:
-        problems.append((where + ".interlock", "is \"relay\" but the pile names neither a `relay` "
-                         "output nor a Modbus `coil` to switch"))
+        problems.append(
+            (
+                where + ".interlock",
+                'is "relay" but the pile names neither a `relay` output nor a Modbus `coil` to switch',
+            )
+        )
 
 
 def _check_main_meter(cfg, buses, profiles, claims, problems):
@@ -339,14 +375,19 @@ def _check_main_meter(cfg, buses, profiles, claims, problems):
     if "bus" in meter and "address" in meter:
         key = "%s/%d" % (meter["bus"], meter["address"])
         if key in by_addr:
-            problems.append(("main_meter.address", "bus %s address %d is the meter of %s; the site "
-                             "main meter must be a separate meter" % (meter["bus"], meter["address"],
-                                                                      by_addr[key])))
+            problems.append(
+                (
+                    "main_meter.address",
+                    "bus %s address %d is the meter of %s; the site "
+                    "main meter must be a separate meter" % (meter["bus"], meter["address"], by_addr[key]),
+                )
+            )
         else:
             by_addr[key] = "main_meter"
     if meter.get("serial") and meter["serial"] in by_serial:
-        problems.append(("main_meter.serial", "serial %r is bound to %s" % (meter["serial"],
-                                                                             by_serial[meter["serial"]])))
+        problems.append(
+            ("main_meter.serial", "serial %r is bound to %s" % (meter["serial"], by_serial[meter["serial"]]))
+        )
 
 
 def _check_bays(cfg, buses, board, sensors, devices, problems):
@@ -367,8 +408,13 @@ def _check_bays(cfg, buses, board, sensors, devices, problems):
                 problems.append((where + ".id", "duplicate bay id %r" % bid))
             ids[bid] = where
         if "pile" in bay and bay["pile"] not in piles:
-            problems.append((where + ".pile", "names pile %r, which is not defined; piles: %s"
-                             % (bay["pile"], ", ".join(sorted([p for p in piles if p])) or "none")))
+            problems.append(
+                (
+                    where + ".pile",
+                    "names pile %r, which is not defined; piles: %s"
+                    % (bay["pile"], ", ".join(sorted([p for p in piles if p])) or "none"),
+                )
+            )
         for k, sensor in enumerate(bay.get("presence", ())):
             swhere = "%s.presence[%d]" % (where, k + 1)
             if sensor["type"] == "input":
@@ -386,12 +432,18 @@ def _check_bays(cfg, buses, board, sensors, devices, problems):
 
 def _check_input(item, where, inputs, used, board, problems):
     if "input" not in item:
-        problems.append((where + ".input", "missing: name the board input (%s)"
-                         % (", ".join(sorted(inputs)) or "none")))
+        problems.append(
+            (where + ".input", "missing: name the board input (%s)" % (", ".join(sorted(inputs)) or "none"))
+        )
         return
     if board is not None and item["input"] not in inputs:
-        problems.append((where + ".input", "board %s has no input %r (inputs: %s)"
-                         % (board["id"], item["input"], ", ".join(sorted(inputs)) or "none")))
+        problems.append(
+            (
+                where + ".input",
+                "board %s has no input %r (inputs: %s)"
+                % (board["id"], item["input"], ", ".join(sorted(inputs)) or "none"),
+            )
+        )
     elif item["input"] in used:
         problems.append((where + ".input", "input %r is already used by %s" % (item["input"], used[item["input"]])))
     else:
@@ -407,16 +459,25 @@ def _check_modbus_device(item, where, buses, devices, problems, profiles, what):
         problems.append((where + ".bus", "unknown bus %r" % item["bus"]))
     if profiles is not None:
         if "profile" not in item:
-            problems.append((where + ".profile", "missing: name the sensor profile (%s)"
-                             % (", ".join(sorted(profiles)) or "none")))
+            problems.append(
+                (where + ".profile", "missing: name the sensor profile (%s)" % (", ".join(sorted(profiles)) or "none"))
+            )
         elif item["profile"] not in profiles:
-            problems.append((where + ".profile", "unknown sensor profile %r; known: %s"
-                             % (item["profile"], ", ".join(sorted(profiles)) or "none")))
+            problems.append(
+                (
+                    where + ".profile",
+                    "unknown sensor profile %r; known: %s" % (item["profile"], ", ".join(sorted(profiles)) or "none"),
+                )
+            )
     if devices is not None:
         key = "%s/%d" % (item["bus"], item["address"])
         if key in devices:
-            problems.append((where + ".address", "bus %s address %d is already used by %s"
-                             % (item["bus"], item["address"], devices[key])))
+            problems.append(
+                (
+                    where + ".address",
+                    "bus %s address %d is already used by %s" % (item["bus"], item["address"], devices[key]),
+                )
+            )
         else:
             devices[key] = where
 
@@ -424,6 +485,7 @@ def _check_modbus_device(item, where, buses, devices, problems, profiles, what):
 def _check_params(cfg, problems):
     """Rules between parameters that the per-key ranges cannot express."""
     from pilecore import bays, sessions
+
     for section, module in (("bays", bays), ("sessions", sessions)):
         values = dict(cfg.get(section) or {})
         for extra in ("plate_topic", "plate_broker"):
@@ -434,6 +496,7 @@ def _check_params(cfg, problems):
 
 def _check_tariff(cfg, problems):
     from pilecore import tariff
+
     t = cfg.get("tariff")
     if t is None:
         cfg["tariff"] = tariff.default_tariff()
@@ -451,24 +514,29 @@ def _check_mqtt(mqtt, problems):
     url = mqtt["url"]
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("mqtt", "mqtts"):
-        problems.append(("mqtt.url", "%r must start with mqtts:// (TLS) or mqtt:// (plain, lab only)"
-                         % url))
+        problems.append(("mqtt.url", "%r must start with mqtts:// (TLS) or mqtt:// (plain, lab only)" % url))
         return
     host = rest.split("/")[0]
     why = _hostport_problem(host, url) if ":" in host else ("" if host else "%r has no host" % url)
     if why:
         problems.append(("mqtt.url", why))
     if scheme == "mqtt" and not mqtt.get("allow_insecure"):
-        problems.append(("mqtt.url", "plain mqtt:// sends telemetry unencrypted; use mqtts://, or set "
-                         "allow_insecure = true for a lab"))
+        problems.append(
+            (
+                "mqtt.url",
+                "plain mqtt:// sends telemetry unencrypted; use mqtts://, or set allow_insecure = true for a lab",
+            )
+        )
     if not mqtt.get("tls_verify", True) and not mqtt.get("allow_insecure"):
-        problems.append(("mqtt.tls_verify", "false turns off certificate checks; allowed only with "
-                         "allow_insecure = true (labs)"))
+        problems.append(
+            ("mqtt.tls_verify", "false turns off certificate checks; allowed only with allow_insecure = true (labs)")
+        )
     if ("cert_file" in mqtt) != ("key_file" in mqtt):
         problems.append(("mqtt.cert_file", "a client certificate needs both cert_file and key_file"))
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _join(path, key):
     return key if not path else path + "." + key

@@ -80,7 +80,7 @@ from pilecore import civiltime, jsonc, pinhash
 PROMPT_USER = "pilegate> "
 PROMPT_TECH = "pilegate# "
 PROMPT_PIN = "PIN: "
-CONFIRM_TAIL = " to confirm: "      # the factory-reset prompt ends with this
+CONFIRM_TAIL = " to confirm: "  # the factory-reset prompt ends with this
 MASK = "****"
 
 MBREAD_TIMEOUT_S = 15
@@ -90,14 +90,18 @@ ACTION_DELAY_S = 1
 MAX_EVENTS = 100
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-NO_PIN = ("no technician PIN has been provisioned on this gateway, so privileged commands are "
-          "disabled. An installer sets one at provisioning (pilegate provision --console-pin); "
-          "the gateway stores only a salted PBKDF2 hash of it.")
-BINDING_REFUSED = ("meter-to-pile bindings (which meter, bus, address and serial belong to a "
-                   "pile) cannot be changed from the console: they decide billing, so they go "
-                   "through commissioning: the installer records the meter's serial number in "
-                   "the site file (pilegate check, then deploy it), and the gateway verifies it "
-                   "against the meter and publishes a signed binding event.")
+NO_PIN = (
+    "no technician PIN has been provisioned on this gateway, so privileged commands are "
+    "disabled. An installer sets one at provisioning (pilegate provision --console-pin); "
+    "the gateway stores only a salted PBKDF2 hash of it."
+)
+BINDING_REFUSED = (
+    "meter-to-pile bindings (which meter, bus, address and serial belong to a "
+    "pile) cannot be changed from the console: they decide billing, so they go "
+    "through commissioning: the installer records the meter's serial number in "
+    "the site file (pilegate check, then deploy it), and the gateway verifies it "
+    "against the meter and publishes a signed binding event."
+)
 
 _NORMAL = 0
 _PIN = 1
@@ -105,8 +109,18 @@ _CONFIRM = 2
 
 # A name is secret when its last word is one of these, or when any word is a strong one.  "pin"
 # alone is not (GPIO pins are everywhere in board settings); a PIN record or hash is.
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "psk", "key", "privkey", "credential",
-                 "credentials", "passphrase")
+_SECRET_WORDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "psk",
+    "key",
+    "privkey",
+    "credential",
+    "credentials",
+    "passphrase",
+)
 _STRONG_WORDS = ("password", "passwd", "secret", "private", "psk", "token", "passphrase")
 
 _TABLE = None
@@ -118,8 +132,7 @@ def commands():
     if _TABLE is None:
         _TABLE = [
             ("help", False, "help [command]", "list the commands, or one command's details"),
-            ("status", False, "status", "firmware, board, uptime, clock and sync, memory, "
-                                        "config hash, key id"),
+            ("status", False, "status", "firmware, board, uptime, clock and sync, memory, config hash, key id"),
             ("piles", False, "piles", "every pile: state, power, energy, its meter, interlock"),
             ("meter", False, "meter <pile>", "a pile's meter: live values and statistics"),
             ("bays", False, "bays", "every parking bay: state, occupant, duration"),
@@ -127,26 +140,39 @@ def commands():
             ("events", False, "events [n]", "the last n events (default 10, at most 100)"),
             ("mqtt", False, "mqtt", "MQTT link, last publish, outbox depth, oldest unsent"),
             ("bus", False, "bus", "per-bus and per-device Modbus statistics"),
-            ("mbread", False, "mbread <bus> <addr> <fc> <reg> <count>",
-             "read registers by hand (fc 1-4; reg 0-based, decimal or 0x hex)"),
-            ("scan", False, "scan <bus> [from-to]",
-             "find the addresses that answer on a bus (default 1-247), with progress"),
+            (
+                "mbread",
+                False,
+                "mbread <bus> <addr> <fc> <reg> <count>",
+                "read registers by hand (fc 1-4; reg 0-based, decimal or 0x hex)",
+            ),
+            (
+                "scan",
+                False,
+                "scan <bus> [from-to]",
+                "find the addresses that answer on a bus (default 1-247), with progress",
+            ),
             ("log", False, "log [level]", "recent log lines (debug, info, warning, error)"),
             ("selftest", False, "selftest", "run the self tests: PASS/FAIL per check"),
-            ("keys", False, "keys", "the device public key (PEM) and its kid; never the "
-                                    "private key"),
+            ("keys", False, "keys", "the device public key (PEM) and its kid; never the private key"),
             ("login", False, "login", "log in as technician (asks for the PIN)"),
             ("logout", False, "logout", "end the technician login"),
             ("whoami", False, "whoami", "who this session is, and when it logs out"),
-            ("echo", False, "echo [on|off]", "turn the echo of typed characters on or off "
-                                             "(clients that edit lines locally turn it off)"),
-            ("set", True, "set [<key> <value>]",
-             "list the operational settings, or change one (not meter bindings)"),
-            ("interlock", True, "interlock <pile> on|off|auto",
-             "override a pile's interlock (audited); auto returns it to the gateway"),
+            (
+                "echo",
+                False,
+                "echo [on|off]",
+                "turn the echo of typed characters on or off (clients that edit lines locally turn it off)",
+            ),
+            ("set", True, "set [<key> <value>]", "list the operational settings, or change one (not meter bindings)"),
+            (
+                "interlock",
+                True,
+                "interlock <pile> on|off|auto",
+                "override a pile's interlock (audited); auto returns it to the gateway",
+            ),
             ("reboot", True, "reboot", "restart the gateway"),
-            ("factory-reset", True, "factory-reset",
-             "wipe keys, backlog and credentials (asks for confirmation)"),
+            ("factory-reset", True, "factory-reset", "wipe keys, backlog and credentials (asks for confirmation)"),
             ("repl", True, "repl", "ESP32 only: leave the console for the MicroPython REPL"),
         ]
     return _TABLE
@@ -248,8 +274,19 @@ class _Fail(Exception):
 class Console:
     """One console session; see the module docstring."""
 
-    def __init__(self, backend, auth_record=None, idle_logout_s=600, max_line=256, lockout_base_s=5,
-                 auth=None, echo=False, origin="console", max_output=16384, max_queue=4096):
+    def __init__(
+        self,
+        backend,
+        auth_record=None,
+        idle_logout_s=600,
+        max_line=256,
+        lockout_base_s=5,
+        auth=None,
+        echo=False,
+        origin="console",
+        max_output=16384,
+        max_queue=4096,
+    ):
         self.backend = backend
         self.auth = auth if auth is not None else AuthState(auth_record, lockout_base_s)
         self.idle_logout_s = idle_logout_s
@@ -258,12 +295,12 @@ class Console:
         self.origin = origin
         self.max_output = max_output
         self.max_queue = max_queue
-        self.wakeup = None              # set by the port: called when poll() has output waiting
+        self.wakeup = None  # set by the port: called when poll() has output waiting
         self._buf = bytearray(max_line)
         self._n = 0
         self._overflow = False
         self._cr = False
-        self._esc = 0                   # 0, 1 after ESC, 2 in CSI, 3 after ESC O
+        self._esc = 0  # 0, 1 after ESC, 2 in CSI, 3 after ESC O
         self._esc_len = 0
         self._mode = _NORMAL
         self._mode_deadline = None
@@ -277,10 +314,10 @@ class Console:
         self._dropped = 0
         self._deferred = None
         self._token = 0
-        self._action = None             # (due, name)
+        self._action = None  # (due, name)
         self._prompt_shown = False
         self._completed = False
-        self._deferred_held = False     # the last command started a request: prompt withheld
+        self._deferred_held = False  # the last command started a request: prompt withheld
         self._budget = 0
         self._skipped = 0
 
@@ -304,8 +341,7 @@ class Console:
             gw = " on gateway %s" % _text(st.get("gateway", "?"))
         except Exception:
             pass
-        text = ("pilegate console%s. Type 'help' for the commands; 'login' for privileged ones.\n"
-                % gw)
+        text = "pilegate console%s. Type 'help' for the commands; 'login' for privileged ones.\n" % gw
         self._prompt_shown = True
         return _wire(text + self.prompt())
 
@@ -351,10 +387,11 @@ class Console:
                 elif b >= 32:
                     self._put(b, out)
             if self._skipped:
-                out += _wire("error: %d line(s) skipped: input arrives faster than the console "
-                             "can answer\n" % self._skipped)
+                out += _wire(
+                    "error: %d line(s) skipped: input arrives faster than the console can answer\n" % self._skipped
+                )
                 self._show_prompt(out)
-        except Exception as e:          # last line of defence: never raise into the port
+        except Exception as e:  # last line of defence: never raise into the port
             self._n = 0
             self._overflow = False
             out += _wire("\nconsole error: %s\n" % _msg(e))
@@ -422,11 +459,11 @@ class Console:
             self._n = 0
             text = "error: line longer than %d bytes: ignored\n" % self.max_line
         else:
-            raw = self._buf[:self._n]
+            raw = self._buf[: self._n]
             self._n = 0
             if self._budget > self.max_output:
                 self._skipped += 1
-                if self._mode != _NORMAL:           # never take a skipped line for a PIN
+                if self._mode != _NORMAL:  # never take a skipped line for a PIN
                     self._mode = _NORMAL
                 return
             try:
@@ -449,7 +486,7 @@ class Console:
     def _show_prompt(self, out):
         out += _wire(self.prompt())
         if self.echo and self._mode != _PIN and self._n:
-            out += self._buf[:self._n]
+            out += self._buf[: self._n]
         self._prompt_shown = True
         self._completed = False
 
@@ -509,9 +546,8 @@ class Console:
         if len(out) <= self.max_output:
             return out
         if js:
-            return _err(True, "answer too large (%d characters, limit %d): ask for less"
-                        % (len(out), self.max_output))
-        cut = out[:self.max_output]
+            return _err(True, "answer too large (%d characters, limit %d): ask for less" % (len(out), self.max_output))
+        cut = out[: self.max_output]
         return cut + "\n... output truncated (%d more characters)\n" % (len(out) - len(cut))
 
     # read-only ----------------------------------------------------------------
@@ -523,12 +559,12 @@ class Console:
                 raise _Fail("no command '%s': type help" % _text(args[0][:32]))
             who = "logged-in technician" if spec[1] else "anyone"
             if js:
-                return _json({"name": spec[0], "usage": spec[2], "summary": spec[3],
-                              "privileged": spec[1]})
+                return _json({"name": spec[0], "usage": spec[2], "summary": spec[3], "privileged": spec[1]})
             return "%s\n  %s\n  who: %s\n  add --json for one JSON object\n" % (spec[2], spec[3], who)
         if js:
-            return _json({"commands": [{"name": c[0], "usage": c[2], "summary": c[3],
-                                        "privileged": c[1]} for c in commands()]})
+            return _json(
+                {"commands": [{"name": c[0], "usage": c[2], "summary": c[3], "privileged": c[1]} for c in commands()]}
+            )
         width = max([len(c[2]) for c in commands()])
         lines = ["Commands anyone may run:"]
         for priv in (False, True):
@@ -537,16 +573,31 @@ class Console:
             for c in commands():
                 if c[1] == priv:
                     lines.append("  %-*s  %s" % (width, c[2], c[3]))
-        lines.append("Add --json to any command for one JSON object. Ctrl-C clears the line or "
-                     "cancels a running mbread/scan.")
+        lines.append(
+            "Add --json to any command for one JSON object. Ctrl-C clears the line or cancels a running mbread/scan."
+        )
         return "\n".join(lines) + "\n"
 
     def _c_status(self, args, now, js):
         st = _clean(self.backend.status())
         if js:
             return _json(st)
-        return _kv(st, ("gateway", "site", "firmware", "board", "uptime_s", "time", "time_sync",
-                        "mem_free", "mem_total", "config_hash", "kid"))
+        return _kv(
+            st,
+            (
+                "gateway",
+                "site",
+                "firmware",
+                "board",
+                "uptime_s",
+                "time",
+                "time_sync",
+                "mem_free",
+                "mem_total",
+                "config_hash",
+                "kid",
+            ),
+        )
 
     def _c_piles(self, args, now, js):
         rows = _clean(self.backend.piles())
@@ -554,8 +605,22 @@ class Console:
             return _json({"piles": rows})
         if not rows:
             return "no piles configured\n"
-        return _table(rows, ("id", "name", "state", "power_w", "energy_wh", "bus", "address",
-                             "serial", "metered", "interlock", "faults"))
+        return _table(
+            rows,
+            (
+                "id",
+                "name",
+                "state",
+                "power_w",
+                "energy_wh",
+                "bus",
+                "address",
+                "serial",
+                "metered",
+                "interlock",
+                "faults",
+            ),
+        )
 
     def _c_meter(self, args, now, js):
         if len(args) != 1:
@@ -574,8 +639,7 @@ class Console:
             return _json({"bays": rows})
         if not rows:
             return "no bays configured\n"
-        return _table(rows, ("bay", "id", "pile", "state", "plugged", "charging", "arrival",
-                             "duration_s", "fee"))
+        return _table(rows, ("bay", "id", "pile", "state", "plugged", "charging", "arrival", "duration_s", "fee"))
 
     def _c_bay(self, args, now, js):
         if len(args) != 1:
@@ -612,8 +676,7 @@ class Console:
         m = _clean(self.backend.mqtt())
         if js:
             return _json(m)
-        return _kv(m, ("broker", "state", "connected", "since_t", "last_publish_t", "outbox",
-                       "oldest_unsent_t"))
+        return _kv(m, ("broker", "state", "connected", "since_t", "last_publish_t", "outbox", "oldest_unsent_t"))
 
     def _c_bus(self, args, now, js):
         buses = _clean(self.backend.bus())
@@ -630,8 +693,22 @@ class Console:
                     if not isinstance(st[k], dict):
                         row[k] = st[k]
             rows.append(row)
-        out = [_table(rows, ("bus", "requests", "replies", "timeouts", "crc_errors", "exceptions",
-                             "other_errors", "busy_ms", "queued_jobs"))]
+        out = [
+            _table(
+                rows,
+                (
+                    "bus",
+                    "requests",
+                    "replies",
+                    "timeouts",
+                    "crc_errors",
+                    "exceptions",
+                    "other_errors",
+                    "busy_ms",
+                    "queued_jobs",
+                ),
+            )
+        ]
         for name in sorted(buses):
             devs = buses[name].get("devices") if isinstance(buses[name], dict) else None
             if devs:
@@ -642,8 +719,22 @@ class Console:
                         d.update(devs[key])
                     drows.append(d)
                 out.append("\n%s devices:\n" % name)
-                out.append(_table(drows, ("device", "address", "requests", "replies", "timeouts",
-                                          "errors", "latency_ms", "srtt_ms", "failures")))
+                out.append(
+                    _table(
+                        drows,
+                        (
+                            "device",
+                            "address",
+                            "requests",
+                            "replies",
+                            "timeouts",
+                            "errors",
+                            "latency_ms",
+                            "srtt_ms",
+                            "failures",
+                        ),
+                    )
+                )
         return "".join(out)
 
     def _c_log(self, args, now, js):
@@ -658,8 +749,9 @@ class Console:
         out = []
         for ln in lines:
             if isinstance(ln, dict):
-                out.append("%s %-7s %s" % (_fmt(ln.get("t"), "t"), _text(ln.get("level", "")),
-                                           _text(ln.get("msg", ""))))
+                out.append(
+                    "%s %-7s %s" % (_fmt(ln.get("t"), "t"), _text(ln.get("level", "")), _text(ln.get("msg", "")))
+                )
             else:
                 out.append(_text(ln))
         return ("\n".join(out) + "\n") if out else "no log lines\n"
@@ -672,17 +764,19 @@ class Console:
         good = len([c for c in checks if c["ok"]])
         if js:
             return _json({"ok": good == len(checks), "checks": checks})
-        rows = [{"result": "PASS" if c["ok"] else "FAIL", "check": c["name"], "detail": c["detail"]}
-                for c in checks]
-        tail = ("all %d checks passed\n" % good if good == len(checks)
-                else "%d of %d checks FAILED\n" % (len(checks) - good, len(checks)))
+        rows = [{"result": "PASS" if c["ok"] else "FAIL", "check": c["name"], "detail": c["detail"]} for c in checks]
+        tail = (
+            "all %d checks passed\n" % good
+            if good == len(checks)
+            else "%d of %d checks FAILED\n" % (len(checks) - good, len(checks))
+        )
         return (_table(rows, ("result", "check", "detail")) if rows else "") + tail
 
     def _c_keys(self, args, now, js):
         k = self.backend.keys()
         kid = _text(k.get("kid", ""))
         pem = k.get("pem", "") or ""
-        if "PRIVATE" in pem:            # defence in depth: a port bug must not leak the key here
+        if "PRIVATE" in pem:  # defence in depth: a port bug must not leak the key here
             raise _Fail("the backend offered a private key: refused, nothing shown")
         if js:
             return _json({"kid": kid, "pem": pem})
@@ -695,8 +789,7 @@ class Console:
             raise _Fail(NO_PIN)
         wait = self.auth.wait_s(now)
         if wait:
-            raise _Fail("login locked after %d failed attempt(s): try again in %d s"
-                        % (self.auth.failures, wait))
+            raise _Fail("login locked after %d failed attempt(s): try again in %d s" % (self.auth.failures, wait))
         self._mode = _PIN
         self._mode_deadline = now + PIN_TIMEOUT_S
         return ""
@@ -709,7 +802,7 @@ class Console:
         if self.auth.record is None:
             return "error: %s\n" % NO_PIN
         wait = self.auth.wait_s(now)
-        if wait:        # another session failed meanwhile: no parallel guessing
+        if wait:  # another session failed meanwhile: no parallel guessing
             return "error: login locked: try again in %d s\n" % wait
         try:
             ok = pinhash.check(pin, self.auth.record)
@@ -726,8 +819,7 @@ class Console:
         self._since = now
         self._active = now
         self._audit(now, "login", [], "ok", "")
-        return ("logged in as technician: privileged commands enabled; idle logout after %d s\n"
-                % self.idle_logout_s)
+        return "logged in as technician: privileged commands enabled; idle logout after %d s\n" % self.idle_logout_s
 
     def _c_logout(self, args, now, js):
         if not self.logged_in():
@@ -741,15 +833,16 @@ class Console:
 
     def _c_whoami(self, args, now, js):
         li = self.logged_in()
-        info = {"user": "technician" if li else "anonymous", "logged_in": li, "origin": self.origin,
-                "echo": self.echo}
+        info = {"user": "technician" if li else "anonymous", "logged_in": li, "origin": self.origin, "echo": self.echo}
         if li:
             info["idle_logout_in_s"] = _ceil(self._active + self.idle_logout_s - now)
         if js:
             return _json(info)
         if li:
-            return ("technician (logged in) on %s; logs out after %d s without a command\n"
-                    % (_text(self.origin), info["idle_logout_in_s"]))
+            return "technician (logged in) on %s; logs out after %d s without a command\n" % (
+                _text(self.origin),
+                info["idle_logout_in_s"],
+            )
         return "anonymous (read-only) on %s; type login for privileged commands\n" % _text(self.origin)
 
     def _c_echo(self, args, now, js):
@@ -798,8 +891,7 @@ class Console:
             self._deferred = None
             raise
         if self._deferred is d and not js:
-            what = ("addresses %d-%d" % (request[2], request[3]) if request[0] == "scan"
-                    else "address %d" % request[2])
+            what = "addresses %d-%d" % (request[2], request[3]) if request[0] == "scan" else "address %d" % request[2]
             return "%s on bus %s, %s: queued; Ctrl-C cancels\n" % (request[0], _text(request[1]), what)
         return ""
 
@@ -823,8 +915,10 @@ class Console:
         settable = self.backend.settings()
         if key not in settable:
             self._audit(now, "set", [key, shown], "refused", "not a settable key")
-            raise _Fail("'%s' is not a setting the console may change; settable: %s"
-                        % (_text(key[:64]), ", ".join(sorted(settable)) or "none"))
+            raise _Fail(
+                "'%s' is not a setting the console may change; settable: %s"
+                % (_text(key[:64]), ", ".join(sorted(settable)) or "none")
+            )
         try:
             ok, msg = self.backend.set_setting(key, value)
         except Exception as e:
@@ -863,8 +957,7 @@ class Console:
             raise _Fail("there is no REPL on this port (ESP32 only)")
         self._audit(now, "repl", [], "ok", "accepted")
         self._action = (now + ACTION_DELAY_S, "repl")
-        return ("leaving the console: the MicroPython REPL takes over this UART (Ctrl-C enabled) "
-                "until the next reset\n")
+        return "leaving the console: the MicroPython REPL takes over this UART (Ctrl-C enabled) until the next reset\n"
 
     def _c_factory_reset(self, args, now, js):
         gw = None
@@ -875,8 +968,10 @@ class Console:
         self._confirm = "factory-reset %s" % (_text(gw) if gw else "NOW")
         self._mode = _CONFIRM
         self._mode_deadline = now + PIN_TIMEOUT_S
-        return ("This wipes the device key, the telemetry backlog and the technician PIN, and "
-                "restarts the gateway. It cannot be undone.\n")
+        return (
+            "This wipes the device key, the telemetry backlog and the technician PIN, and "
+            "restarts the gateway. It cannot be undone.\n"
+        )
 
     def _confirm_line(self, line, now):
         self._mode = _NORMAL
@@ -943,8 +1038,11 @@ class Console:
             obj[k] = res[k]
         if d.js:
             return _json(obj)
-        head = ("mbread %s addr %d fc %d reg %d count %d" % (_text(req[1]), req[2], req[3], req[4], req[5])
-                if req[0] == "mbread" else "scan %s %d-%d" % (_text(req[1]), req[2], req[3]))
+        head = (
+            "mbread %s addr %d fc %d reg %d count %d" % (_text(req[1]), req[2], req[3], req[4], req[5])
+            if req[0] == "mbread"
+            else "scan %s %d-%d" % (_text(req[1]), req[2], req[3])
+        )
         if res.get("error"):
             return "%s: error: %s\n" % (head, _fmt(res["error"]))
         extra = ["%s=%s" % (k, _fmt(res[k], k)) for k in sorted(res) if k not in ("values", "found")]
@@ -960,8 +1058,9 @@ class Console:
                 rows.append({"coil" if req[3] == 1 else "input": req[4] + i, "value": 1 if v else 0})
             else:
                 v = int(v) & 0xFFFF
-                rows.append({"reg": req[4] + i, "hex": "0x%04X" % v, "unsigned": v,
-                             "signed": v - 65536 if v >= 32768 else v})
+                rows.append(
+                    {"reg": req[4] + i, "hex": "0x%04X" % v, "unsigned": v, "signed": v - 65536 if v >= 32768 else v}
+                )
         cols = ("coil", "input", "value") if req[3] <= 2 else ("reg", "hex", "unsigned", "signed")
         return "%s%s\n%s" % (head, tail, _table(rows, cols) if rows else "no values\n")
 
@@ -1028,7 +1127,7 @@ class Console:
             self._enqueue("error: %s failed: %s\n" % (name.replace("_", "-"), _msg(e)), True)
             return
         if name == "factory_reset":
-            self.auth.set_record(None)      # credentials are gone: every session logs out
+            self.auth.set_record(None)  # credentials are gone: every session logs out
             self._logged_in = False
 
     def _check_idle(self, now):
@@ -1070,9 +1169,16 @@ class Console:
     # ------------------------------------------------------------ helpers
 
     def _audit(self, now, cmd, args, result, detail):
-        ev = {"type": "console.audit", "t": now, "who": "technician" if self.logged_in() else "anonymous",
-              "origin": self.origin, "cmd": cmd, "args": _mask_args(cmd, args), "result": result,
-              "detail": detail}
+        ev = {
+            "type": "console.audit",
+            "t": now,
+            "who": "technician" if self.logged_in() else "anonymous",
+            "origin": self.origin,
+            "cmd": cmd,
+            "args": _mask_args(cmd, args),
+            "result": result,
+            "detail": detail,
+        }
         try:
             self.backend.audit(ev)
         except Exception as e:

@@ -50,8 +50,7 @@ _comb = None  # (xs, ys): affine multiples of G, built by _g_comb() on first use
 # followed by the 65-byte SEC1 point.  DER has one encoding per value, so comparing the header
 # byte for byte is the strict parse.
 _SPKI_HEADER = (
-    b"\x30\x59\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01"
-    b"\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07\x03\x42\x00"
+    b"\x30\x59\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07\x03\x42\x00"
 )
 _PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
 _PEM_END = "-----END PUBLIC KEY-----"

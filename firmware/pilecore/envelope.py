@@ -73,6 +73,7 @@ def sign_compact(header_part, payload_bytes, sign_raw):
 def split(jws):
     """(header dict, payload bytes, signature bytes, signing input bytes); ValueError if malformed."""
     import json
+
     if isinstance(jws, (bytes, bytearray)):
         jws = jws.decode()
     parts = jws.split(".")
@@ -120,8 +121,18 @@ class Chain:
         if kind not in CHAINED_KINDS:
             raise ValueError("kind %r is not a chained message kind" % kind)
         seq = self.seq + 1
-        body = {"v": PAYLOAD_VERSION, "gw": self.gw, "site": self.site, "epoch": self.epoch,
-                "seq": seq, "prev": self.head, "t": now, "tsync": tsync, "kind": kind, "data": data}
+        body = {
+            "v": PAYLOAD_VERSION,
+            "gw": self.gw,
+            "site": self.site,
+            "epoch": self.epoch,
+            "seq": seq,
+            "prev": self.head,
+            "t": now,
+            "tsync": tsync,
+            "kind": kind,
+            "data": data,
+        }
         if hist:
             body["hist"] = True
         payload = jsonc.dumps(body).encode()
@@ -155,6 +166,14 @@ class Chain:
     def unchained(self, kind, data, now, tsync):
         """A signed message outside the chain (the retained `state` topic and the MQTT will):
         no seq and no prev, so a will that is never sent leaves no gap."""
-        body = {"v": PAYLOAD_VERSION, "gw": self.gw, "site": self.site, "epoch": self.epoch,
-                "t": now, "tsync": tsync, "kind": kind, "data": data}
+        body = {
+            "v": PAYLOAD_VERSION,
+            "gw": self.gw,
+            "site": self.site,
+            "epoch": self.epoch,
+            "t": now,
+            "tsync": tsync,
+            "kind": kind,
+            "data": data,
+        }
         return sign_compact(self.header, jsonc.dumps(body).encode(), self.sign_raw)[0]

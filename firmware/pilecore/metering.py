@@ -26,8 +26,7 @@ Events are dicts {"type", "pile", "t", ...}:
   pile.metered / pile.unmetered   the pile's state changed (with the reasons)
 """
 
-DEFAULTS = {"offline_after_s": 120, "verify_serial_s": 3600, "idle_power_w": 50.0,
-            "swap_window_s": 120}
+DEFAULTS = {"offline_after_s": 120, "verify_serial_s": 3600, "idle_power_w": 50.0, "swap_window_s": 120}
 
 
 def decode_identity(ident, regs):
@@ -100,8 +99,7 @@ class PileGuard:
         self.comm_ok = True
 
     def snapshot(self):
-        return {"bound": self.bound, "bound_by": self.bound_by, "last_wh": self.last_wh,
-                "last_wh_t": self.last_wh_t}
+        return {"bound": self.bound, "bound_by": self.bound_by, "last_wh": self.last_wh, "last_wh_t": self.last_wh_t}
 
     @property
     def metered(self):
@@ -120,8 +118,7 @@ class PileGuard:
         elif not on and reason in self.reasons:
             self.reasons.remove(reason)
         if before != self.metered:
-            self._event(out, now, "pile.metered" if self.metered else "pile.unmetered",
-                        reasons=list(self.reasons))
+            self._event(out, now, "pile.metered" if self.metered else "pile.unmetered", reasons=list(self.reasons))
 
     def identity_due(self, now):
         # A meter without a serial register is identified by answering at its address: its
@@ -178,20 +175,21 @@ class PileGuard:
             if wh < self.last_wh:
                 self._event(out, now, "meter.energy_backwards", before_wh=self.last_wh, after_wh=wh)
                 self._set(out, now, "energy_backwards", True)
-                self.identity_due_at = now     # who is this meter now?
+                self.identity_due_at = now  # who is this meter now?
             else:
                 dt = now - self.last_wh_t if self.last_wh_t is not None and now >= self.last_wh_t else 0
                 limit = 2 * self.max_w * dt // 3600 + 10 if dt > 0 else None
                 if limit is not None and wh - self.last_wh > limit and self.last_ok is not None:
-                    self._event(out, now, "meter.energy_jump", before_wh=self.last_wh, after_wh=wh,
-                                seconds=dt, limit_wh=limit)
+                    self._event(
+                        out, now, "meter.energy_jump", before_wh=self.last_wh, after_wh=wh, seconds=dt, limit_wh=limit
+                    )
                     return out, False
         self.last_wh, self.last_wh_t = wh, now
         self.last_ok = now
         if self.offline:
             self.offline = False
             self._event(out, now, "meter.online")
-            self.identity_due_at = now         # after every reconnect: is it the same meter?
+            self.identity_due_at = now  # after every reconnect: is it the same meter?
             self._set(out, now, "unverified", True)
             self._set(out, now, "offline", False)
         if not self.has_serial and ("unverified" in self.reasons or "energy_backwards" in self.reasons):
@@ -204,7 +202,7 @@ class PileGuard:
         if since is None:
             self.started = now
             return out
-        if now < since:                        # clock stepped back: restart the window
+        if now < since:  # clock stepped back: restart the window
             self.last_ok = now if self.last_ok is not None else None
             self.started = now
             return out
@@ -233,10 +231,10 @@ class SiteGuard:
             self.piles[pile["id"]] = PileGuard(pile, prof, params, piles_state.get(pile["id"]))
             self.order.append(pile["id"])
         self.main = cfg.get("main_meter")
-        self.main_window = []                 # [(t, main_wh, {pile: wh})]
+        self.main_window = []  # [(t, main_wh, {pile: wh})]
         self.unbalanced = False
         self.swap_since = {}
-        self.swap_pairs = {}                  # suspect pile -> piles whose meters drew instead
+        self.swap_pairs = {}  # suspect pile -> piles whose meters drew instead
         self.interlock_mode = dict([(p["id"], p.get("interlock", "report")) for p in cfg["pile"]])
         self.overrides = {}
 
@@ -267,7 +265,7 @@ class SiteGuard:
         for pid in self.order:
             g = self.piles[pid]
             if g.last_wh is None or g.offline:
-                self.main_window = []          # a blind pile makes the comparison meaningless
+                self.main_window = []  # a blind pile makes the comparison meaningless
                 return []
             snap[pid] = g.last_wh
         if self.main_window and now < self.main_window[-1][0]:
@@ -290,16 +288,23 @@ class SiteGuard:
             d_piles += p1[pid] - p0.get(pid, p1[pid])
         diff = d_main - d_piles
         hours_x1000 = (now - t0) * 1000 // 3600
-        tol = max(int(self.main["tolerance_w"] * hours_x1000) // 1000,
-                  int(d_main * self.main["tolerance_pct"]) // 100)
+        tol = max(int(self.main["tolerance_w"] * hours_x1000) // 1000, int(d_main * self.main["tolerance_pct"]) // 100)
         if diff > tol and not self.unbalanced:
             self.unbalanced = True
-            out.append({"type": "site.unmetered_load", "t": now, "main_wh": d_main, "piles_wh": d_piles,
-                        "difference_wh": diff, "tolerance_wh": tol, "window_s": now - t0})
+            out.append(
+                {
+                    "type": "site.unmetered_load",
+                    "t": now,
+                    "main_wh": d_main,
+                    "piles_wh": d_piles,
+                    "difference_wh": diff,
+                    "tolerance_wh": tol,
+                    "window_s": now - t0,
+                }
+            )
         elif diff <= tol and self.unbalanced:
             self.unbalanced = False
-            out.append({"type": "site.load_balanced", "t": now, "difference_wh": diff,
-                        "tolerance_wh": tol})
+            out.append({"type": "site.load_balanced", "t": now, "difference_wh": diff, "tolerance_wh": tol})
         return out
 
     def tick(self, now):
@@ -315,13 +320,16 @@ class SiteGuard:
         while another meter whose pile is not charging draws power, for swap_window_s."""
         out = []
         idle = self.params["idle_power_w"]
-        drawing = [pid for pid in self.order
-                   if self.piles[pid].last_power is not None and self.piles[pid].last_power > idle
-                   and self.piles[pid].charging is False]
+        drawing = [
+            pid
+            for pid in self.order
+            if self.piles[pid].last_power is not None
+            and self.piles[pid].last_power > idle
+            and self.piles[pid].charging is False
+        ]
         for pid in self.order:
             g = self.piles[pid]
-            suspect = (g.charging is True and g.last_power is not None and g.last_power <= idle
-                       and len(drawing) > 0)
+            suspect = g.charging is True and g.last_power is not None and g.last_power <= idle and len(drawing) > 0
             if not suspect:
                 self.swap_since.pop(pid, None)
                 if self.swap_pairs.pop(pid, None) is not None:
@@ -332,8 +340,7 @@ class SiteGuard:
                 self.swap_since[pid] = now
             elif now - since >= self.params["swap_window_s"] and pid not in self.swap_pairs:
                 self.swap_pairs[pid] = list(drawing)
-                g._event(out, now, "meter.wiring_swapped", other_meters=list(drawing),
-                         power_w=g.last_power)
+                g._event(out, now, "meter.wiring_swapped", other_meters=list(drawing), power_w=g.last_power)
                 self._refresh_wiring(out, now)
         return out
 
@@ -349,8 +356,7 @@ class SiteGuard:
 
     def identity_due(self, now):
         """Piles whose meter identity should be read now."""
-        return [pid for pid in self.order
-                if self.piles[pid].identity_due(now) and not self.piles[pid].offline]
+        return [pid for pid in self.order if self.piles[pid].identity_due(now) and not self.piles[pid].offline]
 
     def interlocks(self):
         """{pile: True (enable) / False (switch off)} for piles in relay mode.
@@ -370,6 +376,13 @@ class SiteGuard:
 
     def status(self, pid):
         g = self.piles[pid]
-        return {"pile": pid, "metered": g.metered, "reasons": list(g.reasons), "serial": g.bound,
-                "bound_by": g.bound_by, "energy_wh": g.last_wh, "last_ok": g.last_ok,
-                "offline": g.offline}
+        return {
+            "pile": pid,
+            "metered": g.metered,
+            "reasons": list(g.reasons),
+            "serial": g.bound,
+            "bound_by": g.bound_by,
+            "energy_wh": g.last_wh,
+            "last_ok": g.last_ok,
+            "offline": g.offline,
+        }

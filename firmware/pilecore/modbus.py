@@ -13,16 +13,24 @@ import struct
 
 # Result codes of parse_read_response(): 0 is success.
 OK = 0
-E_SHORT = 1        # fewer bytes than a valid frame needs
-E_CRC = 2          # CRC mismatch: the frame is damaged, nothing in it can be trusted
-E_ADDRESS = 3      # answer from another device than the one asked
-E_FUNCTION = 4     # answer to another function than the one asked
-E_LENGTH = 5       # byte count does not match the registers asked for
-E_EXCEPTION = 6    # a Modbus exception response; the exception code is returned with it
-E_TIMEOUT = 7      # no (complete) answer in time; set by the ports, never by the parser
+E_SHORT = 1  # fewer bytes than a valid frame needs
+E_CRC = 2  # CRC mismatch: the frame is damaged, nothing in it can be trusted
+E_ADDRESS = 3  # answer from another device than the one asked
+E_FUNCTION = 4  # answer to another function than the one asked
+E_LENGTH = 5  # byte count does not match the registers asked for
+E_EXCEPTION = 6  # a Modbus exception response; the exception code is returned with it
+E_TIMEOUT = 7  # no (complete) answer in time; set by the ports, never by the parser
 
-RESULT_NAMES = ("ok", "short frame", "CRC error", "wrong device address", "wrong function",
-                "wrong byte count", "Modbus exception", "timeout")
+RESULT_NAMES = (
+    "ok",
+    "short frame",
+    "CRC error",
+    "wrong device address",
+    "wrong function",
+    "wrong byte count",
+    "Modbus exception",
+    "timeout",
+)
 
 _EXCEPTIONS = {
     1: "illegal function",
@@ -163,12 +171,12 @@ def parse_write_coil_response(frm, address, coil, on):
 
 # ---------------------------------------------------------------- typed decoding
 
+
 def _words(regs, offset, width, byte_order, word_order):
     """The value's registers in most-significant-first order, bytes swapped if needed."""
-    w = regs[offset:offset + width]
+    w = regs[offset : offset + width]
     if len(w) != width:
-        raise ValueError("value needs %d registers at offset %d, block has %d"
-                         % (width, offset, len(regs)))
+        raise ValueError("value needs %d registers at offset %d, block has %d" % (width, offset, len(regs)))
     if word_order == "little":
         w = w[::-1]
     if byte_order == "little":
@@ -220,7 +228,7 @@ def f32_parts(regs, offset, byte_order="big", word_order="big"):
 def pow10_exponent(scale):
     """k when scale == 10**k (k in -9..9), else None."""
     for k in range(-9, 10):
-        ref = 10.0 ** k
+        ref = 10.0**k
         if abs(scale - ref) <= ref * 1e-6:
             return k
     return None
@@ -247,7 +255,7 @@ def decode_milli(regs, offset, typ, scale, byte_order="big", word_order="big"):
     else:
         num, den = decode_raw(regs, offset, typ, byte_order, word_order), 1
     if k >= 0:
-        num *= 10 ** k
+        num *= 10**k
     else:
         den *= 10 ** (-k)
     return _div_round(num, den)

@@ -41,7 +41,7 @@ from pilecore import civiltime, ecdsa
 HEADER = "OCMF"
 FORMAT_VERSION = "1.0"
 SIGNATURE_ALGORITHM = "ECDSA-secp256r1-SHA256"
-OBIS_IMPORT = "1-b:1.8.0"       # active energy import (+A), total, as OCMF's own example writes it
+OBIS_IMPORT = "1-b:1.8.0"  # active energy import (+A), total, as OCMF's own example writes it
 UNIT = "kWh"
 CURRENT_TYPES = ("AC", "DC")
 RESOLUTIONS_WH = (1, 10, 100, 1000)
@@ -49,12 +49,12 @@ RESOLUTIONS_WH = (1, 10, 100, 1000)
 # OCMF meter status letter for a session flag, most severe first: a reading gets the letter of
 # the most severe flag it carries.  Flags not listed (and not time flags) give "E".
 STATUS_BY_FLAG = (
-    ("swapped", "X"),            # EXCHANGED: the serial no longer matches the bound meter
-    ("energy_backwards", "M"),   # MANIPULATED: the energy register went backwards
-    ("offline", "T"),            # TIMEOUT: the meter did not answer
-    ("no_reading", "F"),         # READ_ERROR: no valid readout at begin or end
-    ("unverified", "E"),         # OTHER_ERROR: the meter's identity was not confirmed
-    ("unmetered", "E"),          # OTHER_ERROR: the port said unmetered without a reason
+    ("swapped", "X"),  # EXCHANGED: the serial no longer matches the bound meter
+    ("energy_backwards", "M"),  # MANIPULATED: the energy register went backwards
+    ("offline", "T"),  # TIMEOUT: the meter did not answer
+    ("no_reading", "F"),  # READ_ERROR: no valid readout at begin or end
+    ("unverified", "E"),  # OTHER_ERROR: the meter's identity was not confirmed
+    ("unmetered", "E"),  # OTHER_ERROR: the port said unmetered without a reason
 )
 TIME_FLAGS = ("clock_backwards",)
 
@@ -278,14 +278,12 @@ def payload(session, ctx):
     end = session["end"]
     begin_flags = list(start.get("flags") or [])
     end_flags = flags + [f for f in (end.get("flags") or []) if f not in flags]
-    pairs.append(("RD", [_reading(start, "B", begin_flags, res, rt),
-                         _reading(end, "E", end_flags, res, rt)]))
+    pairs.append(("RD", [_reading(start, "B", begin_flags, res, rt), _reading(end, "E", end_flags, res, rt)]))
     return _dumps(_Obj(pairs))
 
 
 def _signature_section(der):
-    return '{"SA":"%s","SD":"%s"}' % (SIGNATURE_ALGORITHM,
-                                      binascii.hexlify(der).decode().upper())
+    return '{"SA":"%s","SD":"%s"}' % (SIGNATURE_ALGORITHM, binascii.hexlify(der).decode().upper())
 
 
 def build(session, ctx, sign):
@@ -304,7 +302,7 @@ def build(session, ctx, sign):
     if not isinstance(der, (bytes, bytearray)):
         raise ValueError("sign must return DER signature bytes, got %r" % (type(der),))
     der = bytes(der)
-    ecdsa.parse_sig_der(der)   # raises ValueError unless it is one DER SEQUENCE {r, s}
+    ecdsa.parse_sig_der(der)  # raises ValueError unless it is one DER SEQUENCE {r, s}
     return HEADER + "|" + body + "|" + _signature_section(der)
 
 
@@ -350,7 +348,7 @@ def parse(text):
         raise ValueError("OCMF signature data SD must be hex")
     try:
         der = binascii.unhexlify(sd)
-    except Exception:   # binascii.Error on CPython, ValueError on MicroPython
+    except Exception:  # binascii.Error on CPython, ValueError on MicroPython
         raise ValueError("OCMF signature data SD must be hex")
     return body, parts[1].encode(), der
 

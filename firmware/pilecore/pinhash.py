@@ -26,9 +26,9 @@ import hashlib
 from pilecore import ecdsa
 
 SCHEME = "pbkdf2-sha256"
-DEFAULT_ITERATIONS = 20000      # provisioning default; a few seconds at most on an ESP32
-MIN_SALT = 8                    # bytes
-MAX_ITERATIONS = 10000000       # refuse records that would stall the console for minutes
+DEFAULT_ITERATIONS = 20000  # provisioning default; a few seconds at most on an ESP32
+MIN_SALT = 8  # bytes
+MAX_ITERATIONS = 10000000  # refuse records that would stall the console for minutes
 MIN_PIN = 4
 MAX_PIN = 64
 

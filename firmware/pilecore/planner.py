@@ -31,9 +31,9 @@ READING_KEYS = {
 
 # Exceptions that say "this read is not acceptable as asked" (as opposed to busy/failure).
 SHRINK_CODES = (2, 3)
-MAX_BLOCK = 125   # Modbus limit for function 3/4
-FRAME_CHARS = 8 + 5 + 7   # request, response header and CRC, two 3.5-character silences
-CHAR_US_9600 = 1041       # 8N1 at 9600 baud
+MAX_BLOCK = 125  # Modbus limit for function 3/4
+FRAME_CHARS = 8 + 5 + 7  # request, response header and CRC, two 3.5-character silences
+CHAR_US_9600 = 1041  # 8N1 at 9600 baud
 
 
 class MeterPlan:
@@ -46,7 +46,7 @@ class MeterPlan:
         # a read's fixed cost in character times: frames, silences and the meter's latency
         self.read_cost = FRAME_CHARS + (prof.get("response_ms", 50) * 1000) // max(1, char_us)
         self.fields = []
-        for name in (names or _profile.value_names()):
+        for name in names or _profile.value_names():
             if name not in prof.get("values", {}):
                 continue
             for phase, (fc, reg, typ) in enumerate(_profile.value_registers(prof, name)):
@@ -98,7 +98,7 @@ class MeterPlan:
                 if best[j] < 0 or cost < best[j]:
                     best[j] = cost
                     cut[j] = i
-            if best[j] < 0:                  # a single run wider than the limit: read it alone
+            if best[j] < 0:  # a single run wider than the limit: read it alone
                 best[j] = best[j - 1] + self.read_cost + 2 * (runs[j - 1][1] - runs[j - 1][0])
                 cut[j] = j
         groups = []

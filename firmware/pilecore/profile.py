@@ -29,9 +29,23 @@ _IDENTITY_INT_TYPES = ("u16", "u32", "u64")
 _IDENTITY_BLOB_TYPES = ("ascii", "bcd")
 
 _TOP_KEYS = (
-    "id", "kind", "maker", "model", "phases", "source", "function", "byte_order",
-    "word_order", "max_block", "min_gap_ms", "response_ms", "timeout_ms", "quirks",
-    "serial", "values", "identity",
+    "id",
+    "kind",
+    "maker",
+    "model",
+    "phases",
+    "source",
+    "function",
+    "byte_order",
+    "word_order",
+    "max_block",
+    "min_gap_ms",
+    "response_ms",
+    "timeout_ms",
+    "quirks",
+    "serial",
+    "values",
+    "identity",
 )
 _VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function")
 _SERIAL_KEYS = ("baud", "parity", "stopbits")
@@ -108,7 +122,7 @@ def validate_profile(p, name):
     if p.get("id") != name:
         errors.append(("id", "must equal the file name %r, got %r" % (name, p.get("id"))))
     if p.get("kind") != "meter":
-        errors.append(("kind", "must be \"meter\", got %r" % (p.get("kind"),)))
+        errors.append(("kind", 'must be "meter", got %r' % (p.get("kind"),)))
     for key in ("maker", "model", "source"):
         _check_text(p, key, key, errors)
     phases = p.get("phases")
@@ -120,11 +134,10 @@ def validate_profile(p, name):
         errors.append(("function", "must be 3 (holding) or 4 (input), got %r" % (function,)))
     for key in ("byte_order", "word_order"):
         if p.get(key) not in ("big", "little"):
-            errors.append((key, "must be \"big\" or \"little\", got %r" % (p.get(key),)))
+            errors.append((key, 'must be "big" or "little", got %r' % (p.get(key),)))
     max_block = p.get("max_block")
     if not _is_int(max_block) or not 1 <= max_block <= MAX_BLOCK_LIMIT:
-        errors.append(("max_block", "must be an integer 1..%d, got %r"
-                       % (MAX_BLOCK_LIMIT, max_block)))
+        errors.append(("max_block", "must be an integer 1..%d, got %r" % (MAX_BLOCK_LIMIT, max_block)))
         max_block = None
     _check_timing(p, errors)
     _check_quirks(p, errors)
@@ -167,8 +180,7 @@ def _check_timing(p, errors):
             errors.append((key, "must be an integer %d..%d ms, got %r" % (lo, hi, value)))
     response, timeout = p.get("response_ms"), p.get("timeout_ms")
     if _is_int(response) and _is_int(timeout) and response >= timeout:
-        errors.append(("timeout_ms", "must be greater than response_ms (%d), got %d"
-                       % (response, timeout)))
+        errors.append(("timeout_ms", "must be greater than response_ms (%d), got %d" % (response, timeout)))
 
 
 def _check_quirks(p, errors):
@@ -192,11 +204,9 @@ def _check_serial(serial, errors):
             errors.append(("serial." + key, "unknown key"))
     baud = serial.get("baud")
     if not _is_int(baud) or baud not in _BAUDS:
-        errors.append(("serial.baud", "must be one of %s, got %r"
-                       % (", ".join([str(b) for b in _BAUDS]), baud)))
+        errors.append(("serial.baud", "must be one of %s, got %r" % (", ".join([str(b) for b in _BAUDS]), baud)))
     if serial.get("parity") not in ("N", "E", "O"):
-        errors.append(("serial.parity", "must be \"N\", \"E\" or \"O\", got %r"
-                       % (serial.get("parity"),)))
+        errors.append(("serial.parity", 'must be "N", "E" or "O", got %r' % (serial.get("parity"),)))
     stopbits = serial.get("stopbits")
     if not _is_int(stopbits) or stopbits not in (1, 2):
         errors.append(("serial.stopbits", "must be 1 or 2, got %r" % (stopbits,)))
@@ -205,8 +215,7 @@ def _check_serial(serial, errors):
 def _check_register(reg, path, width, errors):
     """A register address that, with `width` registers, stays inside 0..65535."""
     if not _is_int(reg) or not 0 <= reg <= 0xFFFF:
-        errors.append((path, "must be an integer register address 0..65535 (0x0000..0xFFFF), "
-                             "got %r" % (reg,)))
+        errors.append((path, "must be an integer register address 0..65535 (0x0000..0xFFFF), got %r" % (reg,)))
         return False
     if width is not None and reg + width - 1 > 0xFFFF:
         errors.append((path, "value of %d registers at 0x%04X runs past 0xFFFF" % (width, reg)))
@@ -244,11 +253,9 @@ def _check_value(vname, spec, path, phases, max_block, errors):
     vtype = spec.get("type")
     width = _WIDTHS.get(vtype) if isinstance(vtype, str) else None
     if width is None:
-        errors.append((path + ".type", "must be one of %s, got %r"
-                       % (" ".join(sorted(_WIDTHS)), vtype)))
+        errors.append((path + ".type", "must be one of %s, got %r" % (" ".join(sorted(_WIDTHS)), vtype)))
     elif max_block is not None and width > max_block:
-        errors.append((path + ".type", "%s spans %d registers, more than max_block %d"
-                       % (vtype, width, max_block)))
+        errors.append((path + ".type", "%s spans %d registers, more than max_block %d" % (vtype, width, max_block)))
     function = spec.get("function")
     if "function" in spec and (not _is_int(function) or function not in (3, 4)):
         errors.append((path + ".function", "must be 3 or 4, got %r" % (function,)))
@@ -256,12 +263,14 @@ def _check_value(vname, spec, path, phases, max_block, errors):
     reg = spec.get("register")
     if vname in _PER_PHASE:
         if not isinstance(reg, list):
-            errors.append((path + ".register", "must be a list of registers, one per phase "
-                                               "(L1, L2, L3), got %r" % (reg,)))
+            errors.append(
+                (path + ".register", "must be a list of registers, one per phase (L1, L2, L3), got %r" % (reg,))
+            )
         else:
             if phases is not None and len(reg) != phases:
-                errors.append((path + ".register", "must list %d register(s), one per phase, "
-                                                   "got %d" % (phases, len(reg))))
+                errors.append(
+                    (path + ".register", "must list %d register(s), one per phase, got %d" % (phases, len(reg)))
+                )
             for i, r in enumerate(reg):
                 rpath = "%s.register[%d]" % (path, i)
                 if _check_register(r, rpath, width, errors) and width is not None:
@@ -269,8 +278,7 @@ def _check_value(vname, spec, path, phases, max_block, errors):
     else:
         rpath = path + ".register"
         if isinstance(reg, list):
-            errors.append((rpath, "must be a single register (only voltage and current are "
-                                  "per-phase), got a list"))
+            errors.append((rpath, "must be a single register (only voltage and current are per-phase), got a list"))
         elif _check_register(reg, rpath, width, errors) and width is not None:
             spans.append((function, reg, reg + width - 1, rpath))
     scale = spec.get("scale")
@@ -278,8 +286,7 @@ def _check_value(vname, spec, path, phases, max_block, errors):
         errors.append((path + ".scale", "must be a finite non-zero number, got %r" % (scale,)))
     unit = _UNITS[vname]
     if spec.get("unit") != unit:
-        errors.append((path + ".unit", "must be the canonical unit %r, got %r"
-                       % (unit, spec.get("unit"))))
+        errors.append((path + ".unit", "must be the canonical unit %r, got %r" % (unit, spec.get("unit"))))
     _check_range(vname, spec, path, errors)
     return spans
 
@@ -298,8 +305,9 @@ def _check_range(vname, spec, path, errors):
     if vname == "energy_import" and lo < 0:
         errors.append((path + ".min", "an energy total cannot be negative, got %r" % (lo,)))
     if vname == "power_factor" and (lo < -1 or hi > 1):
-        errors.append((path + ".max" if hi > 1 else path + ".min",
-                       "a power factor lies within -1..1, got %r..%r" % (lo, hi)))
+        errors.append(
+            (path + ".max" if hi > 1 else path + ".min", "a power factor lies within -1..1, got %r..%r" % (lo, hi))
+        )
 
 
 def _check_identity(ident, max_block, errors):
@@ -315,27 +323,24 @@ def _check_identity(ident, max_block, errors):
     if kind == "address":
         for key in ("register", "type", "count", "function"):
             if key in ident:
-                errors.append(("identity." + key, "must be omitted when kind is \"address\""))
+                errors.append(("identity." + key, 'must be omitted when kind is "address"'))
         return None
     if kind != "serial":
-        errors.append(("identity.kind", "must be \"serial\" or \"address\", got %r" % (kind,)))
+        errors.append(("identity.kind", 'must be "serial" or "address", got %r' % (kind,)))
         return None
     itype, count = ident.get("type"), ident.get("count")
     width = None
     if itype in _IDENTITY_INT_TYPES:
         width = _WIDTHS[itype]
         if "count" in ident and count != width:
-            errors.append(("identity.count", "a %s spans %d register(s), got count %r"
-                           % (itype, width, count)))
+            errors.append(("identity.count", "a %s spans %d register(s), got count %r" % (itype, width, count)))
     elif itype in _IDENTITY_BLOB_TYPES:
         if not _is_int(count) or count < 1:
-            errors.append(("identity.count", "%s needs count, a positive number of registers, "
-                                             "got %r" % (itype, count)))
+            errors.append(("identity.count", "%s needs count, a positive number of registers, got %r" % (itype, count)))
         else:
             width = count
     else:
-        errors.append(("identity.type", "must be one of u16 u32 u64 ascii bcd, got %r"
-                       % (itype,)))
+        errors.append(("identity.type", "must be one of u16 u32 u64 ascii bcd, got %r" % (itype,)))
     if width is not None and max_block is not None and width > max_block:
         errors.append(("identity.count", "%d registers exceed max_block %d" % (width, max_block)))
     function = ident.get("function")
@@ -344,7 +349,7 @@ def _check_identity(ident, max_block, errors):
         function = -1
     reg = ident.get("register")
     if "register" not in ident:
-        errors.append(("identity.register", "required when kind is \"serial\""))
+        errors.append(("identity.register", 'required when kind is "serial"'))
     elif _check_register(reg, "identity.register", width, errors) and width is not None:
         return (function, reg, reg + width - 1, "identity.register")
     return None
@@ -360,17 +365,41 @@ def _check_overlaps(spans, default_function, errors):
             continue
         for other_function, ofirst, olast, opath in placed:
             if other_function == function and first <= olast and ofirst <= last:
-                errors.append((path, "registers 0x%04X..0x%04X overlap %s (0x%04X..0x%04X) in "
-                                     "function %d space" % (first, last, opath, ofirst, olast,
-                                                            function)))
+                errors.append(
+                    (
+                        path,
+                        "registers 0x%04X..0x%04X overlap %s (0x%04X..0x%04X) in "
+                        "function %d space" % (first, last, opath, ofirst, olast, function),
+                    )
+                )
         placed.append((function, first, last, path))
 
 
 # ---------------------------------------------------------------- presence sensors
 
-_SENSOR_KEYS = ("id", "kind", "maker", "model", "source", "measures", "function", "register", "type",
-                "scale", "present_values", "min_mm", "max_mm", "byte_order", "word_order", "max_block",
-                "min_gap_ms", "response_ms", "timeout_ms", "quirks", "serial")
+_SENSOR_KEYS = (
+    "id",
+    "kind",
+    "maker",
+    "model",
+    "source",
+    "measures",
+    "function",
+    "register",
+    "type",
+    "scale",
+    "present_values",
+    "min_mm",
+    "max_mm",
+    "byte_order",
+    "word_order",
+    "max_block",
+    "min_gap_ms",
+    "response_ms",
+    "timeout_ms",
+    "quirks",
+    "serial",
+)
 
 
 def validate_sensor_profile(p, name):
@@ -389,12 +418,12 @@ def validate_sensor_profile(p, name):
     if p.get("id") != name:
         errors.append(("id", "must equal the file name %r, got %r" % (name, p.get("id"))))
     if p.get("kind") != "presence":
-        errors.append(("kind", "must be \"presence\", got %r" % (p.get("kind"),)))
+        errors.append(("kind", 'must be "presence", got %r' % (p.get("kind"),)))
     for key in ("maker", "model", "source"):
         _check_text(p, key, key, errors)
     measures = p.get("measures")
     if measures not in ("distance", "presence"):
-        errors.append(("measures", "must be \"distance\" or \"presence\", got %r" % (measures,)))
+        errors.append(("measures", 'must be "distance" or "presence", got %r' % (measures,)))
     if p.get("function") not in (3, 4) or not _is_int(p.get("function")):
         errors.append(("function", "must be 3 (holding) or 4 (input), got %r" % (p.get("function"),)))
     typ = p.get("type")
@@ -404,7 +433,7 @@ def validate_sensor_profile(p, name):
     _check_register(p.get("register"), "register", _WIDTHS.get(typ), errors)
     for key in ("byte_order", "word_order"):
         if p.get(key, "big") not in ("big", "little"):
-            errors.append((key, "must be \"big\" or \"little\", got %r" % (p.get(key),)))
+            errors.append((key, 'must be "big" or "little", got %r' % (p.get(key),)))
     if measures == "distance":
         if not _is_number(p.get("scale")) or p.get("scale") <= 0:
             errors.append(("scale", "must be a positive number (raw * scale = mm), got %r" % (p.get("scale"),)))

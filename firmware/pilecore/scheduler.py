@@ -81,25 +81,32 @@ class Device:
         self.min_gap_ms = min_gap_ms
         self.next_poll = 0
         self.ready_at = 0
-        self.srtt = response_ms * 8           # smoothed latency, ms * 8 (integer EWMA)
-        self.rttvar = response_ms * 2         # smoothed deviation, ms * 4
-        self.timeout_hint = timeout_ms        # the profile's or bus's configured timeout
+        self.srtt = response_ms * 8  # smoothed latency, ms * 8 (integer EWMA)
+        self.rttvar = response_ms * 2  # smoothed deviation, ms * 4
+        self.timeout_hint = timeout_ms  # the profile's or bus's configured timeout
         self.failures = 0
         self.backoff_until = 0
-        self.boost = 1                         # timeout multiplier after timeouts (1, 2, 4, 8)
-        self.retry = None                      # read index to repeat once after a lost reply
+        self.boost = 1  # timeout multiplier after timeouts (1, 2, 4, 8)
+        self.retry = None  # read index to repeat once after a lost reply
         self.requests = 0
         self.replies = 0
         self.timeouts = 0
         self.errors = 0
         self.last_latency_ms = None
-        self.cycle = None                      # [started_ms, blocks, codes] while polling
+        self.cycle = None  # [started_ms, blocks, codes] while polling
 
     def stats(self):
-        return {"address": self.address, "requests": self.requests, "replies": self.replies,
-                "timeouts": self.timeouts, "errors": self.errors,
-                "latency_ms": self.last_latency_ms, "srtt_ms": self.srtt // 8,
-                "failures": self.failures, "backoff_until_ms": self.backoff_until}
+        return {
+            "address": self.address,
+            "requests": self.requests,
+            "replies": self.replies,
+            "timeouts": self.timeouts,
+            "errors": self.errors,
+            "latency_ms": self.last_latency_ms,
+            "srtt_ms": self.srtt // 8,
+            "failures": self.failures,
+            "backoff_until_ms": self.backoff_until,
+        }
 
 
 class Job:
@@ -119,8 +126,17 @@ class Job:
 class BusScheduler:
     """See the module docstring."""
 
-    def __init__(self, name, baud=9600, parity="N", stopbits=1, timeout_ms=500,
-                 max_backoff_ms=300000, min_timeout_ms=50, max_active=32):
+    def __init__(
+        self,
+        name,
+        baud=9600,
+        parity="N",
+        stopbits=1,
+        timeout_ms=500,
+        max_backoff_ms=300000,
+        min_timeout_ms=50,
+        max_active=32,
+    ):
         self.name = name
         self.char_us = char_time_us(baud, parity, stopbits)
         self.timeout_ms = timeout_ms
@@ -130,19 +146,33 @@ class BusScheduler:
         self._by_key = {}
         self._rr = 0
         self.max_active = max_active
-        self._active = []               # devices whose poll cycle is open, oldest first
+        self._active = []  # devices whose poll cycle is open, oldest first
         self._jobs = []
         self._next_job_id = 1
         self._polls_since_job = 1
         self.busy = False
-        self.stats = {"requests": 0, "replies": 0, "timeouts": 0, "crc_errors": 0,
-                      "exceptions": 0, "other_errors": 0, "busy_us": 0}
+        self.stats = {
+            "requests": 0,
+            "replies": 0,
+            "timeouts": 0,
+            "crc_errors": 0,
+            "exceptions": 0,
+            "other_errors": 0,
+            "busy_us": 0,
+        }
 
     # ------------------------------------------------------------ configuration
 
     def add_device(self, key, address, plan, poll_ms, response_ms=100, min_gap_ms=0, timeout_ms=None):
-        dev = Device(key, address, plan, poll_ms, response_ms, min_gap_ms,
-                     timeout_ms if timeout_ms is not None else self.timeout_ms)
+        dev = Device(
+            key,
+            address,
+            plan,
+            poll_ms,
+            response_ms,
+            min_gap_ms,
+            timeout_ms if timeout_ms is not None else self.timeout_ms,
+        )
         self.devices.append(dev)
         self._by_key[key] = dev
         return dev
@@ -176,12 +206,11 @@ class BusScheduler:
             rto = (dev.srtt // 8 + dev.rttvar) * dev.boost
             hi = 2 * max(self.timeout_ms, dev.timeout_hint)
             rto = min(hi, max(self.min_timeout_ms, rto))
-        wire = frame_time_us(modbus.response_length(function, count if function != 5 else 1),
-                             self.char_us) // 1000
+        wire = frame_time_us(modbus.response_length(function, count if function != 5 else 1), self.char_us) // 1000
         return rto + wire + 1
 
     def _observe_latency(self, dev, elapsed_ms, txn):
-        wire_us = (frame_time_us(8, self.char_us) + frame_time_us(txn.response_len(), self.char_us))
+        wire_us = frame_time_us(8, self.char_us) + frame_time_us(txn.response_len(), self.char_us)
         lat = elapsed_ms - wire_us // 1000
         if lat < 0:
             lat = 0
@@ -227,7 +256,7 @@ class BusScheduler:
         return best
 
     def _pick_device(self, now_ms):
-        for dev in self._active:                 # finish open cycles first, oldest first
+        for dev in self._active:  # finish open cycles first, oldest first
             if dev.ready_at <= now_ms:
                 return dev
         if len(self._active) >= self.max_active:
@@ -235,8 +264,12 @@ class BusScheduler:
         n = len(self.devices)
         for i in range(n):
             cand = self.devices[(self._rr + i) % n]
-            if (cand.cycle is None and cand.next_poll <= now_ms and cand.backoff_until <= now_ms
-                    and cand.ready_at <= now_ms):
+            if (
+                cand.cycle is None
+                and cand.next_poll <= now_ms
+                and cand.backoff_until <= now_ms
+                and cand.ready_at <= now_ms
+            ):
                 self._rr = (self._rr + i + 1) % n
                 cand.cycle = [now_ms, [None] * len(cand.plan.reads), []]
                 self._active.append(cand)
@@ -269,8 +302,16 @@ class BusScheduler:
         for d in self.devices:
             if d.address == job.address:
                 dev = d
-        txn = Txn("job", None, job.address, job.function, job.register, job.count,
-                  self.timeout_for(dev, job.function, job.count), job.value)
+        txn = Txn(
+            "job",
+            None,
+            job.address,
+            job.function,
+            job.register,
+            job.count,
+            self.timeout_for(dev, job.function, job.count),
+            job.value,
+        )
         txn.job = job
         self.busy = True
         self._polls_since_job = 0
@@ -355,7 +396,7 @@ class BusScheduler:
             else:
                 dev.errors += 1
             if txn.attempt == 0:
-                dev.retry = txn.read_index      # one retry: noise or a slow reply, not yet dead
+                dev.retry = txn.read_index  # one retry: noise or a slow reply, not yet dead
                 return out
             out.append(self._end_cycle(dev, now_ms, False, code))
             return out
@@ -378,14 +419,13 @@ class BusScheduler:
         else:
             dev.failures += 1
             if dev.failures >= 3:
-                dev.boost = 1          # a dead device: keep its probes cheap for the others
+                dev.boost = 1  # a dead device: keep its probes cheap for the others
             backoff = dev.poll_ms << min(dev.failures - 1, 16)
             if backoff > self.max_backoff_ms:
                 backoff = self.max_backoff_ms
             dev.backoff_until = now_ms + backoff
             dev.next_poll = dev.backoff_until
-        return ("poll", dev.key, {"t_ms": started, "blocks": blocks, "failed": failed,
-                                  "ok": ok, "code": code})
+        return ("poll", dev.key, {"t_ms": started, "blocks": blocks, "failed": failed, "ok": ok, "code": code})
 
     def _count(self, code, elapsed_ms):
         s = self.stats

@@ -70,104 +70,134 @@ def _meter_fields():
 def site_schema():
     """Return the schema of a site configuration (a fresh dict each call)."""
     return {
-        "gateway": _t({
-            "id": _id(),
-            "site": _id(),
-            "board": _id(),
-            "name": _s(maxlen=80),
-            "data_dir": _s(default="/var/lib/pilegate"),
-        }, required=True),
-        "mqtt": _t({
-            "url": _s(required=True),
-            "allow_insecure": _b(False),
-            "tls_verify": _b(True),
-            "ca_file": _s(),
-            "cert_file": _s(),
-            "key_file": _s(),
-            "username": _s(maxlen=100),
-            "password_file": _s(),
-            "client_id": _s(maxlen=64),
-            "keepalive_s": _i(5, 1200, 30),
-            "prefix": _s(default="pilegate/v1", maxlen=64),
-        }, required=True),
-        "telemetry": _t({
-            "interval_s": _i(1, 3600, 30),
-            "outbox_mb": _i(1, 4096, 256),
-        }),
-        "metering": _t({
-            "poll_s": _i(1, 3600, 10),
-            "offline_after_s": _i(5, 86400, 120),
-            "verify_serial_s": _i(60, 604800, 3600),
-            "idle_power_w": _n(0, 100000, 50.0),
-            "swap_window_s": _i(10, 3600, 120),
-        }),
-        "main_meter": _t({
-            "bus": _id(),
-            "address": _i(1, 247, required=True),
-            "profile": _id(),
-            "serial": _s(default="", maxlen=40),
-            "tolerance_pct": _n(0, 100, 5.0),
-            "tolerance_w": _n(0, 1000000, 300.0),
-            "window_s": _i(60, 86400, 900),
-        }),
-        "signing": _t({
-            "platform_key": _s(),
-            "command_max_age_s": _i(10, 86400, 300),
-        }),
-        "console": _t({
-            "serial_port": _s(),
-            "baud": _e(BAUD_RATES, 115200),
-            "socket": _s(default="/run/pilegate/console.sock"),
-            "idle_logout_s": _i(30, 86400, 600),
-        }),
-        "bus": _ts({
-            "name": _id(),
-            "port": _s(required=True),
-            "baud": _e(BAUD_RATES, 9600),
-            "parity": _e(PARITIES, "N"),
-            "stopbits": _e((1, 2), 1),
-            "timeout_ms": _i(20, 10000, 500),
-        }, required=True),
-        "pile": _ts({
-            "id": _id(),
-            "name": _s(maxlen=80),
-            "meter": _t(_meter_fields(), required=True),
-            "max_power_kw": _n(0.5, 1000, 7.0),
-            "interlock": _e(("report", "relay"), "report"),
-            "relay": _s(maxlen=32),
-            "coil": _t({
+        "gateway": _t(
+            {
+                "id": _id(),
+                "site": _id(),
+                "board": _id(),
+                "name": _s(maxlen=80),
+                "data_dir": _s(default="/var/lib/pilegate"),
+            },
+            required=True,
+        ),
+        "mqtt": _t(
+            {
+                "url": _s(required=True),
+                "allow_insecure": _b(False),
+                "tls_verify": _b(True),
+                "ca_file": _s(),
+                "cert_file": _s(),
+                "key_file": _s(),
+                "username": _s(maxlen=100),
+                "password_file": _s(),
+                "client_id": _s(maxlen=64),
+                "keepalive_s": _i(5, 1200, 30),
+                "prefix": _s(default="pilegate/v1", maxlen=64),
+            },
+            required=True,
+        ),
+        "telemetry": _t(
+            {
+                "interval_s": _i(1, 3600, 30),
+                "outbox_mb": _i(1, 4096, 256),
+            }
+        ),
+        "metering": _t(
+            {
+                "poll_s": _i(1, 3600, 10),
+                "offline_after_s": _i(5, 86400, 120),
+                "verify_serial_s": _i(60, 604800, 3600),
+                "idle_power_w": _n(0, 100000, 50.0),
+                "swap_window_s": _i(10, 3600, 120),
+            }
+        ),
+        "main_meter": _t(
+            {
                 "bus": _id(),
                 "address": _i(1, 247, required=True),
-                "coil": _i(0, 65535, required=True),
-            }),
-        }, required=True),
+                "profile": _id(),
+                "serial": _s(default="", maxlen=40),
+                "tolerance_pct": _n(0, 100, 5.0),
+                "tolerance_w": _n(0, 1000000, 300.0),
+                "window_s": _i(60, 86400, 900),
+            }
+        ),
+        "signing": _t(
+            {
+                "platform_key": _s(),
+                "command_max_age_s": _i(10, 86400, 300),
+            }
+        ),
+        "console": _t(
+            {
+                "serial_port": _s(),
+                "baud": _e(BAUD_RATES, 115200),
+                "socket": _s(default="/run/pilegate/console.sock"),
+                "idle_logout_s": _i(30, 86400, 600),
+            }
+        ),
+        "bus": _ts(
+            {
+                "name": _id(),
+                "port": _s(required=True),
+                "baud": _e(BAUD_RATES, 9600),
+                "parity": _e(PARITIES, "N"),
+                "stopbits": _e((1, 2), 1),
+                "timeout_ms": _i(20, 10000, 500),
+            },
+            required=True,
+        ),
+        "pile": _ts(
+            {
+                "id": _id(),
+                "name": _s(maxlen=80),
+                "meter": _t(_meter_fields(), required=True),
+                "max_power_kw": _n(0.5, 1000, 7.0),
+                "interlock": _e(("report", "relay"), "report"),
+                "relay": _s(maxlen=32),
+                "coil": _t(
+                    {
+                        "bus": _id(),
+                        "address": _i(1, 247, required=True),
+                        "coil": _i(0, 65535, required=True),
+                    }
+                ),
+            },
+            required=True,
+        ),
         "bays": _t(_bays_fields()),
         "sessions": _t(_sessions_fields()),
         "tariff": ("any", False, None, None),
-        "bay": _ts({
-            "id": _id(),
-            "pile": _id(),
-            "name": _s(maxlen=80),
-            "presence": _ts({
-                "type": _e(("modbus", "input"), required=True),
-                "bus": _id(False),
-                "address": _i(1, 247),
-                "profile": _id(False),
-                "input": _id(False),
-                "active": _e(("high", "low"), "high"),
-            }),
-            "plug": _t({
-                "source": _e(("power", "input", "modbus"), "power"),
-                "input": _id(False),
-                "active": _e(("high", "low"), "high"),
-                "bus": _id(False),
-                "address": _i(1, 247),
-                "function": _e((1, 2, 3, 4), 3),
-                "register": _i(0, 65535),
-                "plugged_values": _list("int", [1]),
-            }),
-            "camera": _s(maxlen=64),
-        }),
+        "bay": _ts(
+            {
+                "id": _id(),
+                "pile": _id(),
+                "name": _s(maxlen=80),
+                "presence": _ts(
+                    {
+                        "type": _e(("modbus", "input"), required=True),
+                        "bus": _id(False),
+                        "address": _i(1, 247),
+                        "profile": _id(False),
+                        "input": _id(False),
+                        "active": _e(("high", "low"), "high"),
+                    }
+                ),
+                "plug": _t(
+                    {
+                        "source": _e(("power", "input", "modbus"), "power"),
+                        "input": _id(False),
+                        "active": _e(("high", "low"), "high"),
+                        "bus": _id(False),
+                        "address": _i(1, 247),
+                        "function": _e((1, 2, 3, 4), 3),
+                        "register": _i(0, 65535),
+                        "plugged_values": _list("int", [1]),
+                    }
+                ),
+                "camera": _s(maxlen=64),
+            }
+        ),
     }
 
 
@@ -182,8 +212,8 @@ def _param_fields(spec, out, skip=()):
 def _bays_fields():
     """Site-wide bay parameters: taken from pilecore.bays, the one place they are defined."""
     from pilecore import bays
-    out = {"plate_topic": _s(default="pilegate/local/plates", maxlen=128),
-           "plate_broker": _s(maxlen=200)}
+
+    out = {"plate_topic": _s(default="pilegate/local/plates", maxlen=128), "plate_broker": _s(maxlen=200)}
     # plug_source is per bay: [[bay]] plug.source
     return _param_fields(bays.param_spec(), out, skip=("plug_source",))
 
@@ -191,6 +221,7 @@ def _bays_fields():
 def _sessions_fields():
     """Charging-session detection parameters, from pilecore.sessions."""
     from pilecore import sessions
+
     return _param_fields(sessions.param_spec(), {})
 
 
@@ -204,23 +235,30 @@ def board_schema():
         "psram_mb": _i(0, 64, 0),
         "firmware_offset": _i(0, 0x100000),
         "notes": _s(maxlen=2000),
-        "uart": _ts({
-            "name": _id(),
-            "role": _e(("rs485", "console"), required=True),
-            "device": _s(),
-            "tx": _i(0, 48),
-            "rx": _i(0, 48),
-            "de": _i(0, 48),
-            "de_mode": _e(("gpio", "auto", "kernel"), "gpio"),
-        }, required=True),
-        "input": _ts({
-            "name": _id(),
-            "pin": _i(0, 48, required=True),
-            "pull": _e(("none", "up", "down"), "none"),
-        }),
-        "relay": _ts({
-            "name": _id(),
-            "pin": _i(0, 48, required=True),
-            "active": _e(("high", "low"), "high"),
-        }),
+        "uart": _ts(
+            {
+                "name": _id(),
+                "role": _e(("rs485", "console"), required=True),
+                "device": _s(),
+                "tx": _i(0, 48),
+                "rx": _i(0, 48),
+                "de": _i(0, 48),
+                "de_mode": _e(("gpio", "auto", "kernel"), "gpio"),
+            },
+            required=True,
+        ),
+        "input": _ts(
+            {
+                "name": _id(),
+                "pin": _i(0, 48, required=True),
+                "pull": _e(("none", "up", "down"), "none"),
+            }
+        ),
+        "relay": _ts(
+            {
+                "name": _id(),
+                "pin": _i(0, 48, required=True),
+                "active": _e(("high", "low"), "high"),
+            }
+        ),
     }

@@ -68,21 +68,43 @@ def param_spec():
     docs/ocmf.md.
     """
     return {
-        "start_power_w": (300, 1, 1000000, "W",
-                          "without a plug state, power at or above this for start_after_s "
-                          "starts a session"),
-        "start_after_s": (30, 0, 3600, "s",
-                          "how long power must stay at or above start_power_w before a session "
-                          "starts"),
-        "stop_power_w": (100, 1, 1000000, "W",
-                         "without a plug state, power below this for stop_after_s ends a "
-                         "session (must not exceed start_power_w)"),
-        "stop_after_s": (300, 0, 86400, "s",
-                         "how long power must stay below stop_power_w before the session ends; "
-                         "long enough that a car pausing its charge stays one session"),
-        "max_gap_s": (90, 1, 3600, "s",
-                      "a reading older than this is not taken as a begin or end reading, and a "
-                      "gap between steps longer than this restarts the debounce windows"),
+        "start_power_w": (
+            300,
+            1,
+            1000000,
+            "W",
+            "without a plug state, power at or above this for start_after_s starts a session",
+        ),
+        "start_after_s": (
+            30,
+            0,
+            3600,
+            "s",
+            "how long power must stay at or above start_power_w before a session starts",
+        ),
+        "stop_power_w": (
+            100,
+            1,
+            1000000,
+            "W",
+            "without a plug state, power below this for stop_after_s ends a session (must not exceed start_power_w)",
+        ),
+        "stop_after_s": (
+            300,
+            0,
+            86400,
+            "s",
+            "how long power must stay below stop_power_w before the session ends; "
+            "long enough that a car pausing its charge stays one session",
+        ),
+        "max_gap_s": (
+            90,
+            1,
+            3600,
+            "s",
+            "a reading older than this is not taken as a begin or end reading, and a "
+            "gap between steps longer than this restarts the debounce windows",
+        ),
     }
 
 
@@ -104,8 +126,7 @@ def validate_params(params):
     if probs and probs[0][0] == "":
         return probs
     if merged["stop_power_w"] > merged["start_power_w"]:
-        probs.append(("stop_power_w", "must not exceed start_power_w (%d)"
-                      % merged["start_power_w"]))
+        probs.append(("stop_power_w", "must not exceed start_power_w (%d)" % merged["start_power_w"]))
     return probs
 
 
@@ -130,8 +151,7 @@ def _flags(unmetered):
             if r not in out:
                 out.append(r)
         return out
-    raise ValueError("unmetered must be a bool, a reason or a list of reasons, got %r"
-                     % (unmetered,))
+    raise ValueError("unmetered must be a bool, a reason or a list of reasons, got %r" % (unmetered,))
 
 
 def _sync(sync):
@@ -156,14 +176,14 @@ class SessionTracker:
         self.pile = pile_id
         self.p = make_params(params)
         self.version = 0
-        self.t = None         # latest step time
-        self.plug = None      # latest known plug state (None steps do not change it)
-        self.prev = None      # latest valid reading (before the current step)
-        self.run_t = None     # power at or above start_power_w since (session not active)
-        self.run_rd = None    # begin reading candidate of that run
-        self.run_fl = []      # unmetered reasons seen during that run
-        self.low_t = None     # power below stop_power_w since (session active)
-        self.sess = None      # session in progress
+        self.t = None  # latest step time
+        self.plug = None  # latest known plug state (None steps do not change it)
+        self.prev = None  # latest valid reading (before the current step)
+        self.run_t = None  # power at or above start_power_w since (session not active)
+        self.run_rd = None  # begin reading candidate of that run
+        self.run_fl = []  # unmetered reasons seen during that run
+        self.low_t = None  # power below stop_power_w since (session active)
+        self.sess = None  # session in progress
         if snapshot is not None:
             self._load(snapshot)
 
@@ -180,11 +200,15 @@ class SessionTracker:
         s = self.sess
         if s is None:
             return None
-        return {"started_by": s["why"], "t0": s["t0"], "start": jsonc.copy(s["start"]),
-                "flags": list(s["flags"]), "meter_serial": s["serial"]}
+        return {
+            "started_by": s["why"],
+            "t0": s["t0"],
+            "start": jsonc.copy(s["start"]),
+            "flags": list(s["flags"]),
+            "meter_serial": s["serial"],
+        }
 
-    def step(self, now, energy_wh, power_w=None, plug=None, unmetered=False, sync=None,
-             serial=None):
+    def step(self, now, energy_wh, power_w=None, plug=None, unmetered=False, sync=None, serial=None):
         """Feed one reading; return the finished session dict when this step ends one, else None.
 
         now: int Unix seconds.  energy_wh: the meter's import energy register in Wh (int), or
@@ -321,8 +345,14 @@ class SessionTracker:
         if pending:
             # No reading to begin with: keep a placeholder, filled by the next valid reading.
             begin = {"t": now, "wh": None, "sync": sync, "serial": serial, "flags": flags}
-        self.sess = {"t0": now, "why": why, "start": jsonc.copy(begin), "last": None,
-                     "serial": begin["serial"], "flags": []}
+        self.sess = {
+            "t0": now,
+            "why": why,
+            "start": jsonc.copy(begin),
+            "last": None,
+            "serial": begin["serial"],
+            "flags": [],
+        }
         self.version += 1
         self._set_low(None)
         if pending:

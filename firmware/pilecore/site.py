@@ -23,7 +23,7 @@ from pilecore import metering, modbus, ocmf, sessions
 from pilecore import tariff as _tariff
 
 EVENT_RING = 64
-MAIN = "_main"          # the device key of the site main meter
+MAIN = "_main"  # the device key of the site main meter
 
 
 class SiteCore:
@@ -44,7 +44,7 @@ class SiteCore:
         for pile in cfg["pile"]:
             self.sessions[pile["id"]] = sessions.SessionTracker(pile["id"], sparams, snaps.get(pile["id"]))
         self.latest = {}
-        self.applied = {}             # pile -> interlock state last driven by the port
+        self.applied = {}  # pile -> interlock state last driven by the port
         self.main = None
         self.billing = []
         self.recent = []
@@ -64,7 +64,7 @@ class SiteCore:
         for bay in cfg.get("bay", ()):
             self.bay_cfg[bay["id"]] = bay
             if not bay.get("presence"):
-                continue                      # listed only: nothing to judge occupancy from
+                continue  # listed only: nothing to judge occupancy from
             params = dict(base)
             params["plug_source"] = (bay.get("plug") or {}).get("source", "power")
             params = _bays.make_params(params)
@@ -86,13 +86,17 @@ class SiteCore:
             for ev in events:
                 self.recent.append(ev)
             if len(self.recent) > EVENT_RING:
-                del self.recent[:len(self.recent) - EVENT_RING]
+                del self.recent[: len(self.recent) - EVENT_RING]
         return events
 
     def snapshot(self):
-        return {"metering": self.guard.snapshot(), "pg": self.pg, "tariff": self.tariff,
-                "sessions": dict([(p, t.snapshot()) for p, t in self.sessions.items()]),
-                "bays": dict([(b, m.snapshot()) for b, m in self.bays.items()])}
+        return {
+            "metering": self.guard.snapshot(),
+            "pg": self.pg,
+            "tariff": self.tariff,
+            "sessions": dict([(p, t.snapshot()) for p, t in self.sessions.items()]),
+            "bays": dict([(b, m.snapshot()) for b, m in self.bays.items()]),
+        }
 
     def take_billing(self):
         out, self.billing = self.billing, []
@@ -157,12 +161,18 @@ class SiteCore:
         g = self.guard.piles[pile]
         reasons = list(g.reasons)
         if reasons == ["unverified"]:
-            return        # just started: the identity check comes within seconds, wait for it
+            return  # just started: the identity check comes within seconds, wait for it
         tracker = self.sessions[pile]
         before = tracker.version
-        done = tracker.step(now, r.get("energy_wh"), r.get("power_w"), self.plug_state.get(pile),
-                            unmetered=reasons or False, sync=tsync == "ntp" or tsync == "platform",
-                            serial=g.bound)
+        done = tracker.step(
+            now,
+            r.get("energy_wh"),
+            r.get("power_w"),
+            self.plug_state.get(pile),
+            unmetered=reasons or False,
+            sync=tsync == "ntp" or tsync == "platform",
+            serial=g.bound,
+        )
         if tracker.version != before:
             self.version += 1
         if done is not None:
@@ -181,10 +191,18 @@ class SiteCore:
                 resolution = res
                 break
         self.pg += 1
-        ctx = {"GS": self.gw_serial, "GI": "pilegate", "GV": self.fw_version, "PG": self.pg,
-               "MV": prof.get("maker", ""), "MM": prof.get("model", ""),
-               "MS": session.get("meter_serial") or m.get("serial") or "", "resolution_wh": resolution,
-               "RT": "AC", "CI": pile}
+        ctx = {
+            "GS": self.gw_serial,
+            "GI": "pilegate",
+            "GV": self.fw_version,
+            "PG": self.pg,
+            "MV": prof.get("maker", ""),
+            "MM": prof.get("model", ""),
+            "MS": session.get("meter_serial") or m.get("serial") or "",
+            "resolution_wh": resolution,
+            "RT": "AC",
+            "CI": pile,
+        }
         try:
             text = ocmf.build(session, ctx, self.sign_der)
         except ValueError as exc:
@@ -285,8 +303,14 @@ class SiteCore:
                 continue
             self.applied[pile] = on
             changes.append((pile, on))
-            events.append({"type": "interlock.on" if on else "interlock.off", "pile": pile, "t": now,
-                           "reasons": list(self.guard.piles[pile].reasons)})
+            events.append(
+                {
+                    "type": "interlock.on" if on else "interlock.off",
+                    "pile": pile,
+                    "t": now,
+                    "reasons": list(self.guard.piles[pile].reasons),
+                }
+            )
         return changes, self._note(events)
 
     def interlock_failed(self, now, pile, reason):

@@ -126,8 +126,7 @@ def _check_steps(probs, steps):
             continue
         if _int_in(probs, key + ".after_min", st["after_min"], 1, _MAX_MIN):
             if st["after_min"] <= last:
-                probs.append((key + ".after_min",
-                              "must be greater than the previous step's (%d)" % last))
+                probs.append((key + ".after_min", "must be greater than the previous step's (%d)" % last))
             last = st["after_min"]
         _int_in(probs, key + ".price_fen", st["price_fen"], 0, _MAX_PRICE_FEN)
 
@@ -218,8 +217,9 @@ def fee(tariff, classification, billable_s):
         count = end - first
         if count <= 0:
             continue
-        parts.append({"from_min": free_min + first * block_min, "blocks": count,
-                      "price_fen": price, "fen": count * price})
+        parts.append(
+            {"from_min": free_min + first * block_min, "blocks": count, "price_fen": price, "fen": count * price}
+        )
         gross += count * price
     fen = gross
     if cap > 0 and gross > cap:

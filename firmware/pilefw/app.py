@@ -75,26 +75,35 @@ def check_config(cfg):
         return None, [("(file)", "not a JSON object: load what `pilegate check --json site.toml` prints")]
     problems = []
     if cfg.get("version") != config.COMPILED_VERSION:
-        problems.append(("version", "is %r, this firmware reads compiled version %d: compile the site "
-                                    "again with this release's `pilegate check --json`"
-                         % (cfg.get("version"), config.COMPILED_VERSION)))
+        problems.append(
+            (
+                "version",
+                "is %r, this firmware reads compiled version %d: compile the site "
+                "again with this release's `pilegate check --json`" % (cfg.get("version"), config.COMPILED_VERSION),
+            )
+        )
     board = cfg.get("board_def")
     profiles = cfg.get("profiles")
     sensors = cfg.get("sensor_profiles", {})
     for key, value in (("board_def", board), ("profiles", profiles), ("sensor_profiles", sensors)):
         if not isinstance(value, dict):
-            problems.append((key, "missing or not an object: this is not the compiled JSON of "
-                                  "`pilegate check --json site.toml`"))
+            problems.append(
+                (key, "missing or not an object: this is not the compiled JSON of `pilegate check --json site.toml`")
+            )
     if problems:
         return None, problems
     try:
         board_ok, errs = config.validate_board(board, board.get("id"))
-    except Exception as e:          # a validator that trips over damaged data is a problem too
+    except Exception as e:  # a validator that trips over damaged data is a problem too
         board_ok, errs = None, [("", "damaged, cannot be checked: %s %s" % (type(e).__name__, e))]
     problems += [(("board_def." + k) if k else "board_def", m) for k, m in errs]
     if board_ok is not None and not board_ok["platform"].startswith("esp32"):
-        problems.append(("gateway.board", "%r is a %s board; this firmware runs on ESP32 boards"
-                         % (board_ok["id"], board_ok["platform"])))
+        problems.append(
+            (
+                "gateway.board",
+                "%r is a %s board; this firmware runs on ESP32 boards" % (board_ok["id"], board_ok["platform"]),
+            )
+        )
     if problems:
         return None, problems
     site = {}
@@ -167,7 +176,7 @@ class App:
         self.gw = cfg["gateway"]["id"]
         self.site_id = cfg["gateway"]["site"]
         self.root = hw.root
-        self.ms = MonotonicMs(hw.ticks_ms, ticks_diff)       # never wraps (ESP32 ticks do)
+        self.ms = MonotonicMs(hw.ticks_ms, ticks_diff)  # never wraps (ESP32 ticks do)
         self.started_ms = self.ms()
         self.logs = []
         self.recent = []
@@ -193,17 +202,32 @@ class App:
         self.platform_pub = self._platform_key(sign.get("platform_key"))
         self.max_cmd_age = sign.get("command_max_age_s", 300)
         self.core = SiteCore(cfg, self.keys.sign_der, self.gw, fw_version, self.state.load("core"))
-        self.metering = Metering(cfg, self.core, self._open_buses(), self.emit, self.clock.now,
-                                 self.ms, self._tsync, self._input, self._relays(), self.poll_s)
+        self.metering = Metering(
+            cfg,
+            self.core,
+            self._open_buses(),
+            self.emit,
+            self.clock.now,
+            self.ms,
+            self._tsync,
+            self._input,
+            self._relays(),
+            self.poll_s,
+        )
         self._saved = None
         self._saved_at = None
         mq = cfg["mqtt"]
         self.prefix = "%s/%s/%s" % (mq.get("prefix", "pilegate/v1"), self.site_id, self.gw)
-        self.link = Link(hw.mqtt_factory(mq, mq.get("client_id") or self.gw, 5),
-                         self.outbox, self.prefix,
-                         will=lambda: self._state_msg("offline", "connection lost"),
-                         online=lambda: self._state_msg("online"),
-                         on_command=self.command, keepalive_s=mq.get("keepalive_s", 30), rand=hw.urandom)
+        self.link = Link(
+            hw.mqtt_factory(mq, mq.get("client_id") or self.gw, 5),
+            self.outbox,
+            self.prefix,
+            will=lambda: self._state_msg("offline", "connection lost"),
+            online=lambda: self._state_msg("online"),
+            on_command=self.command,
+            keepalive_s=mq.get("keepalive_s", 30),
+            rand=hw.urandom,
+        )
         self.auth = AuthState(self._pin_record())
         self.console = self._open_console()
         self.wdt = hw.wdt(WDT_TIMEOUT_MS)
@@ -212,8 +236,15 @@ class App:
         self.next_telemetry_ms = self.ms() + 1000 * min(self.interval_s, 5)
         self.net_up = False
         self.next_ntp_ms = self.ms()
-        self.events.append({"type": "gateway.started", "t": self.clock.now(), "epoch": self.epoch,
-                            "fw": fw_version, "config_hash": config_hash})
+        self.events.append(
+            {
+                "type": "gateway.started",
+                "t": self.clock.now(),
+                "epoch": self.epoch,
+                "fw": fw_version,
+                "config_hash": config_hash,
+            }
+        )
         self.seal("birth", self.birth())
 
     # ------------------------------------------------------------ wiring
@@ -221,7 +252,7 @@ class App:
     def _open_outbox(self):
         flash = self.board.get("flash_mb", 4) * 1024 * 1024
         want = self.cfg.get("telemetry", {}).get("outbox_mb", 64) * 1024 * 1024
-        max_bytes = min(want, flash // 8)        # 512 KiB on a 4 MB board
+        max_bytes = min(want, flash // 8)  # 512 KiB on a 4 MB board
         return Outbox(self.root + "/outbox", max_bytes=max_bytes, segment_bytes=32 * 1024)
 
     def _uart_def(self, name):
@@ -234,8 +265,9 @@ class App:
         masters = {}
         for bus in self.cfg["bus"]:
             u = self._uart_def(bus["port"])
-            uart = self.hw.uart(uart_id(u["name"]), bus["baud"], bus["parity"], bus["stopbits"],
-                                u.get("tx"), u.get("rx"))
+            uart = self.hw.uart(
+                uart_id(u["name"]), bus["baud"], bus["parity"], bus["stopbits"], u.get("tx"), u.get("rx")
+            )
             de = None
             if u.get("de") is not None and u.get("de_mode", "gpio") == "gpio":
                 de = self.hw.pin(u["de"], True)
@@ -252,7 +284,7 @@ class App:
             if r["name"] in used:
                 pin = self.hw.pin(r["pin"], True)
                 high = r.get("active", "high") == "high"
-                pin.value(0 if high else 1)          # fail-safe: the pile is off until verified
+                pin.value(0 if high else 1)  # fail-safe: the pile is off until verified
                 out[r["name"]] = (pin, high)
         return out
 
@@ -290,9 +322,11 @@ class App:
                 from pilecore.console import Console
                 from pilefw.backend import ConsoleBackend
                 from pilefw.uart_console import UartConsole
+
                 idle = self.cfg.get("console", {}).get("idle_logout_s", 600)
-                c = Console(ConsoleBackend(self), auth=self.auth, echo=True,
-                            origin="serial " + u["name"], idle_logout_s=idle)
+                c = Console(
+                    ConsoleBackend(self), auth=self.auth, echo=True, origin="serial " + u["name"], idle_logout_s=idle
+                )
                 uc = UartConsole(port, c)
                 uc.greet(self.clock.now())
                 return uc
@@ -316,7 +350,7 @@ class App:
             self.events.append(ev)
             self.recent.append(ev)
         if len(self.recent) > EVENT_RING:
-            del self.recent[:len(self.recent) - EVENT_RING]
+            del self.recent[: len(self.recent) - EVENT_RING]
 
     # ------------------------------------------------------------ chain and outbox
 
@@ -345,13 +379,28 @@ class App:
         cfg = self.cfg
         piles = []
         for p in cfg["pile"]:
-            piles.append({"pile": p["id"], "bus": p["meter"]["bus"], "address": p["meter"]["address"],
-                          "profile": p["meter"]["profile"], "serial": self.core.guard.piles[p["id"]].bound,
-                          "interlock": p.get("interlock", "report")})
+            piles.append(
+                {
+                    "pile": p["id"],
+                    "bus": p["meter"]["bus"],
+                    "address": p["meter"]["address"],
+                    "profile": p["meter"]["profile"],
+                    "serial": self.core.guard.piles[p["id"]].bound,
+                    "interlock": p.get("interlock", "report"),
+                }
+            )
         bays = [{"bay": b["id"], "pile": b["pile"]} for b in cfg.get("bay", ())]
-        return {"fw": self.fw_version, "platform": "esp32", "board": cfg["gateway"]["board"],
-                "config_hash": self.config_hash, "kid": self.keys.kid, "pubkey": self.keys.pem,
-                "interval_s": self.interval_s, "piles": piles, "bays": bays}
+        return {
+            "fw": self.fw_version,
+            "platform": "esp32",
+            "board": cfg["gateway"]["board"],
+            "config_hash": self.config_hash,
+            "kid": self.keys.kid,
+            "pubkey": self.keys.pem,
+            "interval_s": self.interval_s,
+            "piles": piles,
+            "bays": bays,
+        }
 
     def telemetry(self):
         data = self.core.telemetry(self.clock.now(), self.last_telemetry_t, self.interval_s)
@@ -371,15 +420,14 @@ class App:
         if now_ms >= self.next_tick_ms:
             self.next_tick_ms += 1000
             if now_ms >= self.next_tick_ms:
-                self.next_tick_ms = now_ms + 1000          # fell behind: do not try to catch up
+                self.next_tick_ms = now_ms + 1000  # fell behind: do not try to catch up
             self._second(now_ms)
             did = True
         if self.net_up:
             did = self.link.step(self.ms()) or did
         if self.console is not None:
             did = self.console.step(self.clock.now()) or did
-        if self.reset_at_ms is not None and (self.outbox.depth() == 0
-                                             or now_ms >= self.reset_at_ms):
+        if self.reset_at_ms is not None and (self.outbox.depth() == 0 or now_ms >= self.reset_at_ms):
             self.link.close(self._state_msg("offline", "rebooting"))
             hw.reset()
             self.reset_at_ms = None
@@ -397,7 +445,7 @@ class App:
         state published, the outbox and the UARTs closed."""
         self._flush_events()
         self._save_state(True)
-        for _ in range(8):                   # a bounded last drain, as the Pi does for 2 s
+        for _ in range(8):  # a bounded last drain, as the Pi does for 2 s
             if not self.link.connected or not self.outbox.depth():
                 break
             self.link.step(self.ms())
@@ -445,8 +493,13 @@ class App:
     def _flush_events(self):
         dropped = self.outbox.take_dropped()
         if dropped:
-            self.events.append({"type": "outbox.dropped", "t": self.clock.now(),
-                                "dropped": [{"seq": s, "hash": h} for s, h in dropped]})
+            self.events.append(
+                {
+                    "type": "outbox.dropped",
+                    "t": self.clock.now(),
+                    "dropped": [{"seq": s, "hash": h} for s, h in dropped],
+                }
+            )
         if self.events:
             batch, self.events = self.events, []
             self.seal("event", {"events": batch})
@@ -465,8 +518,7 @@ class App:
         self._saved_at = t
 
     def _save_settings(self):
-        self.state.save("settings", {"interval_s": self.interval_s, "poll_s": self.poll_s,
-                                     "log_level": self.log_level})
+        self.state.save("settings", {"interval_s": self.interval_s, "poll_s": self.poll_s, "log_level": self.log_level})
 
     # ------------------------------------------------------------ commands
 
@@ -483,7 +535,7 @@ class App:
             ack = {"cmd_id": _peek_id(text), "ok": False, "reason": why}
             self.events.append({"type": "command.rejected", "t": now, "reason": why})
         else:
-            self.state.save("replay", self.replay.snapshot())       # executed once, even if it fails
+            self.state.save("replay", self.replay.snapshot())  # executed once, even if it fails
             try:
                 ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": True, "result": self._apply(cmd)}
                 reboot = cmd["cmd"] == "reboot"
@@ -544,6 +596,7 @@ def _peek_id(text):
 
 def _wipe_tree(path):
     import os
+
     try:
         names = os.listdir(path)
     except OSError:
@@ -558,4 +611,3 @@ def _wipe_tree(path):
                 os.rmdir(p)
             except OSError:
                 pass
-

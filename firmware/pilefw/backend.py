@@ -27,10 +27,21 @@ class ConsoleBackend:
     def status(self):
         a = self.app
         mem = a.hw.mem()
-        return {"gateway": a.gw, "site": a.site_id, "firmware": a.fw_version, "board": a.board["id"],
-                "uptime_s": a.uptime_s(), "time": a.clock.now(), "time_sync": a.clock.tsync,
-                "mem_free": mem[0] if mem else None, "mem_total": mem[1] if mem else None,
-                "config_hash": a.config_hash, "kid": a.keys.kid, "epoch": a.epoch, "seq": a.chain.seq}
+        return {
+            "gateway": a.gw,
+            "site": a.site_id,
+            "firmware": a.fw_version,
+            "board": a.board["id"],
+            "uptime_s": a.uptime_s(),
+            "time": a.clock.now(),
+            "time_sync": a.clock.tsync,
+            "mem_free": mem[0] if mem else None,
+            "mem_total": mem[1] if mem else None,
+            "config_hash": a.config_hash,
+            "kid": a.keys.kid,
+            "epoch": a.epoch,
+            "seq": a.chain.seq,
+        }
 
     def _pile_row(self, p):
         a = self.app
@@ -52,10 +63,19 @@ class ConsoleBackend:
             state = "unknown"
         else:
             state = "idle"
-        return {"id": p["id"], "name": p.get("name", ""), "state": state, "power_w": power,
-                "energy_wh": r.get("energy_wh"), "bus": p["meter"]["bus"], "address": p["meter"]["address"],
-                "serial": st["serial"], "metered": st["metered"], "interlock": inter,
-                "faults": st["reasons"]}
+        return {
+            "id": p["id"],
+            "name": p.get("name", ""),
+            "state": state,
+            "power_w": power,
+            "energy_wh": r.get("energy_wh"),
+            "bus": p["meter"]["bus"],
+            "address": p["meter"]["address"],
+            "serial": st["serial"],
+            "metered": st["metered"],
+            "interlock": inter,
+            "faults": st["reasons"],
+        }
 
     def piles(self):
         return [self._pile_row(p) for p in self.app.cfg["pile"]]
@@ -67,11 +87,22 @@ class ConsoleBackend:
             return None
         st = a.core.guard.status(pile)
         dev = a.metering.scheds[m.bus].device(pile)
-        out = {"pile": pile, "profile": m.profile.get("id", ""), "bus": m.bus, "address": m.address,
-               "serial": st["serial"], "identity": m.identity, "state": "offline" if st["offline"] else "online",
-               "metered": st["metered"], "reasons": st["reasons"], "error": m.error,
-               "values": dict(m.reading) if m.reading else {}, "polls": m.polls, "failures": m.failures,
-               "stats": dev.stats() if dev is not None else {}}
+        out = {
+            "pile": pile,
+            "profile": m.profile.get("id", ""),
+            "bus": m.bus,
+            "address": m.address,
+            "serial": st["serial"],
+            "identity": m.identity,
+            "state": "offline" if st["offline"] else "online",
+            "metered": st["metered"],
+            "reasons": st["reasons"],
+            "error": m.error,
+            "values": dict(m.reading) if m.reading else {},
+            "polls": m.polls,
+            "failures": m.failures,
+            "stats": dev.stats() if dev is not None else {},
+        }
         for p in a.cfg["pile"]:
             if p["id"] == pile:
                 out["profile"] = p["meter"]["profile"]
@@ -90,9 +121,17 @@ class ConsoleBackend:
                 out.append({"bay": b["id"], "pile": b["pile"], "state": "not monitored"})
             else:
                 st = mach.status(now)
-                out.append({"bay": b["id"], "pile": b["pile"], "state": st.get("state"),
-                            "plugged": st.get("plugged"), "charging": st.get("charging"),
-                            "arrival": st.get("arrival"), "fee": st.get("fee")})
+                out.append(
+                    {
+                        "bay": b["id"],
+                        "pile": b["pile"],
+                        "state": st.get("state"),
+                        "plugged": st.get("plugged"),
+                        "charging": st.get("charging"),
+                        "arrival": st.get("arrival"),
+                        "fee": st.get("fee"),
+                    }
+                )
         return out
 
     def bay(self, bay_id):
@@ -114,9 +153,17 @@ class ConsoleBackend:
         last = None
         if link.last_publish_ms is not None:
             last = a.clock.now() - (a.ms() - link.last_publish_ms) // 1000
-        return {"broker": a.cfg["mqtt"]["url"], "connected": link.connected, "network": a.net_up,
-                "last_publish_t": last, "outbox": a.outbox.depth(), "oldest_unsent_seq": a.outbox.oldest(),
-                "seq": a.chain.seq, "connects": link.connects, "last_error": link.last_error}
+        return {
+            "broker": a.cfg["mqtt"]["url"],
+            "connected": link.connected,
+            "network": a.net_up,
+            "last_publish_t": last,
+            "outbox": a.outbox.depth(),
+            "oldest_unsent_seq": a.outbox.oldest(),
+            "seq": a.chain.seq,
+            "connects": link.connects,
+            "last_error": link.last_error,
+        }
 
     def bus(self):
         return self.app.metering.bus_stats()
@@ -143,8 +190,15 @@ class ConsoleBackend:
         for name in a.metering.scheds:
             devs = a.metering.scheds[name].devices
             dead = [d.key for d in devs if d.replies == 0 and d.requests > 0]
-            out.append((name, not dead, "no answer from " + ", ".join(dead) if dead else
-                        "%d device(s) answering" % len([d for d in devs if d.replies])))
+            out.append(
+                (
+                    name,
+                    not dead,
+                    "no answer from " + ", ".join(dead)
+                    if dead
+                    else "%d device(s) answering" % len([d for d in devs if d.replies]),
+                )
+            )
         link = a.link
         out.append(("mqtt", link.connected, "connected" if link.connected else (link.last_error or "not connected")))
         return out
@@ -228,6 +282,7 @@ class ConsoleBackend:
                 d.complete({"values": vals, "elapsed_ms": a.ms() - t0})
             else:
                 d.complete({"error": modbus.describe(code, payload)})
+
         a.metering.request(bus, addr, fc, reg, count, PRIO_INTERACTIVE, done, ("console", d.token))
 
     def scan(self, d):
@@ -239,8 +294,10 @@ class ConsoleBackend:
         def finished(found):
             self._scans.pop(d.token, None)
             d.complete({"found": found})
-        self._scans[d.token] = Scan(a.metering, bus, first, last,
-                                    lambda addr, ok: d.progress({"addr": addr, "answered": ok}), finished)
+
+        self._scans[d.token] = Scan(
+            a.metering, bus, first, last, lambda addr, ok: d.progress({"addr": addr, "answered": ok}), finished
+        )
 
     def cancel(self, d):
         scan = self._scans.pop(d.token, None)

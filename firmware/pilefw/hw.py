@@ -57,6 +57,7 @@ class DeviceHw:
 
     def mem(self):
         import gc
+
         free = gc.mem_free()
         return free, free + gc.mem_alloc()
 
@@ -67,6 +68,7 @@ class DeviceHw:
         """Give UART0 back to the REPL.  The watchdog cannot be stopped once started, so a timer
         keeps feeding it while a developer works in the REPL."""
         import micropython
+
         micropython.kbd_intr(3)
         wdt = self._wdt
         if wdt is not None:
@@ -74,12 +76,14 @@ class DeviceHw:
 
     def console_port(self, uart_def):
         from pilefw.uart_console import StdioPort
+
         return StdioPort()
 
     # ------------------------------------------------------------ network and time
 
     def network_up(self):
         import network
+
         if self._wlan is None:
             self._wlan = network.WLAN(network.STA_IF)
             self._wlan.active(True)
@@ -88,6 +92,7 @@ class DeviceHw:
             return True
         try:
             import json
+
             with open(ROOT + "/wifi.json") as f:
                 cred = json.load(f)
         except (OSError, ValueError):
@@ -100,6 +105,7 @@ class DeviceHw:
     def ntp_sync(self):
         try:
             import ntptime
+
             ntptime.settime()
             return True
         except Exception:
@@ -113,9 +119,10 @@ class DeviceHw:
         from umqtt import simple
 
         from pilefw.mqtt import CaptureTls, TimedSockets, parse_url
+
         tls, host, port = parse_url(mq["url"])
         if not isinstance(simple.socket, TimedSockets):
-            simple.socket = TimedSockets(simple.socket, timeout_s)   # bounded connect and CONNACK
+            simple.socket = TimedSockets(simple.socket, timeout_s)  # bounded connect and CONNACK
         user = mq.get("username")
         password = None
         if user and mq.get("password_file"):
@@ -126,6 +133,7 @@ class DeviceHw:
             ssl = None
             if tls:
                 import ssl as _ssl
+
                 ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
                 verify = mq.get("tls_verify", True) or not mq.get("allow_insecure", False)
                 ctx.verify_mode = _ssl.CERT_REQUIRED if verify else _ssl.CERT_NONE
@@ -136,16 +144,18 @@ class DeviceHw:
                     ctx.load_cert_chain(mq["cert_file"], mq["key_file"])
                 ssl = CaptureTls(ctx, timeout_s)
             return simple.MQTTClient(client_id, host, port, user, password, 0, ssl)
+
         return factory
 
 
 def _der(pem):
     """The DER bytes of the first certificate in PEM text (load_verify_locations' cadata)."""
     import binascii
+
     text = pem.decode() if isinstance(pem, bytes) else pem
     begin = text.find("-----BEGIN CERTIFICATE-----")
     end = text.find("-----END CERTIFICATE-----")
     if begin < 0 or end < 0:
         return pem
-    body = text[begin + 27:end].replace("\n", "").replace("\r", "")
+    body = text[begin + 27 : end].replace("\n", "").replace("\r", "")
     return binascii.a2b_base64(body)

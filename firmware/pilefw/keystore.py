@@ -106,7 +106,7 @@ class KeyStore:
     def __init__(self, root, rand=None):
         self.root = root
         self.path = root + "/" + KEY_FILE
-        self.rand = rand or getattr(os, "urandom", None)     # the ESP32's hardware RNG
+        self.rand = rand or getattr(os, "urandom", None)  # the ESP32's hardware RNG
         self._d = None
         self.pub = None
         self.kid = None
@@ -123,7 +123,7 @@ class KeyStore:
         raw = read_bytes(self.path)
         created = False
         if raw is not None and len(raw) != 32 and not exists(self.path):
-            raw = None        # only a torn .tmp of an interrupted first generation: start again
+            raw = None  # only a torn .tmp of an interrupted first generation: start again
         if raw is None:
             makedirs(self.root)
             d = ecdsa.private_key_from_seed(self.rand(SEED_BYTES))
@@ -133,8 +133,10 @@ class KeyStore:
             try:
                 d = ecdsa.private_key_from_bytes(raw)
             except ValueError:
-                raise ValueError("%s does not hold a valid device key (%d bytes); factory-reset "
-                                 "the gateway and register its new key" % (self.path, len(raw)))
+                raise ValueError(
+                    "%s does not hold a valid device key (%d bytes); factory-reset "
+                    "the gateway and register its new key" % (self.path, len(raw))
+                )
         self._d = d
         self.pub = ecdsa.public_key(d)
         self.kid = envelope.key_id(ecdsa.spki_der(self.pub))

@@ -51,8 +51,7 @@ class Metering:
     relays    {relay name: (Pin, active_high)}
     """
 
-    def __init__(self, cfg, core, masters, emit, now_s, ticks_ms, tsync, inputs=None, relays=None,
-                 poll_s=None):
+    def __init__(self, cfg, core, masters, emit, now_s, ticks_ms, tsync, inputs=None, relays=None, poll_s=None):
         self.cfg = cfg
         self.core = core
         self.guard = core.guard
@@ -68,14 +67,13 @@ class Metering:
         self.scheds = {}
         for b in cfg["bus"]:
             self.buses[b["name"]] = b
-            self.scheds[b["name"]] = BusScheduler(b["name"], b["baud"], b["parity"], b["stopbits"],
-                                                  b["timeout_ms"])
+            self.scheds[b["name"]] = BusScheduler(b["name"], b["baud"], b["parity"], b["stopbits"], b["timeout_ms"])
         self.meters = {}
         for pile in cfg["pile"]:
             self._add_meter(pile["id"], pile["meter"])
         if cfg.get("main_meter"):
             self._add_meter(MAIN, cfg["main_meter"], ["energy_import", "power"])
-        self.raw = {}                   # sensor/controller key -> (t, value)
+        self.raw = {}  # sensor/controller key -> (t, value)
         self._add_bay_devices()
         self.coils = {}
         self.relay_of = {}
@@ -84,16 +82,22 @@ class Metering:
                 self.coils[p["id"]] = p["coil"]
             if p.get("relay"):
                 self.relay_of[p["id"]] = p["relay"]
-        self._waiting = {}              # (bus, job id) -> done(code, payload)
+        self._waiting = {}  # (bus, job id) -> done(code, payload)
 
     def _add_meter(self, key, m, names=None):
         prof = self.cfg["profiles"][m["profile"]]
         bus = self.buses[m["bus"]]
         plan = planner.MeterPlan(prof, names, char_us=char_time_us(bus["baud"], bus["parity"], bus["stopbits"]))
         self.meters[key] = Meter(key, m["bus"], m["address"], prof, plan)
-        self.scheds[m["bus"]].add_device(key, m["address"], plan, self.poll_ms,
-                                         prof.get("response_ms", 100), prof.get("min_gap_ms", 0),
-                                         prof.get("timeout_ms"))
+        self.scheds[m["bus"]].add_device(
+            key,
+            m["address"],
+            plan,
+            self.poll_ms,
+            prof.get("response_ms", 100),
+            prof.get("min_gap_ms", 0),
+            prof.get("timeout_ms"),
+        )
 
     def _add_bay_devices(self):
         sensor_poll = min(self.poll_ms, 5000)
@@ -123,11 +127,30 @@ class Metering:
         elif kind == "job":
             self._job_done(bus, result[1], result[2], result[3])
         elif kind == "exception":
-            self.emit([{"type": "meter.exception", "pile": result[1], "t": self.now_s(), "code": result[3],
-                        "reason": modbus.exception_name(result[3]), "read": result[2]}])
+            self.emit(
+                [
+                    {
+                        "type": "meter.exception",
+                        "pile": result[1],
+                        "t": self.now_s(),
+                        "code": result[3],
+                        "reason": modbus.exception_name(result[3]),
+                        "read": result[2],
+                    }
+                ]
+            )
         elif kind == "unsupported":
-            self.emit([{"type": "meter.fault", "pile": result[1], "t": self.now_s(),
-                        "reason": "meter refuses values", "values": [list(v) for v in result[2]]}])
+            self.emit(
+                [
+                    {
+                        "type": "meter.fault",
+                        "pile": result[1],
+                        "t": self.now_s(),
+                        "reason": "meter refuses values",
+                        "values": [list(v) for v in result[2]],
+                    }
+                ]
+            )
 
     def _poll_done(self, key, res):
         now = self.now_s()
@@ -172,11 +195,10 @@ class Metering:
     def _request_identity(self, pile, now):
         m = self.meters[pile]
         read = metering.identity_read(m.profile.get("identity"))
-        self.guard.piles[pile].identity_due_at = now + 60     # not again while this one runs
+        self.guard.piles[pile].identity_due_at = now + 60  # not again while this one runs
         if read is None:
             return
-        self.scheds[m.bus].submit(m.address, read[0], read[1], read[2], PRIO_INTERACTIVE,
-                                  tag=("identity", pile))
+        self.scheds[m.bus].submit(m.address, read[0], read[1], read[2], PRIO_INTERACTIVE, tag=("identity", pile))
 
     def bay_step(self, now):
         for bay_id, samples, raw_plug in baydevices.gather(self.cfg, now, self.raw, self.inputs):
@@ -189,8 +211,9 @@ class Metering:
         for pile, on in changes:
             if pile in self.coils:
                 c = self.coils[pile]
-                self.scheds[c["bus"]].submit(c["address"], 5, c["coil"], 1, PRIO_INTERACTIVE,
-                                             value=on, tag=("coil", pile))
+                self.scheds[c["bus"]].submit(
+                    c["address"], 5, c["coil"], 1, PRIO_INTERACTIVE, value=on, tag=("coil", pile)
+                )
             elif self.relay_of.get(pile) in self.relays:
                 pin, active_high = self.relays[self.relay_of[pile]]
                 pin.value(1 if on == active_high else 0)

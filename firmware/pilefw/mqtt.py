@@ -62,7 +62,7 @@ def backoff_delay(failures, min_ms, max_ms, rand):
     if d > max_ms:
         d = max_ms
     half = d // 2
-    r = int.from_bytes(rand(2), "big")          # 0..65535
+    r = int.from_bytes(rand(2), "big")  # 0..65535
     return half + ((d - half) * r) // 65535
 
 
@@ -147,8 +147,21 @@ class Link:
     rand(n)         random bytes for the jitter (os.urandom on the device)
     """
 
-    def __init__(self, factory, outbox, prefix, will, online, on_command=None, keepalive_s=30,
-                 timeout_ms=5000, backoff_min_ms=1000, backoff_max_ms=60000, batch=4, rand=None):
+    def __init__(
+        self,
+        factory,
+        outbox,
+        prefix,
+        will,
+        online,
+        on_command=None,
+        keepalive_s=30,
+        timeout_ms=5000,
+        backoff_min_ms=1000,
+        backoff_max_ms=60000,
+        batch=4,
+        rand=None,
+    ):
         self.factory = factory
         self.outbox = outbox
         self.prefix = prefix
@@ -162,6 +175,7 @@ class Link:
         self.batch = batch
         if rand is None:
             import os
+
             rand = os.urandom
         self.rand = rand
         self.t_state = (prefix + "/state").encode()
@@ -169,9 +183,9 @@ class Link:
         self.client = None
         self.sock = None
         self.connected = False
-        self.next_try_ms = None          # None: try at the next step
+        self.next_try_ms = None  # None: try at the next step
         self.failures = 0
-        self.delays = []                 # the last few backoff delays (console, tests)
+        self.delays = []  # the last few backoff delays (console, tests)
         self.last_error = None
         self.connects = 0
         self.published = 0
@@ -180,7 +194,7 @@ class Link:
         self.last_rx_ms = 0
         self.inbox = []
         self.dropped_cmds = 0
-        self._resend = None              # [next seq, last seq]
+        self._resend = None  # [next seq, last seq]
 
     def topic(self, kind):
         return self.prefix + "/" + kind
@@ -199,7 +213,7 @@ class Link:
             did = self._drain(now_ms) or did
             if not did:
                 self._keepalive(now_ms)
-        except Exception as e:          # whatever the client raised: the link is unusable
+        except Exception as e:  # whatever the client raised: the link is unusable
             self._down(now_ms, e)
             did = True
         self._deliver()
@@ -238,7 +252,7 @@ class Link:
             client.connect(True, self.timeout_ms / 1000)
         except TypeError:
             if client.sock is not None:
-                raise                    # it failed inside connect, not on the argument
+                raise  # it failed inside connect, not on the argument
             client.connect()
 
     def _receive(self, now_ms):
@@ -255,7 +269,7 @@ class Link:
     def _publish(self, now_ms, topic, payload, retain):
         if isinstance(topic, str):
             topic = topic.encode()
-        self.client.publish(topic, payload, retain, 1)      # returns after the PUBACK
+        self.client.publish(topic, payload, retain, 1)  # returns after the PUBACK
         self.last_tx_ms = self.last_rx_ms = now_ms
         self.published += 1
         self.last_publish_ms = now_ms
@@ -341,6 +355,11 @@ class Link:
         self.connected = False
 
     def status(self):
-        return {"connected": self.connected, "connects": self.connects, "failures": self.failures,
-                "published": self.published, "last_error": self.last_error,
-                "dropped_commands": self.dropped_cmds}
+        return {
+            "connected": self.connected,
+            "connects": self.connects,
+            "failures": self.failures,
+            "published": self.published,
+            "last_error": self.last_error,
+            "dropped_commands": self.dropped_cmds,
+        }

@@ -35,33 +35,33 @@ except ImportError:  # a MicroPython build without binascii: use the fallbacks b
 MAGIC0 = 0xFA
 MAGIC1 = 0xCE
 VERSION = 1
-HDR = 24                    # header bytes: _HFMT (20) then CRC-32 (4)
-_HFMT = "<BBBBBBHIQ"        # magic0 magic1 version type kind reserved topic_len payload_len seq
-T_DATA = 1                  # a message: topic + payload
-T_ACK = 2                   # target seq was published (PUBACK)
-T_DROP = 3                  # target telemetry seq was thinned; body = SHA-256 of its payload
-T_TAKEN = 4                 # drops up to seq were handed to the caller and declared
-KINDS = ("telemetry", "event", "billing", "birth", "ack")    # record kind code = index + 1
+HDR = 24  # header bytes: _HFMT (20) then CRC-32 (4)
+_HFMT = "<BBBBBBHIQ"  # magic0 magic1 version type kind reserved topic_len payload_len seq
+T_DATA = 1  # a message: topic + payload
+T_ACK = 2  # target seq was published (PUBACK)
+T_DROP = 3  # target telemetry seq was thinned; body = SHA-256 of its payload
+T_TAKEN = 4  # drops up to seq were handed to the caller and declared
+KINDS = ("telemetry", "event", "billing", "birth", "ack")  # record kind code = index + 1
 _TELEMETRY = 1
 ACK_LEN = HDR
 DROP_LEN = HDR + 32
 TAKEN_LEN = HDR
 
-KEEP = 0                    # stream of never-droppable records
-TELE = 1                    # stream of telemetry
+KEEP = 0  # stream of never-droppable records
+TELE = 1  # stream of telemetry
 _PREFIX = ("k", "t")
 _SUFFIX = ".seg"
 _HEX = "0123456789abcdef"
 
 # Segment table entry: a small list per segment file, oldest first per stream.
-_ID = 0       # segment number (file name)
-_SIZE = 1     # bytes in the file (valid records, plus skipped garbage)
-_COUNT = 2    # data records indexed from this segment
-_LIVE = 3     # of those, neither acked nor dropped
-_HI = 4       # newest data seq in it, -1 if none
-_DROPHI = 5   # newest drop seq written in it, -1 if none
+_ID = 0  # segment number (file name)
+_SIZE = 1  # bytes in the file (valid records, plus skipped garbage)
+_COUNT = 2  # data records indexed from this segment
+_LIVE = 3  # of those, neither acked nor dropped
+_HI = 4  # newest data seq in it, -1 if none
+_DROPHI = 5  # newest drop seq written in it, -1 if none
 
-_F_ACK = 1    # flag bits in the low two bits of an index entry
+_F_ACK = 1  # flag bits in the low two bits of an index entry
 _F_DROP = 2
 
 _crc_table = None
@@ -167,28 +167,28 @@ class Outbox:
         self.fs = fs if fs is not None else OsFS()
         self.errors = 0
         self.torn = 0
-        self._hdr = bytearray(HDR)          # reused for every header read and write
+        self._hdr = bytearray(HDR)  # reused for every header read and write
         self._hmv = memoryview(self._hdr)
-        self._hmv20 = self._hmv[:20]        # the CRC-covered part of the header
-        self._buf = bytearray(512)          # reused to stream bodies through CRC and SHA-256
+        self._hmv20 = self._hmv[:20]  # the CRC-covered part of the header
+        self._buf = bytearray(512)  # reused to stream bodies through CRC and SHA-256
         self._bmv = memoryview(self._buf)
-        self._seq = [[], []]                # per stream: seq - _base, ascending
-        self._meta = [[], []]               # per stream: offset << 2 | flags
-        self._segs = [[], []]               # per stream: segment table, oldest first
-        self._lo = [0, 0]                   # per stream: no live record before this index
-        self._live = [0, 0]                 # per stream: records neither acked nor dropped
+        self._seq = [[], []]  # per stream: seq - _base, ascending
+        self._meta = [[], []]  # per stream: offset << 2 | flags
+        self._segs = [[], []]  # per stream: segment table, oldest first
+        self._lo = [0, 0]  # per stream: no live record before this index
+        self._live = [0, 0]  # per stream: records neither acked nor dropped
         self._next_id = [1, 1]
-        self._wf = [None, None]             # append handle of each stream's head segment
-        self._seal = [False, False]         # next write to the stream starts a new segment
-        self._fresh = [False, False]        # head file created since its last directory sync
-        self._unsynced = [False, False]     # head written with sync=False since its last sync
+        self._wf = [None, None]  # append handle of each stream's head segment
+        self._seal = [False, False]  # next write to the stream starts a new segment
+        self._fresh = [False, False]  # head file created since its last directory sync
+        self._unsynced = [False, False]  # head written with sync=False since its last sync
         self._base = 0
         self._used = 0
-        self._last = -1                     # newest data seq stored, -1 when none
+        self._last = -1  # newest data seq stored, -1 when none
         self._last_s = KEEP
-        self._dropped = []                  # (seq, sha256 digest) not yet taken
-        self._floor = -1                    # drops <= this are declared (durable marker)
-        self._taken = -1                    # drops <= this were taken; marker not yet written
+        self._dropped = []  # (seq, sha256 digest) not yet taken
+        self._floor = -1  # drops <= this are declared (durable marker)
+        self._taken = -1  # drops <= this were taken; marker not yet written
         self._open()
 
     # -- public API ---------------------------------------------------------------------------
@@ -221,8 +221,9 @@ class Outbox:
         if not self._make_room(need):
             if s == TELE:
                 return False
-            raise OutboxFull("outbox full: %d of %d bytes hold records that may not be dropped"
-                             % (self._used, self.max_bytes))
+            raise OutboxFull(
+                "outbox full: %d of %d bytes hold records that may not be dropped" % (self._used, self.max_bytes)
+            )
         if not self._seq[KEEP] and not self._seq[TELE]:
             self._base = seq
         seg, off = self._write(s, T_DATA, code, seq, tb, payload)
@@ -316,7 +317,7 @@ class Outbox:
         s = self._last_s
         files = [None, None]
         try:
-            rec = self._read(s, len(self._meta[s]) - 1, files)   # the newest is last in its stream
+            rec = self._read(s, len(self._meta[s]) - 1, files)  # the newest is last in its stream
         finally:
             if files[s] is not None:
                 files[s][1].close()
@@ -431,8 +432,12 @@ class Outbox:
             s = -1
             for t in (KEEP, TELE):
                 segs = self._segs[t]
-                if (segs and not segs[0][_LIVE] and not self._pinned(segs[0])
-                        and (s < 0 or segs[0][_HI] < self._segs[s][0][_HI])):
+                if (
+                    segs
+                    and not segs[0][_LIVE]
+                    and not self._pinned(segs[0])
+                    and (s < 0 or segs[0][_HI] < self._segs[s][0][_HI])
+                ):
                     s = t
             if s < 0:
                 return
@@ -460,7 +465,7 @@ class Outbox:
                 return False
             if seg[_LIVE]:
                 if seg is segs[-1]:
-                    self._seal[TELE] = True     # the drops go to a new segment, not this one
+                    self._seal[TELE] = True  # the drops go to a new segment, not this one
                 f = self.fs.open(self._name(TELE, seg[_ID]), "rb")
                 try:
                     for j in range(i, i + seg[_COUNT]):
@@ -475,7 +480,7 @@ class Outbox:
                         self._dropped.append((seq, digest))
                 finally:
                     f.close()
-                self._sync(TELE)                # drops durable before any segment is deleted
+                self._sync(TELE)  # drops durable before any segment is deleted
                 return True
             i += seg[_COUNT]
         return False
@@ -498,7 +503,7 @@ class Outbox:
         seg = segs[-1] if segs else None
         if seg is None or self._seal[s] or (seg[_SIZE] and seg[_SIZE] + n > self.segment_bytes):
             if self._unsynced[s]:
-                self._sync(s)              # a batch (drops) must not stay unsynced in a closed file
+                self._sync(s)  # a batch (drops) must not stay unsynced in a closed file
             self._close_head(s)
             seg = [self._next_id[s], 0, 0, 0, -1, -1]
             self._next_id[s] += 1
@@ -516,8 +521,7 @@ class Outbox:
         seg = self._head(s, n)
         off = seg[_SIZE]
         h = self._hdr
-        struct.pack_into(_HFMT, h, 0, MAGIC0, MAGIC1, VERSION, typ, kind, 0, len(topic),
-                         len(body), seq)
+        struct.pack_into(_HFMT, h, 0, MAGIC0, MAGIC1, VERSION, typ, kind, 0, len(topic), len(body), seq)
         c = crc32(self._hmv20)
         if topic:
             c = crc32(topic, c)
@@ -554,7 +558,7 @@ class Outbox:
         self._unsynced[s] = False
         self.fs.sync(self._wf[s])
         if self._fresh[s]:
-            self.fs.sync(self.path)      # the new file's directory entry
+            self.fs.sync(self.path)  # the new file's directory entry
             self._fresh[s] = False
 
     def _file(self, s, seg, files):
@@ -643,7 +647,7 @@ class Outbox:
                 self._next_id[s] = ids[-1] + 1
             segs = self._segs[s]
             if segs and segs[-1][_ID] == damaged:
-                self._seal[s] = True      # never append after garbage: start a new segment
+                self._seal[s] = True  # never append after garbage: start a new segment
         for s in (KEEP, TELE):
             j = 0
             meta = self._meta[s]
@@ -679,7 +683,7 @@ class Outbox:
             return True
         seg = [sid, size, 0, 0, -1, -1]
         self._segs[s].append(seg)
-        good = 0                   # end of the last valid record
+        good = 0  # end of the last valid record
         pos = 0
         try:
             while pos < size:
@@ -688,7 +692,7 @@ class Outbox:
                     pos = self._resync(f, pos + 1, size)
                     if pos < 0:
                         break
-                    self.errors += 1       # a bad region with valid records after it
+                    self.errors += 1  # a bad region with valid records after it
                     continue
                 self._apply(s, seg, pos)
                 pos = good = end
@@ -696,11 +700,11 @@ class Outbox:
             f.close()
         if good < size:
             if newest:
-                self.torn += 1             # power cut mid-append: cut the torn tail away
+                self.torn += 1  # power cut mid-append: cut the torn tail away
                 self._truncate(s, sid, good)
                 seg[_SIZE] = good
             else:
-                self.errors += 1           # never appended after: this is damage
+                self.errors += 1  # never appended after: this is damage
                 self._used += size
                 return False
         self._used += seg[_SIZE]
@@ -751,7 +755,7 @@ class Outbox:
             chunk = f.read(min(512, size - pos))
             k = chunk.find(bytes((MAGIC0, MAGIC1)))
             if k < 0:
-                pos += max(1, len(chunk) - 1)   # the magic may straddle two chunks
+                pos += max(1, len(chunk) - 1)  # the magic may straddle two chunks
                 continue
             if self._check(f, pos + k, size) >= 0:
                 return pos + k
@@ -764,12 +768,12 @@ class Outbox:
         if typ == T_DATA:
             seqs = self._seq[s]
             if (kind == _TELEMETRY) != (s == TELE):
-                self.errors += 1              # a record in the wrong stream: not ours
+                self.errors += 1  # a record in the wrong stream: not ours
                 return
             if not seqs and not self._seq[1 - s]:
                 self._base = seq
             if seqs and seq - self._base <= seqs[-1]:
-                self.errors += 1              # seqs only ever grow within a stream
+                self.errors += 1  # seqs only ever grow within a stream
                 return
             self._add(s, seg, seq, pos)
         elif typ in (T_ACK, T_DROP):
@@ -781,7 +785,7 @@ class Outbox:
                     seg[_DROPHI] = seq
                 if seq > self._floor:
                     self._dropped.append((seq, bytes(self._buf[:32])))
-        elif seq > self._floor:               # T_TAKEN
+        elif seq > self._floor:  # T_TAKEN
             self._floor = seq
 
     def _truncate(self, s, sid, good):

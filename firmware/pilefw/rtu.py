@@ -39,13 +39,13 @@ class RtuMaster:
         self.tx_bytes = 0
         self.rx_bytes = 0
         if de is not None:
-            de.value(0)                       # receive by default: never hold the bus
+            de.value(0)  # receive by default: never hold the bus
 
     def _quiet(self):
         wait = self.gap_us - ticks_diff(ticks_us(), self.last_us)
         if wait > 0:
             sleep_us(wait)
-        while self.uart.any():               # a late answer to an earlier request
+        while self.uart.any():  # a late answer to an earlier request
             self.uart.read()
 
     def _send(self, frame):
@@ -72,7 +72,7 @@ class RtuMaster:
             if k:
                 n += k
                 if n >= 2 and self.buf[1] & 0x80:
-                    expected = 5                  # exception response: addr, fc|0x80, code, CRC
+                    expected = 5  # exception response: addr, fc|0x80, code, CRC
         self.rx_bytes += n
         return n
 

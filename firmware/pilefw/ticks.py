@@ -7,7 +7,7 @@ same wrap-free semantics.
 
 try:
     from time import sleep_ms, sleep_us, ticks_add, ticks_diff, ticks_ms, ticks_us
-except ImportError:                      # CPython
+except ImportError:  # CPython
     import time as _time
 
     def ticks_ms():
@@ -27,5 +27,6 @@ except ImportError:                      # CPython
 
     def sleep_us(us):
         _time.sleep(us / 1000000)
+
 
 __all__ = ["sleep_ms", "sleep_us", "ticks_add", "ticks_diff", "ticks_ms", "ticks_us"]

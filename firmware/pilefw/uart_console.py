@@ -46,6 +46,7 @@ class StdioPort:
     def __init__(self):
         import select
         import sys
+
         self.inp = getattr(sys.stdin, "buffer", sys.stdin)
         self.out = getattr(sys.stdout, "buffer", sys.stdout)
         self.poller = select.poll()

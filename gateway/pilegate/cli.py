@@ -31,9 +31,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(site.json_bytes + b"\n")
         return 0
     cfg = site.config
-    print(f"{args.site}: OK: site {cfg['gateway']['site']}, gateway {cfg['gateway']['id']}, "
-          f"board {cfg['gateway']['board']}, {len(cfg['bus'])} bus(es), {len(cfg['pile'])} "
-          f"pile(s) each with its own meter, {len(cfg.get('bay', []))} bay(s)")
+    print(
+        f"{args.site}: OK: site {cfg['gateway']['site']}, gateway {cfg['gateway']['id']}, "
+        f"board {cfg['gateway']['board']}, {len(cfg['bus'])} bus(es), {len(cfg['pile'])} "
+        f"pile(s) each with its own meter, {len(cfg.get('bay', []))} bay(s)"
+    )
     print(f"config hash {site.config_hash}")
     return 0
 
@@ -46,8 +48,7 @@ def _load(site_path: Path):
     if site is None:
         for p in problems:
             print(p, file=sys.stderr)
-        print(f"{site_path}: {len(problems)} problem(s); run 'pilegate check {site_path}'",
-              file=sys.stderr)
+        print(f"{site_path}: {len(problems)} problem(s); run 'pilegate check {site_path}'", file=sys.stderr)
     return site
 
 
@@ -78,8 +79,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pilegate.keys import KeyFileError
     from pilegate.runtime import Gateway
 
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     site = _load(args.site)
     if site is None:
         return 2
@@ -158,8 +160,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             print(f"bus {name}: {ep}")
         if args.write_site:
             sitesim.write_site(Path(args.site), Path(args.write_site), sim, site_def.config)
-            print(f"site file for the simulator: {args.write_site}  "
-                  f"(try: pilegate read {args.write_site})", flush=True)
+            print(f"site file for the simulator: {args.write_site}  (try: pilegate read {args.write_site})", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -211,38 +212,54 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(
         prog="pilegate",
         description="Edge gateway for EV charging-pile sites: one pile, one meter; bay "
-                    "occupancy; signed telemetry to the city platform.",
+        "occupancy; signed telemetry to the city platform.",
     )
     parser.add_argument("--version", action="version", version=f"pilegate {VERSION}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     handlers: dict[str, Handler] = {}
 
-    p = sub.add_parser("check", help="validate a site file; list every problem",
-                       description="Validate site.toml against the schema and the rules of one "
-                                   "pile, one meter. Exit 0 when valid, 2 with one "
-                                   "FILE:KEY: message line per problem.")
+    p = sub.add_parser(
+        "check",
+        help="validate a site file; list every problem",
+        description="Validate site.toml against the schema and the rules of one "
+        "pile, one meter. Exit 0 when valid, 2 with one "
+        "FILE:KEY: message line per problem.",
+    )
     p.add_argument("site", type=Path, help="the site configuration (TOML)")
-    p.add_argument("--json", action="store_true",
-                   help="print the compiled JSON the ESP32 loads (defaults filled in, board and "
-                        "profiles embedded)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the compiled JSON the ESP32 loads (defaults filled in, board and profiles embedded)",
+    )
     handlers["check"] = _cmd_check
 
-    p = sub.add_parser("read", help="read every meter once and print the values",
-                       description="Poll every pile's meter once (values and serial number) and "
-                                   "print a table, or JSON with --json. Exit 1 if any meter "
-                                   "failed or is not the bound one.")
+    p = sub.add_parser(
+        "read",
+        help="read every meter once and print the values",
+        description="Poll every pile's meter once (values and serial number) and "
+        "print a table, or JSON with --json. Exit 1 if any meter "
+        "failed or is not the bound one.",
+    )
     p.add_argument("site", type=Path, help="the site configuration (TOML)")
     p.add_argument("--json", action="store_true", help="one JSON object per pile")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="give up on meters that have not answered after S seconds (default 30)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up on meters that have not answered after S seconds (default 30)",
+    )
     handlers["read"] = _cmd_read
 
-    p = sub.add_parser("sim", help="simulate a site's meters (HIL rig) until Ctrl-C",
-                       description="Serve simulated meters for every pile (and the main meter) of a "
-                                   "site: serial buses become pseudo-terminals, tcp:// and rtu+tcp:// "
-                                   "buses local TCP ports. With --write-site, write a copy of the "
-                                   "site file whose buses point at the simulator.")
+    p = sub.add_parser(
+        "sim",
+        help="simulate a site's meters (HIL rig) until Ctrl-C",
+        description="Serve simulated meters for every pile (and the main meter) of a "
+        "site: serial buses become pseudo-terminals, tcp:// and rtu+tcp:// "
+        "buses local TCP ports. With --write-site, write a copy of the "
+        "site file whose buses point at the simulator.",
+    )
     p.add_argument("site", type=Path, help="the site configuration (TOML)")
     p.add_argument("--write-site", metavar="FILE", help="write the simulator's site file here")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
@@ -251,19 +268,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     handlers["sim"] = _cmd_sim
 
-    p = sub.add_parser("bench", help="benchmarks, as ratios against baselines measured in the same run",
-                       description="bus: a simulated 32-meter bus (planner and scheduler against the "
-                                   "theoretical minimum, per-value polling and a bare pymodbus loop); "
-                                   "telemetry: signed publishing and backlog drain against bare paho, "
-                                   "and signing on MicroPython.")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks, as ratios against baselines measured in the same run",
+        description="bus: a simulated 32-meter bus (planner and scheduler against the "
+        "theoretical minimum, per-value polling and a bare pymodbus loop); "
+        "telemetry: signed publishing and backlog drain against bare paho, "
+        "and signing on MicroPython.",
+    )
     p.add_argument("which", nargs="?", choices=("bus", "telemetry", "all"), default="all")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
     handlers["bench"] = _cmd_bench
 
-    p = sub.add_parser("demo", help="the whole chain on this machine: broker, simulated site, gateway, verifier",
-                       description="Start a private mosquitto, simulate the example 8-pile site (meters, bay "
-                                   "sensors, vehicles), run the gateway against it and the reference verifier "
-                                   "on its messages, and print live verified readings. Ctrl-C stops all.")
+    p = sub.add_parser(
+        "demo",
+        help="the whole chain on this machine: broker, simulated site, gateway, verifier",
+        description="Start a private mosquitto, simulate the example 8-pile site (meters, bay "
+        "sensors, vehicles), run the gateway against it and the reference verifier "
+        "on its messages, and print live verified readings. Ctrl-C stops all.",
+    )
     p.add_argument("--site", type=Path, help="site file to simulate (default examples/site.toml)")
     p.add_argument("--interval", type=int, default=5, help="telemetry interval in seconds (default 5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated traffic")
@@ -271,56 +294,81 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
     handlers["demo"] = _cmd_demo
 
-    p = sub.add_parser("run", help="run the gateway",
-                       description="Run the gateway: poll the meters, enforce one pile one meter, "
-                                   "publish signed telemetry. Stops cleanly on SIGINT/SIGTERM.")
+    p = sub.add_parser(
+        "run",
+        help="run the gateway",
+        description="Run the gateway: poll the meters, enforce one pile one meter, "
+        "publish signed telemetry. Stops cleanly on SIGINT/SIGTERM.",
+    )
     p.add_argument("site", type=Path, help="the site configuration (TOML)")
     p.add_argument("--data-dir", type=Path, help="override [gateway] data_dir (key, outbox, state)")
     p.add_argument("--poll", type=float, metavar="S", help="override [metering] poll_s")
     p.add_argument("--interval", type=int, metavar="S", help="override [telemetry] interval_s")
     handlers["run"] = _cmd_run
 
-    p = sub.add_parser("keys", help="print the device public key and its kid",
-                       description="Print the gateway's public key (PEM) and kid for the platform's "
-                                   "key register, generating the key on first use. The private key "
-                                   "is never printed.")
+    p = sub.add_parser(
+        "keys",
+        help="print the device public key and its kid",
+        description="Print the gateway's public key (PEM) and kid for the platform's "
+        "key register, generating the key on first use. The private key "
+        "is never printed.",
+    )
     p.add_argument("site", type=Path, help="the site configuration (TOML)")
     p.add_argument("--data-dir", type=Path, help="override [gateway] data_dir")
-    p.add_argument("--register", action="store_true",
-                   help="print a [[key]] entry for a verifier key register file")
+    p.add_argument("--register", action="store_true", help="print a [[key]] entry for a verifier key register file")
     handlers["keys"] = _cmd_keys
 
-    p = sub.add_parser("provision", help="create the device key and the technician console PIN",
-                       description="Create the gateway's device key if it has none, and with --console-pin "
-                                   "a new random technician PIN, unique to this gateway, stored only as a "
-                                   "salted PBKDF2-HMAC-SHA256 hash (file mode 0600). The PIN is printed once.")
+    p = sub.add_parser(
+        "provision",
+        help="create the device key and the technician console PIN",
+        description="Create the gateway's device key if it has none, and with --console-pin "
+        "a new random technician PIN, unique to this gateway, stored only as a "
+        "salted PBKDF2-HMAC-SHA256 hash (file mode 0600). The PIN is printed once.",
+    )
     p.add_argument("site", type=Path, help="the site configuration (TOML)")
     p.add_argument("--data-dir", type=Path, help="override [gateway] data_dir")
     p.add_argument("--console-pin", action="store_true", help="set a new technician PIN (replaces the old one)")
-    p.add_argument("--pin-digits", type=int, default=8, choices=range(6, 13), metavar="N",
-                   help="PIN length, 6-12 digits (default 8)")
-    p.add_argument("--iterations", type=int, default=200000,
-                   help="PBKDF2 iterations (default 200000 on a Pi; use about 20000 for an ESP32)")
+    p.add_argument(
+        "--pin-digits",
+        type=int,
+        default=8,
+        choices=range(6, 13),
+        metavar="N",
+        help="PIN length, 6-12 digits (default 8)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=200000,
+        help="PBKDF2 iterations (default 200000 on a Pi; use about 20000 for an ESP32)",
+    )
     handlers["provision"] = _cmd_provision
 
-    p = sub.add_parser("console", help="technician console over a serial cable or the gateway's local socket",
-                       description="Attach to a gateway's technician console: over a USB serial cable (--port) "
-                                   "or, on the Pi, its local socket (--socket). Local line editing, history, "
-                                   "Tab completion, a session log; no traceback when the port is missing, busy "
-                                   "or not permitted.")
+    p = sub.add_parser(
+        "console",
+        help="technician console over a serial cable or the gateway's local socket",
+        description="Attach to a gateway's technician console: over a USB serial cable (--port) "
+        "or, on the Pi, its local socket (--socket). Local line editing, history, "
+        "Tab completion, a session log; no traceback when the port is missing, busy "
+        "or not permitted.",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--port", help="serial port wired to the gateway's console UART, e.g. /dev/ttyUSB0")
-    where.add_argument("--socket", help="the gateway's console socket (default /run/pilegate/console.sock "
-                                        "when no --port is given)")
+    where.add_argument(
+        "--socket", help="the gateway's console socket (default /run/pilegate/console.sock when no --port is given)"
+    )
     p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200, 8N1)")
     p.add_argument("--log", type=Path, help="session log file (default ~/pilegate-console-YYYYmmdd-HHMMSS.log)")
     handlers["console"] = _cmd_console
 
-    p = sub.add_parser("verify", help="reference receiver: verify gateways' messages",
-                       description="Subscribe to gateways' topics, verify every signature against a "
-                                   "key register, apply the receiver rules of docs/telemetry.md and "
-                                   "print a live summary; --report prints the final account from a "
-                                   "store and exits 1 on any gap or failed check.")
+    p = sub.add_parser(
+        "verify",
+        help="reference receiver: verify gateways' messages",
+        description="Subscribe to gateways' topics, verify every signature against a "
+        "key register, apply the receiver rules of docs/telemetry.md and "
+        "print a live summary; --report prints the final account from a "
+        "store and exits 1 on any gap or failed check.",
+    )
     p.add_argument("--broker", default="mqtts://localhost:8883", help="broker URL (mqtts:// or mqtt://)")
     p.add_argument("--keys", type=Path, default=Path("keys.toml"), help="key register ([[key]] entries)")
     p.add_argument("--prefix", default="pilegate/v1")
@@ -332,8 +380,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("--store", help="SQLite file for accepted messages")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--every", type=float, default=5.0, help="summary interval in seconds")
-    p.add_argument("--from-first-seen", action="store_true",
-                   help="count gaps only from the first seq seen per gateway")
+    p.add_argument("--from-first-seen", action="store_true", help="count gaps only from the first seq seen per gateway")
     p.add_argument("--report", action="store_true", help="print the final account from --store and exit")
     handlers["verify"] = _cmd_verify
 
@@ -353,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last line of defence: no traceback for installers
         if args.debug:
             raise
-        print(f"pilegate {args.command}: internal error: {type(exc).__name__}: {exc}\n"
-              "This is a bug in pilegate; run again with --debug and report the output.",
-              file=sys.stderr)
+        print(
+            f"pilegate {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in pilegate; run again with --debug and report the output.",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -54,11 +54,21 @@ class GatewayBackend:
         gw = self.gw
         now = gw.now()
         rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"gateway": gw.gw, "site": gw.site_id, "firmware": VERSION, "platform": "rpi",
-                "board": gw.cfg["gateway"]["board"], "uptime_s": int(time.monotonic() - gw.started),
-                "time": civiltime.iso_utc(now), "tsync": gw.tsync(), "memory_kb": rss_kb,
-                "config_hash": gw.site.config_hash, "kid": gw.key.kid, "epoch": gw.epoch,
-                "seq": gw.chain.seq}
+        return {
+            "gateway": gw.gw,
+            "site": gw.site_id,
+            "firmware": VERSION,
+            "platform": "rpi",
+            "board": gw.cfg["gateway"]["board"],
+            "uptime_s": int(time.monotonic() - gw.started),
+            "time": civiltime.iso_utc(now),
+            "tsync": gw.tsync(),
+            "memory_kb": rss_kb,
+            "config_hash": gw.site.config_hash,
+            "kid": gw.key.kid,
+            "epoch": gw.epoch,
+            "seq": gw.chain.seq,
+        }
 
     def piles(self) -> list[dict[str, Any]]:
         out = []
@@ -66,11 +76,20 @@ class GatewayBackend:
             st = self.gw.core.guard.status(p["id"])
             m = self.gw.metering.meters[p["id"]]
             r = m.reading or {}
-            out.append({"pile": p["id"], "meter": f"{m.bus}/{m.address} {p['meter']['profile']}",
-                        "serial": st["serial"], "metered": st["metered"], "reasons": st["reasons"],
-                        "energy_wh": r.get("energy_wh"), "power_w": r.get("power_w"),
-                        "last_reading": r.get("t"), "error": m.error,
-                        "interlock": p.get("interlock", "report")})
+            out.append(
+                {
+                    "pile": p["id"],
+                    "meter": f"{m.bus}/{m.address} {p['meter']['profile']}",
+                    "serial": st["serial"],
+                    "metered": st["metered"],
+                    "reasons": st["reasons"],
+                    "energy_wh": r.get("energy_wh"),
+                    "power_w": r.get("power_w"),
+                    "last_reading": r.get("t"),
+                    "error": m.error,
+                    "interlock": p.get("interlock", "report"),
+                }
+            )
         return out
 
     def meter(self, pile: str) -> dict[str, Any] | None:
@@ -78,10 +97,21 @@ class GatewayBackend:
         if m is None:
             return None
         dev = self.gw.metering.scheds[m.bus].device(pile)
-        return {"pile": pile, "bus": m.bus, "address": m.address, "profile": m.profile.get("id"),
-                "identity": m.identity, "reading": m.reading, "error": m.error, "faults": m.faults,
-                "reads": m.plan.reads, "unsupported": m.plan.unsupported,
-                "stats": dev.stats() if dev else None, "polls": m.polls, "failures": m.failures}
+        return {
+            "pile": pile,
+            "bus": m.bus,
+            "address": m.address,
+            "profile": m.profile.get("id"),
+            "identity": m.identity,
+            "reading": m.reading,
+            "error": m.error,
+            "faults": m.faults,
+            "reads": m.plan.reads,
+            "unsupported": m.plan.unsupported,
+            "stats": dev.stats() if dev else None,
+            "polls": m.polls,
+            "failures": m.failures,
+        }
 
     def bays(self) -> list[dict[str, Any]]:
         now = self.gw.now()
@@ -111,15 +141,25 @@ class GatewayBackend:
                 try:
                     _, payload, _, _ = envelope.split(msg[3].decode())
                     import json
+
                     age = self.gw.now() - json.loads(payload)["t"]
                 except (ValueError, KeyError):
                     age = None
-        return {"url": self.gw.cfg["mqtt"]["url"], "connected": link.connected.is_set(),
-                "connects": link.connects, "last_error": link.last_error,
-                "last_publish": civiltime.iso_utc(int(link.last_publish)) if link.last_publish else None,
-                "published": link.published, "acked": link.acked, "in_flight": link.inflight(),
-                "outbox_depth": ob.depth(), "oldest_unsent_seq": oldest, "oldest_unsent_age_s": age,
-                "outbox_bytes": ob.bytes_used(), "last_seq": self.gw.chain.seq}
+        return {
+            "url": self.gw.cfg["mqtt"]["url"],
+            "connected": link.connected.is_set(),
+            "connects": link.connects,
+            "last_error": link.last_error,
+            "last_publish": civiltime.iso_utc(int(link.last_publish)) if link.last_publish else None,
+            "published": link.published,
+            "acked": link.acked,
+            "in_flight": link.inflight(),
+            "outbox_depth": ob.depth(),
+            "oldest_unsent_seq": oldest,
+            "oldest_unsent_age_s": age,
+            "outbox_bytes": ob.bytes_used(),
+            "last_seq": self.gw.chain.seq,
+        }
 
     def bus(self) -> dict[str, Any]:
         return {name: s.snapshot() for name, s in self.gw.metering.scheds.items()}
@@ -136,6 +176,7 @@ class GatewayBackend:
         try:
             from cryptography.hazmat.primitives import hashes, serialization
             from cryptography.hazmat.primitives.asymmetric import ec
+
             pub = serialization.load_der_public_key(gw.key.spki_der)
             pub.verify(gw.key.sign_der(msg), msg, ec.ECDSA(hashes.SHA256()))
             out.append(("device key signs and verifies", True, gw.key.kid[:16]))
@@ -151,8 +192,9 @@ class GatewayBackend:
         out.append(("MQTT connected", gw.link.connected.is_set(), gw.link.last_error or gw.cfg["mqtt"]["url"]))
         out.append(("clock synchronised", gw.tsync() != "none", gw.tsync()))
         metered = [p for p in gw.cfg["pile"] if gw.core.guard.piles[p["id"]].metered]
-        out.append(("every pile metered", len(metered) == len(gw.cfg["pile"]),
-                    f"{len(metered)} of {len(gw.cfg['pile'])}"))
+        out.append(
+            ("every pile metered", len(metered) == len(gw.cfg["pile"]), f"{len(metered)} of {len(gw.cfg['pile'])}")
+        )
         return out
 
     def keys(self) -> dict[str, str]:
@@ -161,9 +203,11 @@ class GatewayBackend:
     # ------------------------------------------------------------ privileged
 
     def settings(self) -> dict[str, Any]:
-        return {"telemetry.interval_s": self.gw.interval_s,
-                "log.level": logging.getLevelName(logging.getLogger("pilegate").getEffectiveLevel()).lower(),
-                "console.idle_logout_s": self.gw.cfg.get("console", {}).get("idle_logout_s", 600)}
+        return {
+            "telemetry.interval_s": self.gw.interval_s,
+            "log.level": logging.getLevelName(logging.getLogger("pilegate").getEffectiveLevel()).lower(),
+            "console.idle_logout_s": self.gw.cfg.get("console", {}).get("idle_logout_s", 600),
+        }
 
     def set_setting(self, key: str, value: str) -> tuple[bool, str]:
         if key not in SETTINGS:
@@ -191,7 +235,7 @@ class GatewayBackend:
         if pile not in guard.piles:
             return False, f"no pile {pile}"
         if guard.interlock_mode.get(pile) != "relay":
-            return False, f"pile {pile} has interlock = \"report\": there is nothing to switch"
+            return False, f'pile {pile} has interlock = "report": there is nothing to switch'
         if mode == "auto":
             guard.overrides.pop(pile, None)
             return True, f"{pile}: interlock follows metering again"
@@ -222,6 +266,7 @@ class GatewayBackend:
                 d.complete({"values": payload})
             else:
                 d.complete({"error": modbus.describe(code, payload)})
+
         self._spawn(d, run())
 
     def scan(self, d: Any) -> None:
@@ -240,6 +285,7 @@ class GatewayBackend:
                     found.append(addr)
                 d.progress({"addr": addr, "answered": answered})
             d.complete({"found": found})
+
         self._spawn(d, run())
 
     def cancel(self, d: Any) -> None:

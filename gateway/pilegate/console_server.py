@@ -57,9 +57,16 @@ log = logging.getLogger("pilegate.console")
 
 READ_CHUNK = 4096
 CTRL_D = 0x04
-BAUDS = {9600: termios.B9600, 19200: termios.B19200, 38400: termios.B38400, 57600: termios.B57600,
-         115200: termios.B115200, 230400: termios.B230400, 460800: termios.B460800,
-         921600: termios.B921600}
+BAUDS = {
+    9600: termios.B9600,
+    19200: termios.B19200,
+    38400: termios.B38400,
+    57600: termios.B57600,
+    115200: termios.B115200,
+    230400: termios.B230400,
+    460800: termios.B460800,
+    921600: termios.B921600,
+}
 
 
 class ConsoleError(Exception):
@@ -74,15 +81,16 @@ class _Session:
         self.origin = origin
         self.console = self._new_console(echo)
         self.wake = asyncio.Event()
-        self.dropped = 0                # bytes of output dropped, not yet reported
+        self.dropped = 0  # bytes of output dropped, not yet reported
         self.dropped_total = 0
-        self.max_backlog = 0            # largest output backlog seen (bytes), for tests
+        self.max_backlog = 0  # largest output backlog seen (bytes), for tests
         self.closed = False
 
     def _new_console(self, echo: bool) -> Console:
         s = self.server
-        c = Console(s.backend, idle_logout_s=s.idle_logout_s, auth=s.auth, echo=echo, origin=self.origin,
-                    max_line=s.max_line)
+        c = Console(
+            s.backend, idle_logout_s=s.idle_logout_s, auth=s.auth, echo=echo, origin=self.origin, max_line=s.max_line
+        )
         c.wakeup = self._wakeup
         return c
 
@@ -120,7 +128,7 @@ class _Session:
         now = self.server.clock()
         while data:
             cut = data.find(CTRL_D)
-            part, rest = (data, b"") if cut < 0 else (data[:cut], data[cut + 1:])
+            part, rest = (data, b"") if cut < 0 else (data[:cut], data[cut + 1 :])
             if part:
                 self.send(self.console.feed(part, now))
             if cut < 0:
@@ -149,7 +157,7 @@ class _Session:
             try:
                 self.poll()
                 self.check_stall()
-            except Exception:          # never let one session take the server down
+            except Exception:  # never let one session take the server down
                 log.exception("console session %s: poll failed", self.origin)
 
     def check_stall(self) -> None:
@@ -179,8 +187,12 @@ class _SerialSession(_Session):
             tty.setraw(fd)
             attrs = termios.tcgetattr(fd)
             speed = BAUDS[self.baud]
-            attrs[2] = (attrs[2] & ~(termios.CSIZE | termios.PARENB | termios.CSTOPB | termios.CRTSCTS)) \
-                | termios.CS8 | termios.CREAD | termios.CLOCAL
+            attrs[2] = (
+                (attrs[2] & ~(termios.CSIZE | termios.PARENB | termios.CSTOPB | termios.CRTSCTS))
+                | termios.CS8
+                | termios.CREAD
+                | termios.CLOCAL
+            )
             attrs[4] = attrs[5] = speed
             termios.tcsetattr(fd, termios.TCSANOW, attrs)
             with contextlib.suppress(OSError):
@@ -207,8 +219,12 @@ class _SerialSession(_Session):
                         log.info("console on %s at %d baud", self.path, self.baud)
                     except (OSError, termios.error) as exc:
                         if not self._warned:
-                            log.warning("console tty %s unusable (%s); retrying every %s s",
-                                        self.path, exc, self.server.reopen_s)
+                            log.warning(
+                                "console tty %s unusable (%s); retrying every %s s",
+                                self.path,
+                                exc,
+                                self.server.reopen_s,
+                            )
                             self._warned = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.server.stopping.wait(), self.server.reopen_s)
@@ -222,7 +238,7 @@ class _SerialSession(_Session):
             data = os.read(self.fd, READ_CHUNK)
         except BlockingIOError:
             return
-        except OSError as exc:           # EIO: hangup / device gone
+        except OSError as exc:  # EIO: hangup / device gone
             self._lost(exc)
             return
         if not data:
@@ -255,7 +271,7 @@ class _SerialSession(_Session):
 
     def _write_now(self, data: bytes) -> None:
         if self.fd is None:
-            return                      # nobody is there to read it
+            return  # nobody is there to read it
         self.out += data
         self._flush()
 
@@ -318,7 +334,7 @@ class _SocketSession(_Session):
 
     def check_stall(self) -> None:
         now = self.server.clock()
-        if self.backlog() <= self.server.max_pending_out // 2:     # it reads, if slowly
+        if self.backlog() <= self.server.max_pending_out // 2:  # it reads, if slowly
             self.stalled_since = None
             return
         if self.stalled_since is None:
@@ -371,12 +387,24 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
 class ConsoleServer:
     """See the module docstring."""
 
-    def __init__(self, backend: Any, auth: AuthState, *, serial_port: str | None = None,
-                 baud: int = 115200, socket_path: str | Path | None = None,
-                 socket_group: str | None = None, idle_logout_s: int = 600,
-                 clock: Callable[[], float] = time.monotonic, max_pending_out: int = 65536,
-                 stall_close_s: float = 30.0, max_sessions: int = 8, poll_interval_s: float = 0.5,
-                 reopen_s: float = 5.0, max_line: int = 256):
+    def __init__(
+        self,
+        backend: Any,
+        auth: AuthState,
+        *,
+        serial_port: str | None = None,
+        baud: int = 115200,
+        socket_path: str | Path | None = None,
+        socket_group: str | None = None,
+        idle_logout_s: int = 600,
+        clock: Callable[[], float] = time.monotonic,
+        max_pending_out: int = 65536,
+        stall_close_s: float = 30.0,
+        max_sessions: int = 8,
+        poll_interval_s: float = 0.5,
+        reopen_s: float = 5.0,
+        max_line: int = 256,
+    ):
         if baud not in BAUDS:
             raise ConsoleError(f"console baud {baud} is not supported ({', '.join(map(str, BAUDS))})")
         self.backend = backend
@@ -395,7 +423,7 @@ class ConsoleServer:
         self.max_line = max_line
         self.serial: _SerialSession | None = None
         self.sessions: set[_SocketSession] = set()
-        self.dropped_total = 0          # bytes of output dropped for terminals that did not read
+        self.dropped_total = 0  # bytes of output dropped for terminals that did not read
         self.stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -420,7 +448,7 @@ class ConsoleServer:
         parent = path.parent
         if not parent.exists():
             parent.mkdir(mode=0o750, parents=True)
-            os.chmod(parent, 0o750)         # mkdir's mode is filtered by the umask
+            os.chmod(parent, 0o750)  # mkdir's mode is filtered by the umask
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise ConsoleError(f"{path} exists and is not a socket: not replacing it")

@@ -34,8 +34,9 @@ class BoardGpio:
         try:
             import gpiod  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise GpioUnavailable("the gpiod Python bindings are not installed: "
-                                  "sudo apt-get install python3-libgpiod") from exc
+            raise GpioUnavailable(
+                "the gpiod Python bindings are not installed: sudo apt-get install python3-libgpiod"
+            ) from exc
         try:
             self.chip = gpiod.Chip(chip)
         except OSError as exc:
@@ -43,8 +44,10 @@ class BoardGpio:
         self.inputs = {}
         for inp in board.get("input", []):
             line = self.chip.get_line(inp["pin"])
-            flags = {"up": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_UP", 0),
-                     "down": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_DOWN", 0)}.get(inp.get("pull", "none"), 0)
+            flags = {
+                "up": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_UP", 0),
+                "down": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_DOWN", 0),
+            }.get(inp.get("pull", "none"), 0)
             line.request(consumer="pilegate", type=gpiod.LINE_REQ_DIR_IN, flags=flags)
             self.inputs[inp["name"]] = line
         self.relays = {}

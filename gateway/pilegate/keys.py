@@ -29,13 +29,13 @@ class DeviceKey:
     def __init__(self, private_key: ec.EllipticCurvePrivateKey):
         self._key = private_key
         pub = private_key.public_key()
-        self.spki_der = pub.public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-        self.public_pem = pub.public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        self.spki_der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.public_pem = pub.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
         self.kid = envelope.key_id(self.spki_der)
 
-    def __repr__(self) -> str:   # never show key material, even by accident
+    def __repr__(self) -> str:  # never show key material, even by accident
         return f"DeviceKey(kid={self.kid[:16]}...)"
 
     def sign_raw(self, message: bytes) -> bytes:
@@ -61,11 +61,10 @@ def load_or_create(data_dir: Path | str) -> tuple[DeviceKey, bool]:
     if path.exists():
         return DeviceKey(_load(path)), False
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:                      # another process won the race: use its key
+    except FileExistsError:  # another process won the race: use its key
         return DeviceKey(_load(path)), False
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -77,13 +76,17 @@ def load_or_create(data_dir: Path | str) -> tuple[DeviceKey, bool]:
 def _load(path: Path) -> ec.EllipticCurvePrivateKey:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise KeyFileError(f"{path}: permissions {oct(mode)} let other users read the device key; "
-                           f"run 'chmod 600 {path}' (and check who could have copied it)")
+        raise KeyFileError(
+            f"{path}: permissions {oct(mode)} let other users read the device key; "
+            f"run 'chmod 600 {path}' (and check who could have copied it)"
+        )
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not a usable private key ({exc}); restore it from backup or "
-                           "re-provision the gateway (a new key must be registered)") from exc
+        raise KeyFileError(
+            f"{path}: not a usable private key ({exc}); restore it from backup or "
+            "re-provision the gateway (a new key must be registered)"
+        ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise KeyFileError(f"{path}: not an ECDSA P-256 key")
     return key

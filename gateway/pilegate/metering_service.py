@@ -33,13 +33,13 @@ EventSink = Callable[[dict[str, Any]], None]
 
 @dataclass
 class Meter:
-    key: str                      # pile id, or "_main" for the site main meter
+    key: str  # pile id, or "_main" for the site main meter
     bus: str
     address: int
     profile: dict[str, Any]
     plan: planner.MeterPlan
-    reading: dict[str, Any] | None = None     # last accepted reading, with "t"
-    error: str | None = None                  # why the last poll failed, if it did
+    reading: dict[str, Any] | None = None  # last accepted reading, with "t"
+    error: str | None = None  # why the last poll failed, if it did
     identity: str | None = None
     polls: int = 0
     failures: int = 0
@@ -48,16 +48,25 @@ class Meter:
 
 def char_us(bus: dict[str, Any]) -> int:
     from pilecore.scheduler import char_time_us
+
     return char_time_us(bus["baud"], bus["parity"], bus["stopbits"])
 
 
 class Metering:
     """See the module docstring.  `clock` is monotonic seconds, `wall` Unix seconds."""
 
-    def __init__(self, cfg: dict[str, Any], core: SiteCore | None = None,
-                 on_event: EventSink | None = None, relays: Any = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 poll_s: float | None = None, inputs: Any = None, tsync: Callable[[], str] = lambda: "none"):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        core: SiteCore | None = None,
+        on_event: EventSink | None = None,
+        relays: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        poll_s: float | None = None,
+        inputs: Any = None,
+        tsync: Callable[[], str] = lambda: "none",
+    ):
         self.cfg = cfg
         self.core = core or SiteCore(cfg, None, cfg["gateway"]["id"], "")
         self.guard = self.core.guard
@@ -69,14 +78,16 @@ class Metering:
         self.poll_ms = int(1000 * (poll_s or cfg.get("metering", {}).get("poll_s", 10)))
         self.buses = {b["name"]: b for b in cfg["bus"]}
         self.ports = {name: BusPort(b) for name, b in self.buses.items()}
-        self.scheds = {name: BusScheduler(name, b["baud"], b["parity"], b["stopbits"], b["timeout_ms"])
-                       for name, b in self.buses.items()}
+        self.scheds = {
+            name: BusScheduler(name, b["baud"], b["parity"], b["stopbits"], b["timeout_ms"])
+            for name, b in self.buses.items()
+        }
         self.meters: dict[str, Meter] = {}
         for pile in cfg["pile"]:
             self._add_meter(pile["id"], pile["meter"])
         if cfg.get("main_meter"):
             self._add_meter(MAIN, cfg["main_meter"], names=["energy_import", "power"])
-        self.raw: dict[str, tuple[int, Any]] = {}       # sensor/controller key -> (time, value)
+        self.raw: dict[str, tuple[int, Any]] = {}  # sensor/controller key -> (time, value)
         self._add_bay_devices()
         self.coils = {p["id"]: p["coil"] for p in cfg["pile"] if p.get("coil")}
         self.relay_of = {p["id"]: p.get("relay") for p in cfg["pile"]}
@@ -89,10 +100,15 @@ class Metering:
         bus = self.buses[m["bus"]]
         plan = planner.MeterPlan(prof, names, char_us=char_us(bus))
         self.meters[key] = Meter(key, m["bus"], m["address"], prof, plan)
-        self.scheds[m["bus"]].add_device(key, m["address"], plan, self.poll_ms,
-                                         response_ms=prof.get("response_ms", 100),
-                                         min_gap_ms=prof.get("min_gap_ms", 0),
-                                         timeout_ms=prof.get("timeout_ms"))
+        self.scheds[m["bus"]].add_device(
+            key,
+            m["address"],
+            plan,
+            self.poll_ms,
+            response_ms=prof.get("response_ms", 100),
+            min_gap_ms=prof.get("min_gap_ms", 0),
+            timeout_ms=prof.get("timeout_ms"),
+        )
 
     def _add_bay_devices(self) -> None:
         """Presence sensors and pile controllers (plug state) as polled devices."""
@@ -150,15 +166,34 @@ class Metering:
             log.info("meter %s: block refused, plan is now %s", result[1], m.plan.reads)
         elif kind == "exception":
             _, key, read, code = result
-            self.emit([{"type": "meter.exception", "pile": key, "t": self.now_s(), "code": code,
-                        "reason": modbus.exception_name(code), "read": read}])
+            self.emit(
+                [
+                    {
+                        "type": "meter.exception",
+                        "pile": key,
+                        "t": self.now_s(),
+                        "code": code,
+                        "reason": modbus.exception_name(code),
+                        "read": read,
+                    }
+                ]
+            )
         elif kind == "unsupported":
-            self.emit([{"type": "meter.fault", "pile": result[1], "t": self.now_s(),
-                        "reason": "meter refuses values", "values": [list(v) for v in result[2]]}])
+            self.emit(
+                [
+                    {
+                        "type": "meter.fault",
+                        "pile": result[1],
+                        "t": self.now_s(),
+                        "reason": "meter refuses values",
+                        "values": [list(v) for v in result[2]],
+                    }
+                ]
+            )
 
     def _poll_done(self, key: str, res: dict[str, Any]) -> None:
         now = self.now_s()
-        if "#" in key:                                  # a presence sensor or pile controller
+        if "#" in key:  # a presence sensor or pile controller
             self.raw[key] = (now, baydevices.value(self.cfg, key, res["blocks"][0]) if res["ok"] else None)
             return
         m = self.meters[key]
@@ -204,7 +239,7 @@ class Metering:
         # Hold the check for a minute so it is not queued again while it runs.
         self.guard.piles[pile].identity_due_at = now + 60
         if read is None:
-            return                    # verified by its readings (see pilecore.metering)
+            return  # verified by its readings (see pilecore.metering)
         fc, reg, count = read
         self.scheds[m.bus].submit(m.address, fc, reg, count, PRIO_INTERACTIVE, tag=("identity", pile))
         self._wake[m.bus].set()
@@ -215,8 +250,9 @@ class Metering:
         for pile, on in changes:
             if pile in self.coils:
                 c = self.coils[pile]
-                self.scheds[c["bus"]].submit(c["address"], 5, c["coil"], 1, PRIO_INTERACTIVE,
-                                             value=on, tag=("coil", pile))
+                self.scheds[c["bus"]].submit(
+                    c["address"], 5, c["coil"], 1, PRIO_INTERACTIVE, value=on, tag=("coil", pile)
+                )
                 self._wake[c["bus"]].set()
             elif self.relays is not None:
                 self.relays.set(self.relay_of[pile], on)
@@ -237,8 +273,17 @@ class Metering:
 
     # ------------------------------------------------------------ one-off requests
 
-    async def request(self, bus: str, address: int, function: int, register: int, count: int,
-                      prio: int = PRIO_INTERACTIVE, value: Any = None, tag: Any = None) -> tuple[int, Any]:
+    async def request(
+        self,
+        bus: str,
+        address: int,
+        function: int,
+        register: int,
+        count: int,
+        prio: int = PRIO_INTERACTIVE,
+        value: Any = None,
+        tag: Any = None,
+    ) -> tuple[int, Any]:
         """Queue a raw request on a running bus; wait for (code, payload)."""
         sched = self.scheds[bus]
         job_id = sched.submit(address, function, register, count, prio, value=value, tag=tag)
@@ -247,8 +292,9 @@ class Metering:
         self._wake[bus].set()
         return await fut
 
-    async def scan(self, bus: str, first: int, last: int,
-                   progress: Callable[[int, int, Any], None] | None = None) -> list[int]:
+    async def scan(
+        self, bus: str, first: int, last: int, progress: Callable[[int, int, Any], None] | None = None
+    ) -> list[int]:
         """Probe addresses first..last with a 1-register read; return those that answer.
 
         Probes are background jobs: they only use bus time that polls leave free.
@@ -278,8 +324,11 @@ async def poll_once(cfg: dict[str, Any], timeout_s: float = 30.0) -> dict[str, M
     try:
         while time.monotonic() < deadline:
             pending = sum(s.pending_jobs() for s in svc.scheds.values())
-            if all(svc.cycles_done[k] >= 1 for k in svc.meters) and pending == 0 \
-                    and not any(s.busy for s in svc.scheds.values()):
+            if (
+                all(svc.cycles_done[k] >= 1 for k in svc.meters)
+                and pending == 0
+                and not any(s.busy for s in svc.scheds.values())
+            ):
                 break
             await asyncio.sleep(0.01)
     finally:

@@ -48,7 +48,7 @@ def parse_port(port: str) -> tuple[str, str, int]:
     for scheme in ("rtu+tcp", "tcp"):
         prefix = scheme + "://"
         if port.startswith(prefix):
-            host, _, num = port[len(prefix):].rpartition(":")
+            host, _, num = port[len(prefix) :].rpartition(":")
             return scheme, host, int(num)
     return "serial", port, 0
 
@@ -64,14 +64,30 @@ class BusPort:
         timeout = bus.get("timeout_ms", 500) / 1000
         if self.kind == "serial":
             self.client: Any = AsyncModbusSerialClient(
-                self.host, framer=FramerType.RTU, baudrate=bus.get("baud", 9600), bytesize=8,
-                parity=bus.get("parity", "N"), stopbits=bus.get("stopbits", 1), timeout=timeout,
-                retries=0, reconnect_delay=0.5, reconnect_delay_max=10, trace_packet=self.tap)
+                self.host,
+                framer=FramerType.RTU,
+                baudrate=bus.get("baud", 9600),
+                bytesize=8,
+                parity=bus.get("parity", "N"),
+                stopbits=bus.get("stopbits", 1),
+                timeout=timeout,
+                retries=0,
+                reconnect_delay=0.5,
+                reconnect_delay_max=10,
+                trace_packet=self.tap,
+            )
         else:
             framer = FramerType.RTU if self.kind == "rtu+tcp" else FramerType.SOCKET
             self.client = AsyncModbusTcpClient(
-                self.host, port=self.port, framer=framer, timeout=timeout, retries=0,
-                reconnect_delay=0.5, reconnect_delay_max=10, trace_packet=self.tap)
+                self.host,
+                port=self.port,
+                framer=framer,
+                timeout=timeout,
+                retries=0,
+                reconnect_delay=0.5,
+                reconnect_delay_max=10,
+                trace_packet=self.tap,
+            )
         self.connected = False
 
     async def connect(self) -> bool:

@@ -44,9 +44,17 @@ def parse_url(url: str) -> tuple[bool, str, int]:
 class MqttLink:
     """See the module docstring."""
 
-    def __init__(self, mqtt_cfg: dict[str, Any], client_id: str, prefix: str, outbox: Outbox,
-                 will: Callable[[], str], online: Callable[[], str],
-                 on_command: Callable[[bytes], None] | None = None, window: int = 256):
+    def __init__(
+        self,
+        mqtt_cfg: dict[str, Any],
+        client_id: str,
+        prefix: str,
+        outbox: Outbox,
+        will: Callable[[], str],
+        online: Callable[[], str],
+        on_command: Callable[[bytes], None] | None = None,
+        window: int = 256,
+    ):
         self.cfg = mqtt_cfg
         self.prefix = prefix
         self.outbox = outbox
@@ -59,8 +67,8 @@ class MqttLink:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}          # mid -> seq
-        self._early: set[int] = set()                # PUBACKs that beat the mid bookkeeping
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._early: set[int] = set()  # PUBACKs that beat the mid bookkeeping
         self._sent_upto = 0
         self.last_publish: float | None = None
         self.published = 0
@@ -77,9 +85,12 @@ class MqttLink:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         if self.tls:
             verify = self.cfg.get("tls_verify", True) or not self.cfg.get("allow_insecure", False)
-            c.tls_set(ca_certs=self.cfg.get("ca_file"), certfile=self.cfg.get("cert_file"),
-                      keyfile=self.cfg.get("key_file"),
-                      cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE)
+            c.tls_set(
+                ca_certs=self.cfg.get("ca_file"),
+                certfile=self.cfg.get("cert_file"),
+                keyfile=self.cfg.get("key_file"),
+                cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
+            )
             if not verify:
                 c.tls_insecure_set(True)
                 log.warning("TLS certificate verification is OFF (allow_insecure lab setting)")
@@ -177,7 +188,7 @@ class MqttLink:
     def _acked(self, seq: int, wake: bool = True) -> None:
         self.outbox.ack(seq)
         self.acked += 1
-        if wake:                       # wake the drain only when half the window is free again
+        if wake:  # wake the drain only when half the window is free again
             self._kick.set()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -227,4 +238,3 @@ class MqttLink:
     def inflight(self) -> int:
         with self._lock:
             return len(self._inflight)
-

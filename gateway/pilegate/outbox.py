@@ -106,8 +106,7 @@ class Outbox:
             self._bytes += batch_bytes
             return len(rows)
 
-    def put(self, seq: int, kind: str, topic: str, payload: bytes,
-            chain_head: tuple[int, str] | None = None) -> bool:
+    def put(self, seq: int, kind: str, topic: str, payload: bytes, chain_head: tuple[int, str] | None = None) -> bool:
         """Store one message (and the chain head it creates) durably; False if refused: see
         put_many, of which this is the one-message case."""
         if chain_head is not None and chain_head[0] != seq:
@@ -124,28 +123,34 @@ class Outbox:
                 self.db.execute("DELETE FROM msg WHERE seq = ?", (row[0],))
                 self._bytes -= row[1]
                 continue
-            row = self.db.execute("SELECT seq, size, payload FROM msg WHERE kind = 'telemetry' "
-                                  "ORDER BY seq LIMIT 1").fetchone()
+            row = self.db.execute(
+                "SELECT seq, size, payload FROM msg WHERE kind = 'telemetry' ORDER BY seq LIMIT 1"
+            ).fetchone()
             if row is not None:
                 self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute("INSERT OR REPLACE INTO dropped (seq, hash) VALUES (?, ?)",
-                                (row[0], signing_input_hash(row[2])))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO dropped (seq, hash) VALUES (?, ?)", (row[0], signing_input_hash(row[2]))
+                )
                 self.db.execute("DELETE FROM msg WHERE seq = ?", (row[0],))
                 self.db.execute("COMMIT")
                 self._bytes -= row[1]
                 continue
             if kind == "telemetry":
                 return False
-            raise OutboxFull(f"outbox full ({self._bytes} of {self.max_bytes} bytes) with records "
-                             "that must not be dropped; the platform has not acknowledged them")
+            raise OutboxFull(
+                f"outbox full ({self._bytes} of {self.max_bytes} bytes) with records "
+                "that must not be dropped; the platform has not acknowledged them"
+            )
         return True
 
     def pending(self, limit: int = 16, after: int = 0) -> list[tuple[int, str, str, bytes]]:
         """Oldest-first unacked messages (seq > after)."""
         with self._lock:
             acked = set(self._acks)
-            rows = self.db.execute("SELECT seq, kind, topic, payload FROM msg WHERE acked = 0 AND seq > ? "
-                                   "ORDER BY seq LIMIT ?", (after, limit + len(acked))).fetchall()
+            rows = self.db.execute(
+                "SELECT seq, kind, topic, payload FROM msg WHERE acked = 0 AND seq > ? ORDER BY seq LIMIT ?",
+                (after, limit + len(acked)),
+            ).fetchall()
             rows = [r for r in rows if r[0] not in acked][:limit]
         return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 

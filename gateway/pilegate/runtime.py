@@ -34,7 +34,7 @@ from pilegate.outbox import Outbox, OutboxFull, signing_input_hash
 from pilegate.siteconfig import Site
 
 log = logging.getLogger("pilegate")
-EXIT_REBOOT = 75          # systemd's Restart=on-failure brings the process back
+EXIT_REBOOT = 75  # systemd's Restart=on-failure brings the process back
 
 
 def ntp_synchronised() -> bool:
@@ -43,8 +43,8 @@ def ntp_synchronised() -> bool:
         return True
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        buf = ctypes.create_string_buffer(512)          # struct timex, modes = 0: read only
-        return libc.adjtimex(buf) not in (-1, 5)        # 5 = TIME_ERROR: not synchronised
+        buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+        return libc.adjtimex(buf) not in (-1, 5)  # 5 = TIME_ERROR: not synchronised
     except (OSError, AttributeError):
         return False
 
@@ -52,8 +52,15 @@ def ntp_synchronised() -> bool:
 class Gateway:
     """One gateway process; see the module docstring."""
 
-    def __init__(self, site: Site, data_dir: Path | None = None, poll_s: float | None = None,
-                 interval_s: int | None = None, wall=time.time, inputs: Any = None):
+    def __init__(
+        self,
+        site: Site,
+        data_dir: Path | None = None,
+        poll_s: float | None = None,
+        interval_s: int | None = None,
+        wall=time.time,
+        inputs: Any = None,
+    ):
         self.site = site
         cfg = site.config
         self.cfg = cfg
@@ -81,14 +88,27 @@ class Gateway:
         if inputs is None:
             inputs = gpio.open_inputs(cfg["board_def"])
         relays = inputs if isinstance(inputs, gpio.BoardGpio) else None
-        self.metering = Metering(cfg, core=self.core, on_event=self.events.append, wall=self.now,
-                                 poll_s=poll_s, tsync=self.tsync, inputs=inputs, relays=relays)
+        self.metering = Metering(
+            cfg,
+            core=self.core,
+            on_event=self.events.append,
+            wall=self.now,
+            poll_s=poll_s,
+            tsync=self.tsync,
+            inputs=inputs,
+            relays=relays,
+        )
         self._saved_version: tuple[int, int] | None = None
         self.prefix = f"{cfg['mqtt'].get('prefix', 'pilegate/v1')}/{self.site_id}/{self.gw}"
-        self.link = MqttLink(cfg["mqtt"], cfg["mqtt"].get("client_id") or self.gw, self.prefix, self.outbox,
-                             will=lambda: self._state_msg("offline", "connection lost"),
-                             online=lambda: self._state_msg("online"),
-                             on_command=self._command_from_mqtt)
+        self.link = MqttLink(
+            cfg["mqtt"],
+            cfg["mqtt"].get("client_id") or self.gw,
+            self.prefix,
+            self.outbox,
+            will=lambda: self._state_msg("offline", "connection lost"),
+            online=lambda: self._state_msg("online"),
+            on_command=self._command_from_mqtt,
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_code = 0
         self.started = time.monotonic()
@@ -128,8 +148,9 @@ class Gateway:
         hist = not self.link.connected.is_set() or self.outbox.depth() > 0
         prepared = self.chain.prepare_many(items, self.now(), self.tsync(), hist=hist)
         try:
-            n = self.outbox.put_many([(p.seq, p.kind, f"{self.prefix}/{p.kind}", p.jws.encode(), p.hash)
-                                      for p in prepared])
+            n = self.outbox.put_many(
+                [(p.seq, p.kind, f"{self.prefix}/{p.kind}", p.jws.encode(), p.hash) for p in prepared]
+            )
         except OutboxFull as exc:
             log.error("%s", exc)
             return 0
@@ -155,12 +176,24 @@ class Gateway:
     def birth(self) -> dict[str, Any]:
         cfg = self.cfg
         return {
-            "fw": VERSION, "platform": "rpi", "board": cfg["gateway"]["board"],
-            "config_hash": self.site.config_hash, "kid": self.key.kid, "pubkey": self.key.public_pem,
+            "fw": VERSION,
+            "platform": "rpi",
+            "board": cfg["gateway"]["board"],
+            "config_hash": self.site.config_hash,
+            "kid": self.key.kid,
+            "pubkey": self.key.public_pem,
             "interval_s": self.interval_s,
-            "piles": [{"pile": p["id"], "bus": p["meter"]["bus"], "address": p["meter"]["address"],
-                       "profile": p["meter"]["profile"], "serial": self.core.guard.piles[p["id"]].bound,
-                       "interlock": p.get("interlock", "report")} for p in cfg["pile"]],
+            "piles": [
+                {
+                    "pile": p["id"],
+                    "bus": p["meter"]["bus"],
+                    "address": p["meter"]["address"],
+                    "profile": p["meter"]["profile"],
+                    "serial": self.core.guard.piles[p["id"]].bound,
+                    "interlock": p.get("interlock", "report"),
+                }
+                for p in cfg["pile"]
+            ],
             "bays": [{"bay": b["id"], "pile": b["pile"]} for b in cfg.get("bay", [])],
         }
 
@@ -201,8 +234,9 @@ class Gateway:
     def _flush_events(self) -> None:
         dropped = self.outbox.take_dropped()
         if dropped:
-            self.events.append({"type": "outbox.dropped", "t": self.now(),
-                                "dropped": [{"seq": s, "hash": h} for s, h in dropped]})
+            self.events.append(
+                {"type": "outbox.dropped", "t": self.now(), "dropped": [{"seq": s, "hash": h} for s, h in dropped]}
+            )
         items: list[tuple[str, Any]] = []
         if self.events:
             batch, self.events[:] = list(self.events), []
@@ -230,9 +264,14 @@ class Gateway:
         if not con.get("serial_port") and not con.get("socket"):
             return None
         auth = AuthState(load_pin_record(self.data_dir))
-        return ConsoleServer(GatewayBackend(self, self.log_ring), auth, serial_port=con.get("serial_port"),
-                             baud=con.get("baud", 115200), socket_path=con.get("socket"),
-                             idle_logout_s=con.get("idle_logout_s", 600))
+        return ConsoleServer(
+            GatewayBackend(self, self.log_ring),
+            auth,
+            serial_port=con.get("serial_port"),
+            baud=con.get("baud", 115200),
+            socket_path=con.get("socket"),
+            idle_logout_s=con.get("idle_logout_s", 600),
+        )
 
     @staticmethod
     async def _serve_console(console: ConsoleServer, stop: asyncio.Event) -> None:
@@ -296,13 +335,22 @@ class Gateway:
         self._stop = stop
         self._wipe = False
         self.loop = asyncio.get_running_loop()
-        self.events.append({"type": "gateway.started", "t": self.now(), "epoch": self.epoch,
-                            "fw": VERSION, "config_hash": self.site.config_hash})
+        self.events.append(
+            {
+                "type": "gateway.started",
+                "t": self.now(),
+                "epoch": self.epoch,
+                "fw": VERSION,
+                "config_hash": self.site.config_hash,
+            }
+        )
         self.seal("birth", self.birth())
         self.link.start()
-        tasks = [asyncio.create_task(self.metering.run(stop)),
-                 asyncio.create_task(self._telemetry_loop(stop)),
-                 asyncio.create_task(self._housekeeping(stop))]
+        tasks = [
+            asyncio.create_task(self.metering.run(stop)),
+            asyncio.create_task(self._telemetry_loop(stop)),
+            asyncio.create_task(self._housekeeping(stop)),
+        ]
         self.console = self._console()
         plates = self._start_plate_reader()
         if self.console is not None:
@@ -344,7 +392,7 @@ class Gateway:
             ack = {"cmd_id": _peek_id(text), "ok": False, "reason": why}
             self.events.append({"type": "command.rejected", "t": self.now(), "reason": why})
         else:
-            self.outbox.kv_put("replay", self.replay.snapshot())   # executed once, even if it fails
+            self.outbox.kv_put("replay", self.replay.snapshot())  # executed once, even if it fails
             try:
                 ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": True, "result": self._apply(cmd)}
             except CommandFailed as exc:

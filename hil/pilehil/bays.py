@@ -55,8 +55,12 @@ RAMP_DOWN_S = 5
 #: Shortest charge a Vehicle may have (the two ramps and some plateau).
 MIN_CHARGE_S = 60
 _FOREVER_MS = 1 << 62
-_TYPE_RANGE = {"u16": (0, 0xFFFF, 1), "s16": (-0x8000, 0x7FFF, 1),
-               "u32": (0, 0xFFFFFFFF, 2), "s32": (-0x80000000, 0x7FFFFFFF, 2)}
+_TYPE_RANGE = {
+    "u16": (0, 0xFFFF, 1),
+    "s16": (-0x8000, 0x7FFF, 1),
+    "u32": (0, 0xFFFFFFFF, 2),
+    "s32": (-0x80000000, 0x7FFFFFFF, 2),
+}
 _PLATE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
 
 
@@ -70,6 +74,7 @@ def _clock_number(x: float) -> int | float:
 
 
 # --------------------------------------------------------------------------------- vehicles
+
 
 @dataclass(frozen=True)
 class Vehicle:
@@ -153,9 +158,17 @@ class Vehicle:
         return self.charge_start_s is not None and self.charge_start_s <= s < self.charge_end_s  # type: ignore[operator]
 
     @classmethod
-    def ev(cls, arrive_s: int, *, plug_after_s: int = 120, charge_after_s: int = 10,
-           charge_s: int = 3600, unplug_after_s: int = 300, leave_after_s: int = 60,
-           **kw: Any) -> Vehicle:
+    def ev(
+        cls,
+        arrive_s: int,
+        *,
+        plug_after_s: int = 120,
+        charge_after_s: int = 10,
+        charge_s: int = 3600,
+        unplug_after_s: int = 300,
+        leave_after_s: int = 60,
+        **kw: Any,
+    ) -> Vehicle:
         """An EV that plugs in, charges ``charge_s``, stays ``unplug_after_s`` after the end of
         the charge, unplugs and leaves ``leave_after_s`` later (green plate by default)."""
         plug = arrive_s + plug_after_s
@@ -164,8 +177,16 @@ class Vehicle:
         unplug = end + unplug_after_s
         kw.setdefault("colour", "green")
         kw.setdefault("label", "ev_charge")
-        return cls(arrive_s, unplug + leave_after_s, "ev", plug_s=plug, unplug_s=unplug,
-                   charge_start_s=start, charge_end_s=end, **kw)
+        return cls(
+            arrive_s,
+            unplug + leave_after_s,
+            "ev",
+            plug_s=plug,
+            unplug_s=unplug,
+            charge_start_s=start,
+            charge_end_s=end,
+            **kw,
+        )
 
     @classmethod
     def parked_ev(cls, arrive_s: int, stay_s: int, *, plugged: bool = False, **kw: Any) -> Vehicle:
@@ -185,8 +206,9 @@ class Vehicle:
         return cls(arrive_s, arrive_s + stay_s, "fuel", **kw)
 
 
-def expected_classification(v: Vehicle, params: Mapping[str, Any] | None = None,
-                            camera: bool = False) -> tuple[str | None, bool]:
+def expected_classification(
+    v: Vehicle, params: Mapping[str, Any] | None = None, camera: bool = False
+) -> tuple[str | None, bool]:
     """``(classification, confirmed)`` that pilecore.bays must give ``v``'s stay under bay
     ``params`` (partial dict, defaults from pilecore.bays; ``plug_source`` included), with or
     without a ``camera``; ``(None, False)`` for a stay shorter than ``arrive_s`` (no record).
@@ -240,10 +262,18 @@ class Scenario:
     ``next_vehicle(after_s)`` draws the next one; the same seed always gives the same stream.
     """
 
-    def __init__(self, seed: int = 0, *, mix: Mapping[str, float] | None = None,
-                 gap_s: tuple[int, int] = (300, 3600),
-                 power_options: Sequence[tuple[int, int]] | None = None, phases: int = 1,
-                 plate_prob: float = 0.9, overstay_s: int = 900, province: str = "豫C") -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        mix: Mapping[str, float] | None = None,
+        gap_s: tuple[int, int] = (300, 3600),
+        power_options: Sequence[tuple[int, int]] | None = None,
+        phases: int = 1,
+        plate_prob: float = 0.9,
+        overstay_s: int = 900,
+        province: str = "豫C",
+    ) -> None:
         self.seed = seed
         self.mix = dict(mix or DEFAULT_MIX)
         unknown = set(self.mix) - set(DEFAULT_MIX)
@@ -277,8 +307,7 @@ class Scenario:
         }
         if label == "fuel":
             colour = "yellow" if rng.random() < 0.15 else "blue"
-            return Vehicle(arrive, arrive + rng.randint(1200, 3600), "fuel", self._plate(False),
-                           colour, **common)
+            return Vehicle(arrive, arrive + rng.randint(1200, 3600), "fuel", self._plate(False), colour, **common)
         plate = self._plate(True)
         if label == "ev_no_plug":
             return Vehicle(arrive, arrive + rng.randint(1200, 3600), "ev", plate, "green", **common)
@@ -292,12 +321,24 @@ class Scenario:
         else:
             leave = end + self.overstay_s + rng.randint(600, 3600)
             unplug = leave - rng.randint(30, 120)
-        return Vehicle(arrive, leave, "ev", plate, "green", plug_s=plug, unplug_s=unplug,
-                       charge_start_s=start, charge_end_s=end, power_w=power, phases=phases,
-                       **common)
+        return Vehicle(
+            arrive,
+            leave,
+            "ev",
+            plate,
+            "green",
+            plug_s=plug,
+            unplug_s=unplug,
+            charge_start_s=start,
+            charge_end_s=end,
+            power_w=power,
+            phases=phases,
+            **common,
+        )
 
 
 # --------------------------------------------------------------------------------- the bay
+
 
 class VehicleLoad(PiecewiseLoad):
     """The power a bay's vehicles draw from its pile, in the pile meter's milliseconds.
@@ -330,9 +371,18 @@ class BaySim:
     timeline already read).
     """
 
-    def __init__(self, bay_id: str, pile_id: str, clock: Callable[[], float] | None = None, *,
-                 meter: Any = None, drive_meter: bool = True, camera: str | None = None,
-                 params: Mapping[str, Any] | None = None, scenario: Scenario | None = None) -> None:
+    def __init__(
+        self,
+        bay_id: str,
+        pile_id: str,
+        clock: Callable[[], float] | None = None,
+        *,
+        meter: Any = None,
+        drive_meter: bool = True,
+        camera: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        scenario: Scenario | None = None,
+    ) -> None:
         self.bay_id = bay_id
         self.pile_id = pile_id
         if clock is None:
@@ -347,8 +397,8 @@ class BaySim:
         self.t0: float = meter._t0 if meter is not None else clock()
         self._vehicles: list[Vehicle] = []
         self._arrivals: list[int] = []
-        self._read_ms = 0          # latest time anything was derived for (history is fixed)
-        self._gen_s = 0            # the scenario has decided everything before this second
+        self._read_ms = 0  # latest time anything was derived for (history is fixed)
+        self._gen_s = 0  # the scenario has decided everything before this second
         self.load = VehicleLoad(self)
         if meter is not None and drive_meter:
             meter.load = self.load
@@ -390,11 +440,15 @@ class BaySim:
         the latest time already read (what masters saw cannot change)."""
         with self._lock:
             if self._vehicles and v.arrive_s < self._vehicles[-1].leave_s:
-                raise ValueError(f"{self.bay_id}: vehicle arriving at {v.arrive_s} s overlaps the one "
-                                 f"leaving at {self._vehicles[-1].leave_s} s")
+                raise ValueError(
+                    f"{self.bay_id}: vehicle arriving at {v.arrive_s} s overlaps the one "
+                    f"leaving at {self._vehicles[-1].leave_s} s"
+                )
             if v.arrive_s * 1000 < self._read_ms:
-                raise ValueError(f"{self.bay_id}: arrival {v.arrive_s} s is in the past "
-                                 f"(already read up to {self._read_ms / 1000:.3f} s)")
+                raise ValueError(
+                    f"{self.bay_id}: arrival {v.arrive_s} s is in the past "
+                    f"(already read up to {self._read_ms / 1000:.3f} s)"
+                )
             self._append(v)
         return v
 
@@ -469,8 +523,7 @@ class BaySim:
             for v in self._vehicles:
                 s = v.arrive_s + v.plate_delay_s
                 if v.plate_read and s_from < s <= s_to and s < v.leave_s:
-                    out.append({"camera": self.camera, "plate": v.plate, "colour": v.colour,
-                                "t": int(self.t0 + s)})
+                    out.append({"camera": self.camera, "plate": v.plate, "colour": v.colour, "t": int(self.t0 + s)})
         return out
 
     def truth(self, until: float | None = None) -> list[dict[str, Any]]:
@@ -490,21 +543,33 @@ class BaySim:
         for v in done:
             cls, confirmed = expected_classification(v, self.params, self.camera is not None)
             mj = self.load.energy_mj(v.arrive_s * 1000, v.leave_s * 1000)
-            out.append({
-                "bay": self.bay_id, "pile": self.pile_id, "kind": v.kind, "label": v.label,
-                "plate": v.plate, "colour": v.colour,
-                "plate_read": self.camera is not None and v.plate_read,
-                "arrival": at(v.arrive_s), "departure": at(v.leave_s),
-                "duration_s": v.leave_s - v.arrive_s,
-                "plug": at(v.plug_s), "unplug": at(v.unplug_s),
-                "charge_start": at(v.charge_start_s), "charge_end": at(v.charge_end_s),
-                "energy_wh": mj // MJ_PER_WH, "energy_mj": mj,
-                "expected": cls, "confirmed": confirmed,
-            })
+            out.append(
+                {
+                    "bay": self.bay_id,
+                    "pile": self.pile_id,
+                    "kind": v.kind,
+                    "label": v.label,
+                    "plate": v.plate,
+                    "colour": v.colour,
+                    "plate_read": self.camera is not None and v.plate_read,
+                    "arrival": at(v.arrive_s),
+                    "departure": at(v.leave_s),
+                    "duration_s": v.leave_s - v.arrive_s,
+                    "plug": at(v.plug_s),
+                    "unplug": at(v.unplug_s),
+                    "charge_start": at(v.charge_start_s),
+                    "charge_end": at(v.charge_end_s),
+                    "energy_wh": mj // MJ_PER_WH,
+                    "energy_mj": mj,
+                    "expected": cls,
+                    "confirmed": confirmed,
+                }
+            )
         return out
 
 
 # --------------------------------------------------------------------------------- devices
+
 
 class BusDevice:
     """What the simulated bus needs from a device besides meters: an ``address``, a reply
@@ -544,8 +609,9 @@ class BusDevice:
     def set_corrupt_crc(self, on: bool = True) -> None:
         self.faults.corrupt_crc = on
 
-    def add_exception(self, code: int, start: int | None = None, end: int | None = None,
-                      function: int | None = None) -> ExceptionFault:
+    def add_exception(
+        self, code: int, start: int | None = None, end: int | None = None, function: int | None = None
+    ) -> ExceptionFault:
         """Reads touching ``start..end`` (None = all) with ``function`` get exception ``code``."""
         if code not in EXCEPTION_CODES:
             raise ValueError(f"exception code {code} not one of {EXCEPTION_CODES}")
@@ -574,16 +640,25 @@ class SimSensor(BusDevice):
     faults of :class:`BusDevice` (no reply, late reply, bad CRC, exception codes).
     """
 
-    def __init__(self, profile: Mapping[str, Any], address: int, bay: BaySim | None = None,
-                 clock: Callable[[], float] | None = None, *, mount: str = "ground",
-                 empty_mm: int = 2800, inset_s: float = 0, period_ms: int = 100, seed: int = 0,
-                 latency_ms: float | None = None) -> None:
+    def __init__(
+        self,
+        profile: Mapping[str, Any],
+        address: int,
+        bay: BaySim | None = None,
+        clock: Callable[[], float] | None = None,
+        *,
+        mount: str = "ground",
+        empty_mm: int = 2800,
+        inset_s: float = 0,
+        period_ms: int = 100,
+        seed: int = 0,
+        latency_ms: float | None = None,
+    ) -> None:
         if mount not in ("ground", "ceiling"):
             raise ValueError("mount must be 'ground' or 'ceiling'")
         if clock is None and bay is not None:
             clock = bay.clock
-        super().__init__(address, clock,
-                         profile.get("response_ms", 10) if latency_ms is None else latency_ms)
+        super().__init__(address, clock, profile.get("response_ms", 10) if latency_ms is None else latency_ms)
         self.profile = profile
         self.bay = bay
         self.mount = mount
@@ -603,8 +678,8 @@ class SimSensor(BusDevice):
         self.jitter_mm = 0
         self.spike_prob = 0.0
         self.spike_mm: tuple[int, int] | None = None
-        self._forced: int | None = None   # raw
-        self._frozen: int | None = None   # raw
+        self._forced: int | None = None  # raw
+        self._frozen: int | None = None  # raw
         self._t0 = bay.t0 if bay is not None else self.clock()
         self._mapped = frozenset((self.function, self.register + i) for i in range(self.width))
 
@@ -642,8 +717,10 @@ class SimSensor(BusDevice):
         if self.jitter_mm or self.spike_prob:
             rng = self._rng(t)
             if self.spike_prob and rng.random() < self.spike_prob:
-                lo, hi = self.spike_mm or (int(self.profile.get("min_mm", 0)),
-                                           int(self.profile.get("max_mm", self.empty_mm)))
+                lo, hi = self.spike_mm or (
+                    int(self.profile.get("min_mm", 0)),
+                    int(self.profile.get("max_mm", self.empty_mm)),
+                )
                 return rng.randint(lo, hi)
             if self.jitter_mm:
                 mm += rng.randint(-self.jitter_mm, self.jitter_mm)
@@ -677,8 +754,7 @@ class SimSensor(BusDevice):
     def image(self, t: float | None = None) -> dict[tuple[int, int], int]:
         raw = self.raw(t)
         data = raw.to_bytes(2 * self.width, "big", signed=self.lo < 0)
-        words = bytes_to_words(data, self.profile.get("byte_order", "big"),
-                               self.profile.get("word_order", "big"))
+        words = bytes_to_words(data, self.profile.get("byte_order", "big"), self.profile.get("word_order", "big"))
         return {(self.function, self.register + i): w for i, w in enumerate(words)}
 
     def _serve(self, function: int, address: int, count: int) -> list[int] | int:
@@ -687,8 +763,7 @@ class SimSensor(BusDevice):
 
     # ---- faults ------------------------------------------------------------------------
 
-    def set_noise(self, jitter_mm: int = 0, spike_prob: float = 0.0,
-                  spike_mm: tuple[int, int] | None = None) -> None:
+    def set_noise(self, jitter_mm: int = 0, spike_prob: float = 0.0, spike_mm: tuple[int, int] | None = None) -> None:
         """Each measurement is off by up to +-``jitter_mm`` (uniform); with probability
         ``spike_prob`` it is a stray reading anywhere in ``spike_mm`` (default: the profile's
         min_mm..max_mm). Presence sensors flip their value on a spike. 0 turns noise off."""
@@ -745,19 +820,19 @@ class SimPileController(BusDevice):
     connectors (function 1 or 2) serve 1 when plugged (0 when ``plugged_values`` is ``[0]``).
     Other registers within reach read 0. :meth:`force` pins a connector's value (stuck)."""
 
-    def __init__(self, address: int, clock: Callable[[], float] | None = None, *,
-                 latency_ms: float = 20.0) -> None:
+    def __init__(self, address: int, clock: Callable[[], float] | None = None, *, latency_ms: float = 20.0) -> None:
         super().__init__(address, clock, latency_ms)
         self._connectors: dict[tuple[int, int], tuple[BaySim, tuple[int, ...]]] = {}
         self._forced: dict[tuple[int, int], int] = {}
-        self.enable: dict[int, bool] = {}           # enable coils (the gateway's interlock)
+        self.enable: dict[int, bool] = {}  # enable coils (the gateway's interlock)
         self.enable_log: list[tuple[float, int, bool]] = []
 
     def __repr__(self) -> str:
         return f"SimPileController(address={self.address}, connectors={sorted(self._connectors)})"
 
-    def add_connector(self, bay: BaySim, function: int = 3, register: int = 0,
-                      plugged_values: Iterable[int] = (1,)) -> None:
+    def add_connector(
+        self, bay: BaySim, function: int = 3, register: int = 0, plugged_values: Iterable[int] = (1,)
+    ) -> None:
         if function not in (1, 2, 3, 4):
             raise ValueError("function must be 1, 2, 3 or 4")
         values = tuple(int(v) for v in plugged_values)
@@ -765,8 +840,10 @@ class SimPileController(BusDevice):
             raise ValueError("plugged_values must not be empty")
         key = (function, register)
         if key in self._connectors:
-            raise ValueError(f"controller {self.address}: function {function} register "
-                             f"{register} already serves bay {self._connectors[key][0].bay_id}")
+            raise ValueError(
+                f"controller {self.address}: function {function} register "
+                f"{register} already serves bay {self._connectors[key][0].bay_id}"
+            )
         self._connectors[key] = (bay, values)
 
     def add_enable_coil(self, coil: int, on: bool = True) -> None:
@@ -832,6 +909,7 @@ class SimPileController(BusDevice):
 
 # --------------------------------------------------------------------------------- inputs
 
+
 class FakeInputs:
     """The board's digital inputs, by name: the interface the gateway's GPIO reader implements.
 
@@ -842,8 +920,7 @@ class FakeInputs:
     or ``default`` (1: the boards pull their inputs up).
     """
 
-    def __init__(self, clock: Callable[[], float] | None = None, names: Iterable[str] = (),
-                 default: int = 1) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None, names: Iterable[str] = (), default: int = 1) -> None:
         self.clock = clock if clock is not None else ScaledClock()
         self.default = 1 if default else 0
         self._names: set[str] = set(names)
@@ -892,6 +969,7 @@ class FakeInputs:
 
 
 # --------------------------------------------------------------------------------- plates
+
 
 class PlateFeed:
     """Plate reads of the site's cameras as the dicts plate readers publish:
@@ -950,6 +1028,7 @@ class PlateFeed:
 
 # --------------------------------------------------------------------------------- a site
 
+
 @dataclass
 class SiteBays:
     """The bay side of a simulated site (``site.bays`` after :func:`pilehil.sitesim.build`).
@@ -977,6 +1056,16 @@ class SiteBays:
 
 
 __all__ = [
-    "DEFAULT_MIX", "BaySim", "BusDevice", "FakeInputs", "PlateFeed", "Scenario", "SimPileController",
-    "SimSensor", "SiteBays", "Vehicle", "VehicleLoad", "expected_classification",
+    "DEFAULT_MIX",
+    "BaySim",
+    "BusDevice",
+    "FakeInputs",
+    "PlateFeed",
+    "Scenario",
+    "SimPileController",
+    "SimSensor",
+    "SiteBays",
+    "Vehicle",
+    "VehicleLoad",
+    "expected_classification",
 ]

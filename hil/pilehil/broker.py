@@ -47,22 +47,24 @@ class Pki:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
 def _cert(subject: str, key, issuer_name, issuer_key, ca: bool, san: list | None = None) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    b = (x509.CertificateBuilder()
-         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(issuer_name)
-         .public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5))
-         .not_valid_after(now + dt.timedelta(days=2))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if san:
         b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
     return b.sign(issuer_key, hashes.SHA256())
@@ -75,12 +77,14 @@ def make_pki(folder: Path, host: str = "localhost") -> Pki:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pilegate test CA")])
     ca = _cert("pilegate test CA", ca_key, ca_name, ca_key, True)
     srv_key = ec.generate_private_key(ec.SECP256R1())
-    srv = _cert(host, srv_key, ca_name, ca_key, False,
-                [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    srv = _cert(
+        host, srv_key, ca_name, ca_key, False, [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
     cli_key = ec.generate_private_key(ec.SECP256R1())
     cli = _cert("pilegate-test-client", cli_key, ca_name, ca_key, False)
-    pki = Pki(folder / "ca.pem", folder / "server.pem", folder / "server.key",
-              folder / "client.pem", folder / "client.key")
+    pki = Pki(
+        folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "client.pem", folder / "client.key"
+    )
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.server_cert.write_bytes(srv.public_bytes(serialization.Encoding.PEM))
     _write_key(pki.server_key, srv_key)
@@ -92,8 +96,14 @@ def make_pki(folder: Path, host: str = "localhost") -> Pki:
 class Broker:
     """A mosquitto process on 127.0.0.1; plain MQTT, or TLS when `tls` is set."""
 
-    def __init__(self, workdir: Path, tls: bool = False, require_client_cert: bool = False,
-                 port: int | None = None, persistence: bool = False):
+    def __init__(
+        self,
+        workdir: Path,
+        tls: bool = False,
+        require_client_cert: bool = False,
+        port: int | None = None,
+        persistence: bool = False,
+    ):
         """persistence: keep retained messages and persistent sessions (with their queued
         messages) across a clean stop and start, as a production broker does."""
         self.workdir = Path(workdir)
@@ -126,8 +136,7 @@ class Broker:
             "log_type warning",
         ]
         if self.pki is not None:
-            lines += [f"cafile {self.pki.ca}", f"certfile {self.pki.server_cert}",
-                      f"keyfile {self.pki.server_key}"]
+            lines += [f"cafile {self.pki.ca}", f"certfile {self.pki.server_cert}", f"keyfile {self.pki.server_key}"]
             if self.require_client_cert:
                 lines.append("require_certificate true")
         conf = self.workdir / "mosquitto.conf"

@@ -28,33 +28,40 @@ def parse_meter(text: str) -> tuple[str, int, str, str, str | None]:
     parts = text.split(":", 4)
     if len(parts) < 4 or not parts[1].isdigit() or not all(parts[:4]):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected BUS:ADDR:PROFILE:SERIAL[:LOAD], e.g. bus1:1:eastron-sdm120:123")
+            f"{text!r}: expected BUS:ADDR:PROFILE:SERIAL[:LOAD], e.g. bus1:1:eastron-sdm120:123"
+        )
     return parts[0], int(parts[1]), parts[2], parts[3], parts[4] if len(parts) == 5 else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pilehil",
-        description="Serve simulated energy meters over pseudo-terminals or TCP until Ctrl-C.")
-    p.add_argument("--meter", action="append", type=parse_meter, required=True,
-                   metavar="BUS:ADDR:PROFILE:SERIAL[:LOAD]",
-                   help="a meter; PROFILE is a TOML file or a profile id; repeat for more")
-    p.add_argument("--transport", choices=TRANSPORTS, default="pty",
-                   help="pty: Modbus RTU on /dev/pts/N; tcp: Modbus TCP; rtu+tcp: RTU "
-                        "frames over TCP (default pty)")
+        prog="python -m pilehil", description="Serve simulated energy meters over pseudo-terminals or TCP until Ctrl-C."
+    )
+    p.add_argument(
+        "--meter",
+        action="append",
+        type=parse_meter,
+        required=True,
+        metavar="BUS:ADDR:PROFILE:SERIAL[:LOAD]",
+        help="a meter; PROFILE is a TOML file or a profile id; repeat for more",
+    )
+    p.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="pty",
+        help="pty: Modbus RTU on /dev/pts/N; tcp: Modbus TCP; rtu+tcp: RTU frames over TCP (default pty)",
+    )
     p.add_argument("--baud", type=int, default=9600)
     p.add_argument("--parity", choices=("N", "E", "O"), default="N")
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
-    p.add_argument("--realtime", action="store_true",
-                   help="pace replies to the modelled RS-485 bus time")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="simulated seconds per real second (default 1)")
-    p.add_argument("--load", default="ev",
-                   help="default load: ev[:SEED], constant:W[:PHASES] or idle (default ev)")
+    p.add_argument("--realtime", action="store_true", help="pace replies to the modelled RS-485 bus time")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)")
+    p.add_argument("--load", default="ev", help="default load: ev[:SEED], constant:W[:PHASES] or idle (default ev)")
     p.add_argument("--seed", type=int, default=0, help="base seed of ev loads")
     p.add_argument("--host", default="127.0.0.1", help="TCP listen address")
-    p.add_argument("--port", type=int, default=0,
-                   help="first TCP port (buses get consecutive ports; 0 = any free port)")
+    p.add_argument(
+        "--port", type=int, default=0, help="first TCP port (buses get consecutive ports; 0 = any free port)"
+    )
     return p
 
 
@@ -65,8 +72,9 @@ def build_site(args: argparse.Namespace) -> Site:
     for bus, address, profile_ref, serial, load_text in args.meter:
         if bus not in site.buses:
             port = args.port + len(site.buses) if args.port else 0
-            site.add_bus(bus, args.transport, args.baud, args.parity, args.stopbits,
-                         args.realtime, host=args.host, port=port)
+            site.add_bus(
+                bus, args.transport, args.baud, args.parity, args.stopbits, args.realtime, host=args.host, port=port
+            )
         if profile_ref not in profiles:
             profiles[profile_ref] = load_profile(profile_ref)
         profile = profiles[profile_ref]
@@ -113,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bus, endpoint in endpoints.items():
         print(f"{bus} {endpoint}", flush=True)
     if args.transport == "pty" and args.parity != "N":
-        print(f"pilehil: note: Linux ptys take no parity setting; open the ports with parity "
-              f"N (the timing model still uses {args.parity})", file=sys.stderr, flush=True)
+        print(
+            f"pilehil: note: Linux ptys take no parity setting; open the ports with parity "
+            f"N (the timing model still uses {args.parity})",
+            file=sys.stderr,
+            flush=True,
+        )
     run_site_forever(site)
     return 0

@@ -120,11 +120,11 @@ def idle() -> ConstantLoad:
 class Session:
     """One charging session of :class:`EvSessions` (times in ms since meter start)."""
 
-    plug_ms: int      # ramp-up starts
-    unplug_ms: int    # ramp-down finished, power back to 0
-    power_w: int      # plateau power before jitter
+    plug_ms: int  # ramp-up starts
+    unplug_ms: int  # ramp-down finished, power back to 0
+    power_w: int  # plateau power before jitter
     phases: int
-    energy_mj: int    # exact energy of the whole session
+    energy_mj: int  # exact energy of the whole session
 
 
 #: Charging options (power W, phases) by meter phase count.
@@ -143,11 +143,17 @@ class EvSessions(PiecewiseLoad):
     ``session_s``; the power ramps down over ``ramp_down_s``; the car leaves. The same seed and
     parameters always give the same sessions (``random.Random(seed)``)."""
 
-    def __init__(self, seed: int = 0, phases: int = 3,
-                 options: tuple[tuple[int, int], ...] | None = None,
-                 idle_s: tuple[int, int] = (600, 3600),
-                 session_s: tuple[int, int] = (1200, 7200),
-                 ramp_up_s: int = 30, ramp_down_s: int = 5, jitter: float = 0.01) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        phases: int = 3,
+        options: tuple[tuple[int, int], ...] | None = None,
+        idle_s: tuple[int, int] = (600, 3600),
+        session_s: tuple[int, int] = (1200, 7200),
+        ramp_up_s: int = 30,
+        ramp_down_s: int = 5,
+        jitter: float = 0.01,
+    ) -> None:
         super().__init__()
         self.seed = seed
         self.options = tuple(options or DEFAULT_OPTIONS[3 if phases == 3 else 1])

@@ -59,13 +59,13 @@ class MeterFaults:
     """Run-time faults of one meter; all off by default. Read by the server thread, written by
     tests through the :class:`SimMeter` methods."""
 
-    no_reply: bool = False          # the meter ignores every request
-    extra_delay_ms: int = 0         # every reply leaves this much later (real time)
-    corrupt_crc: bool = False       # replies go out with both CRC bytes inverted
+    no_reply: bool = False  # the meter ignores every request
+    extra_delay_ms: int = 0  # every reply leaves this much later (real time)
+    corrupt_crc: bool = False  # replies go out with both CRC bytes inverted
     exceptions: list[ExceptionFault] = field(default_factory=list)
     block_limit: int | None = None  # reads of more registers get block_limit_code
     block_limit_code: int = 2
-    frozen: bool = False            # registers stop updating
+    frozen: bool = False  # registers stop updating
 
     def active(self) -> list[str]:
         """Names of the faults that are on (for logs and reports)."""
@@ -94,11 +94,21 @@ class SimMeter:
     read of a register the profile does not define gives: ``"zero"`` (reads as 0) or
     ``"exception"`` (exception 2, illegal data address)."""
 
-    def __init__(self, profile: Mapping[str, Any], address: int, serial: str,
-                 load: Load | None = None, clock: Callable[[], float] | None = None, *,
-                 energy_wh: int = 0, voltage_v: Sequence[float] | None = None,
-                 frequency_hz: float = 50.0, power_factor: float = 0.99,
-                 latency_ms: float | None = None, unmapped: str = "zero") -> None:
+    def __init__(
+        self,
+        profile: Mapping[str, Any],
+        address: int,
+        serial: str,
+        load: Load | None = None,
+        clock: Callable[[], float] | None = None,
+        *,
+        energy_wh: int = 0,
+        voltage_v: Sequence[float] | None = None,
+        frequency_hz: float = 50.0,
+        power_factor: float = 0.99,
+        latency_ms: float | None = None,
+        unmapped: str = "zero",
+    ) -> None:
         if not 1 <= address <= 247:
             raise ValueError(f"meter address {address} outside 1..247")
         if unmapped not in ("zero", "exception"):
@@ -113,8 +123,7 @@ class SimMeter:
             raise ValueError(f"voltage_v needs {self.phases} values")
         self.frequency_hz = frequency_hz
         self.pf = power_factor
-        self.latency_ms = float(profile.get("response_ms", 0) if latency_ms is None
-                                else latency_ms)
+        self.latency_ms = float(profile.get("response_ms", 0) if latency_ms is None else latency_ms)
         self.unmapped = unmapped
         self.faults = MeterFaults()
         self._lock = threading.Lock()
@@ -123,13 +132,12 @@ class SimMeter:
         self._ident = encode_identity(profile, serial)
         self._mapped = frozenset(mapped_registers(profile))
         self._start_wh = int(energy_wh)  # register total after the last swap/reset ...
-        self._base_mj = 0                # ... and delivered energy at that moment
+        self._base_mj = 0  # ... and delivered energy at that moment
         self._frozen_image: RegisterImage | None = None
         self.image()  # fail now, not on the first read, if the profile cannot be encoded
 
     def __repr__(self) -> str:
-        return (f"SimMeter({self.profile.get('id', '?')!r}, address={self.address}, "
-                f"serial={self._serial!r})")
+        return f"SimMeter({self.profile.get('id', '?')!r}, address={self.address}, serial={self._serial!r})"
 
     # ---- truth --------------------------------------------------------------------------
 
@@ -185,8 +193,7 @@ class SimMeter:
         phase_p = self.phase_power_w(t)
         power = self.load.power_w(t)
         pf = self.pf if power > 0 else 1.0
-        volts = [vn - SAG_V_PER_KW * p / 1000.0 for vn, p in zip(self.voltage_nominal, phase_p,
-                                                                 strict=True)]
+        volts = [vn - SAG_V_PER_KW * p / 1000.0 for vn, p in zip(self.voltage_nominal, phase_p, strict=True)]
         amps = [p / (v * pf) if p > 0 else 0.0 for v, p in zip(volts, phase_p, strict=True)]
         wh = self._energy_wh_at(t)
         return {
@@ -213,7 +220,7 @@ class SimMeter:
         """Register image of the truth now (ignores freezing)."""
         vals = self.values(t_ms)
         image: RegisterImage = {}
-        for name in (self.profile.get("values") or {}):
+        for name in self.profile.get("values") or {}:
             if name == "energy_import":
                 v: Any = Fraction(vals["energy_wh"], 1000)  # exact kWh
             elif name in CANONICAL_UNITS:
@@ -269,8 +276,9 @@ class SimMeter:
         """Replies go out with a wrong CRC (both bytes inverted)."""
         self.faults.corrupt_crc = on
 
-    def add_exception(self, code: int, start: int | None = None, end: int | None = None,
-                      function: int | None = None) -> ExceptionFault:
+    def add_exception(
+        self, code: int, start: int | None = None, end: int | None = None, function: int | None = None
+    ) -> ExceptionFault:
         """Reads touching ``start..end`` (inclusive; None = all) get exception ``code``."""
         fault = ExceptionFault(_check_code(code), start, end, function)
         self.faults.exceptions = [*self.faults.exceptions, fault]

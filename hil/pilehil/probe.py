@@ -29,8 +29,9 @@ class ReadError(Exception):
         self.code = code
 
 
-def client_for(endpoint: str, baud: int = 9600, parity: str = "N", stopbits: int = 1,
-               timeout: float = 1.0, retries: int = 0) -> ModbusBaseSyncClient:
+def client_for(
+    endpoint: str, baud: int = 9600, parity: str = "N", stopbits: int = 1, timeout: float = 1.0, retries: int = 0
+) -> ModbusBaseSyncClient:
     """A connected pymodbus sync client for ``endpoint`` (``/dev/pts/N``,
     ``tcp://host:port`` or ``rtu+tcp://host:port``). The caller closes it."""
     client: ModbusBaseSyncClient
@@ -38,18 +39,17 @@ def client_for(endpoint: str, baud: int = 9600, parity: str = "N", stopbits: int
         scheme, _, hostport = endpoint.partition("://")
         host, _, port = hostport.rpartition(":")
         framer = FramerType.SOCKET if scheme == "tcp" else FramerType.RTU
-        client = ModbusTcpClient(host, port=int(port), framer=framer, timeout=timeout,
-                                 retries=retries)
+        client = ModbusTcpClient(host, port=int(port), framer=framer, timeout=timeout, retries=retries)
     else:
-        client = ModbusSerialClient(endpoint, baudrate=baud, parity=parity, stopbits=stopbits,
-                                    timeout=timeout, retries=retries)
+        client = ModbusSerialClient(
+            endpoint, baudrate=baud, parity=parity, stopbits=stopbits, timeout=timeout, retries=retries
+        )
     if not client.connect():
         raise ConnectionError(f"cannot open {endpoint}")
     return client
 
 
-def read_registers(client: ModbusBaseSyncClient, function: int, address: int, count: int,
-                   device_id: int) -> list[int]:
+def read_registers(client: ModbusBaseSyncClient, function: int, address: int, count: int, device_id: int) -> list[int]:
     """Read ``count`` registers with function 3 or 4; raises :class:`ReadError` on an
     exception reply, pymodbus's ``ModbusIOException`` on no (valid) reply."""
     if function == 3:
@@ -60,13 +60,11 @@ def read_registers(client: ModbusBaseSyncClient, function: int, address: int, co
         raise ValueError(f"function {function} is not a register read")
     if rr.isError():
         code = getattr(rr, "exception_code", None)
-        raise ReadError(f"device {device_id} fc{function} @0x{address:04X}+{count}: "
-                        f"exception {code}", code)
+        raise ReadError(f"device {device_id} fc{function} @0x{address:04X}+{count}: exception {code}", code)
     return list(rr.registers)
 
 
-def read_profile_values(client: ModbusBaseSyncClient, profile: Mapping[str, Any],
-                        device_id: int) -> dict[str, Any]:
+def read_profile_values(client: ModbusBaseSyncClient, profile: Mapping[str, Any], device_id: int) -> dict[str, Any]:
     """Read every value of ``profile`` (one request per register of each value) and the
     serial number; returns ``{name: value in canonical unit, ..., "serial": str | None}``."""
     out: dict[str, Any] = {}

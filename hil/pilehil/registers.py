@@ -60,21 +60,19 @@ def load_profile(path_or_id: str | Path) -> dict[str, Any]:
 
 def _check_orders(byte_order: str, word_order: str) -> None:
     if byte_order not in ("big", "little") or word_order not in ("big", "little"):
-        raise ValueError(f"byte_order/word_order must be 'big' or 'little', "
-                         f"got {byte_order!r}/{word_order!r}")
+        raise ValueError(f"byte_order/word_order must be 'big' or 'little', got {byte_order!r}/{word_order!r}")
 
 
 def bytes_to_words(data: bytes, byte_order: str = "big", word_order: str = "big") -> list[int]:
     """Split big-endian ``data`` (even length) into registers in address order."""
     _check_orders(byte_order, word_order)
-    words = [int.from_bytes(data[i:i + 2], byte_order) for i in range(0, len(data), 2)]  # type: ignore[arg-type]
+    words = [int.from_bytes(data[i : i + 2], byte_order) for i in range(0, len(data), 2)]  # type: ignore[arg-type]
     if word_order == "little":
         words.reverse()
     return words
 
 
-def words_to_bytes(words: Sequence[int], byte_order: str = "big",
-                   word_order: str = "big") -> bytes:
+def words_to_bytes(words: Sequence[int], byte_order: str = "big", word_order: str = "big") -> bytes:
     """Inverse of :func:`bytes_to_words`: registers in address order -> big-endian bytes."""
     _check_orders(byte_order, word_order)
     ordered = list(words)
@@ -83,8 +81,7 @@ def words_to_bytes(words: Sequence[int], byte_order: str = "big",
     return b"".join(w.to_bytes(2, byte_order) for w in ordered)  # type: ignore[arg-type]
 
 
-def raw_to_words(raw: Number, type_: str, byte_order: str = "big",
-                 word_order: str = "big") -> list[int]:
+def raw_to_words(raw: Number, type_: str, byte_order: str = "big", word_order: str = "big") -> list[int]:
     """Encode one raw register value of ``type_`` into registers (address order)."""
     if type_ not in TYPE_WIDTH:
         raise ValueError(f"unknown register type {type_!r}")
@@ -103,8 +100,7 @@ def raw_to_words(raw: Number, type_: str, byte_order: str = "big",
     return bytes_to_words(data, byte_order, word_order)
 
 
-def words_to_raw(words: Sequence[int], type_: str, byte_order: str = "big",
-                 word_order: str = "big") -> int | float:
+def words_to_raw(words: Sequence[int], type_: str, byte_order: str = "big", word_order: str = "big") -> int | float:
     """Decode registers (address order) into the raw value of ``type_``."""
     if type_ not in TYPE_WIDTH:
         raise ValueError(f"unknown register type {type_!r}")
@@ -149,8 +145,10 @@ def spec_function(profile: Profile, spec: Mapping[str, Any]) -> int:
 
 
 def _orders(profile: Profile, spec: Mapping[str, Any]) -> tuple[str, str]:
-    return (spec.get("byte_order", profile.get("byte_order", "big")),
-            spec.get("word_order", profile.get("word_order", "big")))
+    return (
+        spec.get("byte_order", profile.get("byte_order", "big")),
+        spec.get("word_order", profile.get("word_order", "big")),
+    )
 
 
 def encode_value(profile: Profile, name: str, value: Number | Sequence[Number]) -> RegisterImage:
@@ -168,15 +166,13 @@ def encode_value(profile: Profile, name: str, value: Number | Sequence[Number]) 
     byte_order, word_order = _orders(profile, spec)
     image: RegisterImage = {}
     for reg, v in zip(regs, values, strict=True):
-        words = raw_to_words(to_raw(v, spec.get("scale", 1), type_), type_, byte_order,
-                             word_order)
+        words = raw_to_words(to_raw(v, spec.get("scale", 1), type_), type_, byte_order, word_order)
         for i, w in enumerate(words):
             image[(fn, reg + i)] = w
     return image
 
 
-def decode_value(profile: Profile, name: str,
-                 image: Mapping[tuple[int, int], int]) -> float | list[float]:
+def decode_value(profile: Profile, name: str, image: Mapping[tuple[int, int], int]) -> float | list[float]:
     """Inverse of :func:`encode_value` (value in the canonical unit, as a float).
 
     Returns a list for per-phase values (register lists), a float otherwise."""

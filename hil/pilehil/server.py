@@ -50,9 +50,11 @@ BACKEND_TIMEOUT_S = 2.0
 
 
 #: termios speed constant -> baud, for the rates this platform names.
-BAUD_CODES = {getattr(termios, f"B{b}"): b for b in (
-    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
-    if hasattr(termios, f"B{b}")}
+BAUD_CODES = {
+    getattr(termios, f"B{b}"): b
+    for b in (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+    if hasattr(termios, f"B{b}")
+}
 _CSIZE_BITS = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}
 
 
@@ -85,8 +87,11 @@ class PtyPair:
     def line_settings(self) -> tuple[int | None, int, int]:
         """``(baud or None if unknown, data bits, stop bits)`` the other side configured."""
         attrs = termios.tcgetattr(self.slave)
-        return (BAUD_CODES.get(attrs[5]), _CSIZE_BITS.get(attrs[2] & termios.CSIZE, 8),
-                2 if attrs[2] & termios.CSTOPB else 1)
+        return (
+            BAUD_CODES.get(attrs[5]),
+            _CSIZE_BITS.get(attrs[2] & termios.CSIZE, 8),
+            2 if attrs[2] & termios.CSTOPB else 1,
+        )
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
@@ -118,7 +123,7 @@ def _pack_bits(bits: list[int]) -> list[int]:
     words = []
     for i in range(0, len(bits), 16):
         word = 0
-        for k, bit in enumerate(bits[i:i + 16]):
+        for k, bit in enumerate(bits[i : i + 16]):
             if bit:
                 word |= 1 << k
         words.append(word)
@@ -133,9 +138,14 @@ def sim_device(meter: SimMeter) -> SimDevice:
     0/1 per bit), exception 1 otherwise; writes refused (exception 2)."""
     bit_functions = {f for f, _ in meter.mapped if f in (1, 2)}
 
-    async def action(function: int, start: int, address: int, count: int,
-                     registers: list[int], set_values: list[int] | list[bool] | None
-                     ) -> ExcCodes | None:
+    async def action(
+        function: int,
+        start: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
         if set_values is not None and function in (5, 6, 15, 16, 22, 23):
             write = getattr(meter, "write", None)
             if write is None:
@@ -150,7 +160,7 @@ def sim_device(meter: SimMeter) -> SimDevice:
             if isinstance(result, int):
                 return ExcCodes(result)
             offset = word - start
-            registers[offset:offset + count] = _pack_bits(result)
+            registers[offset : offset + count] = _pack_bits(result)
             return None
         if function not in (3, 4):
             return ExcCodes.ILLEGAL_FUNCTION  # no coils, no discrete inputs
@@ -158,15 +168,16 @@ def sim_device(meter: SimMeter) -> SimDevice:
         if isinstance(result, int):
             return ExcCodes(result)
         offset = address - start
-        registers[offset:offset + count] = result
+        registers[offset : offset + count] = result
         return None
 
     blocks = []
     for function in (3, 4):
         lo, hi = _span(meter, function)
         blocks.append([SimData(lo, count=hi - lo, datatype=DataType.REGISTERS)])
-    return SimDevice(meter.address, simdata=(_bit_blocks(meter, 1), _bit_blocks(meter, 2),
-                                             blocks[0], blocks[1]), action=action)
+    return SimDevice(
+        meter.address, simdata=(_bit_blocks(meter, 1), _bit_blocks(meter, 2), blocks[0], blocks[1]), action=action
+    )
 
 
 class PymodbusBackend:
@@ -188,8 +199,14 @@ class PymodbusBackend:
         # Parity stays "N": Linux ptys refuse PARENB (tcsetattr fails with EINVAL once the
         # port is already raw), and a pty carries bytes, not bits; the wire models parity.
         self._server = ModbusSerialServer(
-            devices, framer=FramerType.RTU, port=self._pty.path, baudrate=self.timing.baud,
-            parity="N", stopbits=self.timing.stopbits, ignore_missing_devices=True)
+            devices,
+            framer=FramerType.RTU,
+            port=self._pty.path,
+            baudrate=self.timing.baud,
+            parity="N",
+            stopbits=self.timing.stopbits,
+            ignore_missing_devices=True,
+        )
         await self._server.serve_forever(background=True)
         loop.add_reader(self._pty.master, self._readable)
 
@@ -267,8 +284,7 @@ class PtyFrontend:
         splitter = FrameSplitter()
         while True:
             try:
-                data = await asyncio.wait_for(self._queue.get(),
-                                              SILENCE_S if splitter.pending else None)
+                data = await asyncio.wait_for(self._queue.get(), SILENCE_S if splitter.pending else None)
             except TimeoutError:
                 self.wire.count(garbage_bytes=splitter.flush())
                 continue
@@ -360,8 +376,7 @@ class RtuTcpFrontend(_TcpFrontend):
         splitter = FrameSplitter()
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(4096),
-                                              SILENCE_S if splitter.pending else None)
+                data = await asyncio.wait_for(reader.read(4096), SILENCE_S if splitter.pending else None)
             except TimeoutError:
                 self.wire.count(garbage_bytes=splitter.flush())
                 continue
@@ -381,8 +396,7 @@ class ModbusTcpFrontend(_TcpFrontend):
 
     scheme = "tcp"
 
-    def __init__(self, wire: Wire, host: str = "127.0.0.1", port: int = 0,
-                 gateway_exceptions: bool = True) -> None:
+    def __init__(self, wire: Wire, host: str = "127.0.0.1", port: int = 0, gateway_exceptions: bool = True) -> None:
         super().__init__(wire, host, port)
         self.gateway_exceptions = gateway_exceptions
 

@@ -77,8 +77,17 @@ class Bus:
     (``devices``: the meters and the devices added with :meth:`Site.add_device`), its wire and
     (once started) its endpoint."""
 
-    def __init__(self, name: str, transport: str, timing: LineTiming, realtime: bool,
-                 host: str, port: int, gateway_exceptions: bool, check_line: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        transport: str,
+        timing: LineTiming,
+        realtime: bool,
+        host: str,
+        port: int,
+        gateway_exceptions: bool,
+        check_line: bool,
+    ) -> None:
         if transport not in FRONTENDS:
             raise ValueError(f"transport {transport!r} not one of {TRANSPORTS}")
         self.name = name
@@ -144,8 +153,7 @@ class Bus:
         if self.transport == "pty":
             self.frontend = PtyFrontend(self.wire, self.check_line)
         elif self.transport == "tcp":
-            self.frontend = ModbusTcpFrontend(self.wire, self.host, self.port,
-                                              self.gateway_exceptions)
+            self.frontend = ModbusTcpFrontend(self.wire, self.host, self.port, self.gateway_exceptions)
         else:
             self.frontend = FRONTENDS[self.transport](self.wire, self.host, self.port)
         self.endpoint = await self.frontend.start()
@@ -189,9 +197,20 @@ class Site:
         if self.running:
             raise RuntimeError("stop the site before adding buses or meters")
 
-    def add_bus(self, name: str, transport: str = "pty", baud: int = 9600, parity: str = "N",
-                stopbits: int = 1, realtime: bool = False, *, host: str = "127.0.0.1",
-                port: int = 0, gateway_exceptions: bool = True, check_line: bool = True) -> Bus:
+    def add_bus(
+        self,
+        name: str,
+        transport: str = "pty",
+        baud: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        realtime: bool = False,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        gateway_exceptions: bool = True,
+        check_line: bool = True,
+    ) -> Bus:
         """Declare a bus. ``transport``: ``"pty"`` (Modbus RTU on a pseudo-terminal),
         ``"tcp"`` (Modbus TCP gateway) or ``"rtu+tcp"`` (RTU frames over TCP). ``baud``,
         ``parity``, ``stopbits`` set the timing model (and the pty's line settings);
@@ -203,13 +222,28 @@ class Site:
         self._not_running()
         if name in self._buses:
             raise ValueError(f"bus {name!r} already exists")
-        bus = Bus(name, transport, LineTiming(baud, parity.upper(), stopbits), realtime, host,
-                  port, gateway_exceptions, check_line)
+        bus = Bus(
+            name,
+            transport,
+            LineTiming(baud, parity.upper(), stopbits),
+            realtime,
+            host,
+            port,
+            gateway_exceptions,
+            check_line,
+        )
         self._buses[name] = bus
         return bus
 
-    def add_meter(self, bus: str, address: int, profile: Mapping[str, Any] | str | Path,
-                  serial: str, load: Load | None = None, **options: Any) -> SimMeter:
+    def add_meter(
+        self,
+        bus: str,
+        address: int,
+        profile: Mapping[str, Any] | str | Path,
+        serial: str,
+        load: Load | None = None,
+        **options: Any,
+    ) -> SimMeter:
         """Put a meter on ``bus`` at ``address``. ``profile`` is a profile dict, a TOML path
         or a profile id; ``options`` go to :class:`SimMeter` (``energy_wh``, ``latency_ms``,
         ``unmapped``, ``voltage_v``, ``frequency_hz``, ``power_factor``)."""

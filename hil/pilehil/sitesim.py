@@ -61,10 +61,20 @@ def serial_for(profile: dict[str, Any], n: int) -> str:
     return str(20260000 + n)
 
 
-def build(cfg: dict[str, Any], speed: float = 1.0, seed: int = 0, realtime: bool = False,
-          clock: Any = None, *, bays: bool = True, scenario: bool = True, mount: str = "ground",
-          empty_mm: int = 2800, jitter_mm: int = 10,
-          gap_s: tuple[int, int] = (300, 3600)) -> tuple[Site, dict[tuple[str, int], Any]]:
+def build(
+    cfg: dict[str, Any],
+    speed: float = 1.0,
+    seed: int = 0,
+    realtime: bool = False,
+    clock: Any = None,
+    *,
+    bays: bool = True,
+    scenario: bool = True,
+    mount: str = "ground",
+    empty_mm: int = 2800,
+    jitter_mm: int = 10,
+    gap_s: tuple[int, int] = (300, 3600),
+) -> tuple[Site, dict[tuple[str, int], Any]]:
     """A Site for a compiled site config (not started) and its meters by (bus, address).
 
     With ``bays`` (default) the configured bays are simulated too and the site gets a
@@ -76,8 +86,7 @@ def build(cfg: dict[str, Any], speed: float = 1.0, seed: int = 0, realtime: bool
     """
     site = Site(clock=clock or ScaledClock(speed))
     for bus in cfg["bus"]:
-        site.add_bus(bus["name"], transport_of(bus["port"]), bus["baud"], bus["parity"], bus["stopbits"],
-                     realtime)
+        site.add_bus(bus["name"], transport_of(bus["port"]), bus["baud"], bus["parity"], bus["stopbits"], realtime)
     bay_cfgs = list(cfg.get("bay", ())) if bays else []
     with_bays = {b["pile"] for b in bay_cfgs}
     meters = {}
@@ -87,22 +96,36 @@ def build(cfg: dict[str, Any], speed: float = 1.0, seed: int = 0, realtime: bool
         prof = cfg["profiles"][m["profile"]]
         load: Load | None = None
         if pile["id"] not in with_bays:
-            load = EvSessions(seed=seed + zlib.crc32(pile["id"].encode()), phases=int(prof["phases"]),
-                              idle_s=(120, 900), session_s=(600, 3600))
+            load = EvSessions(
+                seed=seed + zlib.crc32(pile["id"].encode()),
+                phases=int(prof["phases"]),
+                idle_s=(120, 900),
+                session_s=(600, 3600),
+            )
         serial = m.get("serial") or serial_for(prof, n)
         meter = site.add_meter(m["bus"], m["address"], prof, serial, load=load, energy_wh=1_000_000 + 37_123 * n)
         meters[(m["bus"], m["address"])] = meter
         pile_meters[pile["id"]] = meter
     if bays:
-        site.bays = build_bays(site, cfg, pile_meters, seed=seed, scenario=scenario, mount=mount, gap_s=gap_s,
-                               empty_mm=empty_mm, jitter_mm=jitter_mm)
+        site.bays = build_bays(
+            site,
+            cfg,
+            pile_meters,
+            seed=seed,
+            scenario=scenario,
+            mount=mount,
+            gap_s=gap_s,
+            empty_mm=empty_mm,
+            jitter_mm=jitter_mm,
+        )
     main = cfg.get("main_meter")
     if main:
         prof = cfg["profiles"][main["profile"]]
         serial = main.get("serial") or serial_for(prof, 999)
         loads = [pile_meters[p["id"]].load for p in cfg["pile"]]
         meters[(main["bus"], main["address"])] = site.add_meter(
-            main["bus"], main["address"], prof, serial, load=SumLoad(loads), energy_wh=50_000_000)
+            main["bus"], main["address"], prof, serial, load=SumLoad(loads), energy_wh=50_000_000
+        )
     return site, meters
 
 
@@ -121,9 +144,18 @@ def power_options(pile: dict[str, Any], phases: int) -> tuple[tuple[int, int], .
     return opts or ((limit, 1),)
 
 
-def build_bays(site: Site, cfg: dict[str, Any], pile_meters: dict[str, Any], *, seed: int = 0,
-               scenario: bool = True, mount: str = "ground", empty_mm: int = 2800,
-               jitter_mm: int = 10, gap_s: tuple[int, int] = (300, 3600)) -> SiteBays:
+def build_bays(
+    site: Site,
+    cfg: dict[str, Any],
+    pile_meters: dict[str, Any],
+    *,
+    seed: int = 0,
+    scenario: bool = True,
+    mount: str = "ground",
+    empty_mm: int = 2800,
+    jitter_mm: int = 10,
+    gap_s: tuple[int, int] = (300, 3600),
+) -> SiteBays:
     """Simulate every `[[bay]]` of ``cfg`` on ``site`` (not started): a :class:`BaySim` per bay
     driving its pile's meter, a :class:`SimSensor` per Modbus presence sensor, a
     :class:`SimPileController` per plug controller address (one connector per bay), the
@@ -146,20 +178,37 @@ def build_bays(site: Site, cfg: dict[str, Any], pile_meters: dict[str, Any], *, 
             params = dict(params_base, plug_source=plug["source"])
             sc = None
             if scenario:
-                sc = Scenario(seed + zlib.crc32(b["id"].encode()), phases=meter.phases, gap_s=gap_s,
-                              power_options=power_options(piles[pile_id], meter.phases),
-                              overstay_s=core_bays.make_params(params)["overstay_s"])
-            bay = BaySim(b["id"], pile_id, site.clock, meter=meter, drive_meter=len(group) == 1,
-                         camera=b.get("camera"), params=params, scenario=sc)
+                sc = Scenario(
+                    seed + zlib.crc32(b["id"].encode()),
+                    phases=meter.phases,
+                    gap_s=gap_s,
+                    power_options=power_options(piles[pile_id], meter.phases),
+                    overstay_s=core_bays.make_params(params)["overstay_s"],
+                )
+            bay = BaySim(
+                b["id"],
+                pile_id,
+                site.clock,
+                meter=meter,
+                drive_meter=len(group) == 1,
+                camera=b.get("camera"),
+                params=params,
+                scenario=sc,
+            )
             sims[b["id"]] = bay
             plates.add_bay(bay)
             for k, pr in enumerate(b.get("presence", ())):
                 if pr["type"] == "input":
                     inputs.bind(pr["input"], bay.present, pr.get("active", "high"))
                     continue
-                sensor = SimSensor(cfg["sensor_profiles"][pr["profile"]], pr["address"], bay,
-                                   mount=mount, empty_mm=empty_mm,
-                                   seed=seed + zlib.crc32(f"{b['id']}/{k}".encode()))
+                sensor = SimSensor(
+                    cfg["sensor_profiles"][pr["profile"]],
+                    pr["address"],
+                    bay,
+                    mount=mount,
+                    empty_mm=empty_mm,
+                    seed=seed + zlib.crc32(f"{b['id']}/{k}".encode()),
+                )
                 sensor.set_noise(jitter_mm)
                 _add_device(site, pr["bus"], sensor, f"bay[{b['id']}].presence[{k + 1}]")
                 sensors[(pr["bus"], pr["address"])] = sensor
@@ -168,19 +217,22 @@ def build_bays(site: Site, cfg: dict[str, Any], pile_meters: dict[str, Any], *, 
             elif plug["source"] == "modbus":
                 key = (plug["bus"], plug["address"])
                 if key not in controllers:
-                    controllers[key] = _add_device(site, plug["bus"], SimPileController(plug["address"], site.clock),
-                                                   f"bay[{b['id']}].plug")
-                controllers[key].add_connector(bay, plug.get("function", 3), plug["register"],
-                                               plug.get("plugged_values", [1]))
+                    controllers[key] = _add_device(
+                        site, plug["bus"], SimPileController(plug["address"], site.clock), f"bay[{b['id']}].plug"
+                    )
+                controllers[key].add_connector(
+                    bay, plug.get("function", 3), plug["register"], plug.get("plugged_values", [1])
+                )
         if len(group) > 1:  # one meter behind several connectors: it sees their sum
             meter.load = SumLoad([sims[b["id"]].load for b in group], base_w=0)
-    for pile in cfg["pile"]:           # enable coils the gateway switches (interlock = "relay")
+    for pile in cfg["pile"]:  # enable coils the gateway switches (interlock = "relay")
         coil = pile.get("coil")
         if coil:
             key = (coil["bus"], coil["address"])
             if key not in controllers:
-                controllers[key] = _add_device(site, coil["bus"], SimPileController(coil["address"], site.clock),
-                                               f"pile[{pile['id']}].coil")
+                controllers[key] = _add_device(
+                    site, coil["bus"], SimPileController(coil["address"], site.clock), f"pile[{pile['id']}].coil"
+                )
             controllers[key].add_enable_coil(coil["coil"])
     return SiteBays(sims, sensors, controllers, inputs, plates)
 

@@ -104,8 +104,7 @@ class FrameSplitter:
         while self._buf:
             n = self._length(self._buf)
             if n == 0:
-                n = next((k for k in range(4, len(self._buf) + 1) if crc_ok(self._buf[:k])),
-                         None)
+                n = next((k for k in range(4, len(self._buf) + 1) if crc_ok(self._buf[:k])), None)
             if n is None or n > len(self._buf):
                 if len(self._buf) > MAX_RTU_FRAME:
                     self._buf = b""  # garbage that never became a frame
@@ -160,18 +159,18 @@ class BusStats:
     TCP front end); ``link_bytes`` are the bytes the master's own link carried (MBAP for
     ``tcp``, the same as ``bytes`` for ``pty`` and ``rtu+tcp``)."""
 
-    requests: int = 0        # request frames put on the line by the master
-    replies: int = 0         # reply frames put on the line by meters
-    bytes: int = 0           # bytes of those frames
+    requests: int = 0  # request frames put on the line by the master
+    replies: int = 0  # reply frames put on the line by meters
+    bytes: int = 0  # bytes of those frames
     wire_time: Fraction = Fraction(0)  # seconds of bus time (see module doc)
-    unanswered: int = 0      # requests that got no reply frame
-    bad_requests: int = 0    # requests with a bad CRC (ignored by every meter)
-    exceptions: int = 0      # exception replies
-    corrupted: int = 0       # replies sent with a corrupted CRC
-    late: int = 0            # replies delayed by a late-reply fault
-    garbage_bytes: int = 0   # bytes dropped as partial frames or sent at wrong settings
-    line_errors: int = 0     # frames from a master whose pty is set to other line settings
-    link_bytes: int = 0      # bytes on the master's link, both directions
+    unanswered: int = 0  # requests that got no reply frame
+    bad_requests: int = 0  # requests with a bad CRC (ignored by every meter)
+    exceptions: int = 0  # exception replies
+    corrupted: int = 0  # replies sent with a corrupted CRC
+    late: int = 0  # replies delayed by a late-reply fault
+    garbage_bytes: int = 0  # bytes dropped as partial frames or sent at wrong settings
+    line_errors: int = 0  # frames from a master whose pty is set to other line settings
+    link_bytes: int = 0  # bytes on the master's link, both directions
 
     @property
     def frames(self) -> int:
@@ -182,8 +181,7 @@ class BusStats:
         return float(self.wire_time)
 
     def as_dict(self) -> dict[str, int | float]:
-        d: dict[str, int | float] = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d: dict[str, int | float] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["wire_time"] = self.wire_time_s
         d["frames"] = self.frames
         return d
@@ -203,8 +201,9 @@ class Wire:
     called for requests a meter on this bus would answer. Must be used from one event loop.
     """
 
-    def __init__(self, name: str, timing: LineTiming, meters: Mapping[int, SimMeter],
-                 exchange: Exchange, realtime: bool = False) -> None:
+    def __init__(
+        self, name: str, timing: LineTiming, meters: Mapping[int, SimMeter], exchange: Exchange, realtime: bool = False
+    ) -> None:
         self.name = name
         self.timing = timing
         self.meters = meters

@@ -45,4 +45,5 @@ def new_key():
     import random
 
     from pilecore import ecdsa
+
     return ecdsa.private_key_from_seed(bytes([random.getrandbits(8) for _ in range(48)]))

@@ -70,12 +70,13 @@ def fuel_stay(m, arrive=1000, stay=2400, out=None):
 
 # ------------------------------------------------------------------ the main stories
 
+
 def test_ev_plugs_charges_and_leaves_pays_nothing():
     m = machine()
     out = drive(m, 0, 1000, [False])
-    drive(m, 1000, 1040, [True], out=out)                  # arrives, walks to the pile
-    drive(m, 1040, 4640, [True], power=EV_W, out=out)      # charges one hour
-    drive(m, 4640, 4940, [True], out=out)                  # unplugs, 5 min to drive off
+    drive(m, 1000, 1040, [True], out=out)  # arrives, walks to the pile
+    drive(m, 1040, 4640, [True], power=EV_W, out=out)  # charges one hour
+    drive(m, 4640, 4940, [True], out=out)  # unplugs, 5 min to drive off
     drive(m, 4940, 5200, [False], out=out)
     rec = only_record(out)
     check_record(rec)
@@ -130,7 +131,7 @@ def test_ev_overstay_pays_for_idle_time_beyond_the_overstay_grace():
     out = drive(m, 0, 1000, [False])
     drive(m, 1000, 1060, [True], out=out)
     drive(m, 1060, 4660, [True], power=EV_W, out=out)
-    drive(m, 4660, 7660, [True], power=0, out=out)         # full, left there 50 min
+    drive(m, 4660, 7660, [True], power=0, out=out)  # full, left there 50 min
     drive(m, 7660, 7900, [False], out=out)
     ovr = of_type(out, "bay.overstay_started")
     assert len(ovr) == 1 and ovr[0]["t"] == 4660 + 900 and ovr[0]["charge_end"] == 4660
@@ -170,7 +171,7 @@ def test_plugged_but_never_charging_is_ev_parked_with_modbus_plug():
     m = machine({"plug_source": "modbus"})
     out = drive(m, 0, 1000, [False], plug=False)
     drive(m, 1000, 1100, [True], plug=False, out=out)
-    drive(m, 1100, 3400, [True], plug=True, out=out)     # plugged, no session starts
+    drive(m, 1100, 3400, [True], plug=True, out=out)  # plugged, no session starts
     drive(m, 3400, 3600, [False], plug=False, out=out)
     assert of_type(out, "bay.plugged")[0]["t"] == 1100
     assert of_type(out, "bay.unplugged")[0]["t"] == 3400
@@ -190,6 +191,7 @@ def test_short_stop_without_evidence_is_unknown_and_free():
 
 
 # ------------------------------------------------------------------ evidence and conflicts
+
 
 def test_blue_plate_while_charging_is_a_conflict_never_a_fuel_car():
     m = machine()
@@ -227,7 +229,7 @@ def test_charging_power_during_the_arrival_debounce_is_ev_evidence():
     m = machine()
     out = drive(m, 0, 1000, [False])
     drive(m, 1000, 1010, [True], out=out)
-    drive(m, 1010, 1015, [True], power=EV_W, out=out)    # 5 s of power, then nothing
+    drive(m, 1010, 1015, [True], power=EV_W, out=out)  # 5 s of power, then nothing
     drive(m, 1015, 3400, [True], out=out)
     drive(m, 3400, 3600, [False], out=out)
     assert not of_type(out, "bay.charging") and not of_type(out, "bay.fuel_suspected")
@@ -286,6 +288,7 @@ def test_unknown_plate_colour_is_kept_as_evidence_only():
 
 # ------------------------------------------------------------------ debounce and noise
 
+
 def test_departure_is_backdated_to_the_first_absence():
     m = machine()
     out = fuel_stay(m, stay=2400)
@@ -299,12 +302,12 @@ def test_departure_is_backdated_to_the_first_absence():
 def test_passer_by_and_short_blips_are_absorbed_by_the_debounce():
     m = machine()
     out = drive(m, 0, 1000, [False])
-    drive(m, 1000, 1010, [True], out=out)                  # a pedestrian crosses the bay
+    drive(m, 1000, 1010, [True], out=out)  # a pedestrian crosses the bay
     drive(m, 1010, 2000, [False], out=out)
     assert not of_type(out, "bay.arrived")
     drive(m, 2000, 2100, [True], out=out)
     drive(m, 2100, 3000, [True], power=EV_W, out=out)
-    drive(m, 3000, 3030, [False], power=EV_W, out=out)    # sensor drops out for 30 s
+    drive(m, 3000, 3030, [False], power=EV_W, out=out)  # sensor drops out for 30 s
     drive(m, 3030, 4000, [True], power=EV_W, out=out)
     drive(m, 4000, 4100, [False], out=out)
     assert len(of_type(out, "bay.arrived")) == 1
@@ -319,7 +322,7 @@ def test_charging_dip_shorter_than_the_debounce_is_ignored():
     out = drive(m, 0, 1000, [False])
     drive(m, 1000, 1050, [True], out=out)
     drive(m, 1050, 2000, [True], power=EV_W, out=out)
-    drive(m, 2000, 2020, [True], power=40, out=out)       # the car pauses 20 s
+    drive(m, 2000, 2020, [True], power=40, out=out)  # the car pauses 20 s
     drive(m, 2020, 3000, [True], power=EV_W, out=out)
     drive(m, 3000, 3200, [False], out=out)
     assert types(out).count("bay.charging") == 1
@@ -333,7 +336,7 @@ def test_flapping_sensor_makes_the_bay_unknown_until_it_settles():
     out = drive(m, 0, 1000, [False])
     t = 1000
     v = True
-    while t < 1200:                                        # toggles every 5 s
+    while t < 1200:  # toggles every 5 s
         out.extend(m.step(t, [v], None, 0))
         v = not v
         t += 5
@@ -342,7 +345,7 @@ def test_flapping_sensor_makes_the_bay_unknown_until_it_settles():
     assert m.state == "unknown" and m.status()["sensors"] == ["flapping"]
     assert of_type(out, "bay.unknown")[0]["reason"] == "sensors"
     assert not of_type(out, "bay.arrived")
-    drive(m, 1200, 2000, [False], out=out)                 # quiet for the window
+    drive(m, 1200, 2000, [False], out=out)  # quiet for the window
     rec = of_type(out, "sensor.recovered")
     assert len(rec) == 1 and rec[0]["fault"] == "flapping"
     assert rec[0]["t"] == 1195 + 600
@@ -353,7 +356,7 @@ def test_flapping_sensor_makes_the_bay_unknown_until_it_settles():
 def test_stuck_sensor_is_found_by_charging_sessions():
     m = machine({"stuck_after_s": 3600})
     out = drive(m, 0, 600, [False], dt=30)
-    for start in (600, 2400):                              # two sessions, the sensor never moves
+    for start in (600, 2400):  # two sessions, the sensor never moves
         drive(m, start, start + 1200, [False], power=EV_W, dt=30, out=out)
         drive(m, start + 1200, start + 1800, [False], power=0, dt=30, out=out)
     drive(m, 4200, 4500, [False], dt=30, out=out)
@@ -361,7 +364,7 @@ def test_stuck_sensor_is_found_by_charging_sessions():
     assert len(stuck) == 1
     assert stuck[0]["t"] == 3600 and stuck[0]["sessions"] == 2 and stuck[0]["value"] is False
     assert m.state == "unknown"
-    out = drive(m, 4500, 4600, [True], dt=30)              # it moves again
+    out = drive(m, 4500, 4600, [True], dt=30)  # it moves again
     assert of_type(out, "sensor.recovered")[0]["fault"] == "stuck"
     assert m.status()["sensors"] == [None]
 
@@ -376,7 +379,7 @@ def test_two_sensors_that_disagree_make_the_bay_unknown_and_unbilled():
     m = machine()
     out = drive(m, 0, 1000, [False, False])
     drive(m, 1000, 2000, [True, True], out=out)
-    drive(m, 2000, 2600, [True, False], out=out)           # sensor 1 disagrees for 10 min
+    drive(m, 2000, 2600, [True, False], out=out)  # sensor 1 disagrees for 10 min
     drive(m, 2600, 3400, [True, True], out=out)
     drive(m, 3400, 3600, [False, False], out=out)
     dis = of_type(out, "sensor.disagree")
@@ -395,7 +398,7 @@ def test_two_sensors_that_disagree_make_the_bay_unknown_and_unbilled():
 def test_short_disagreement_keeps_the_belief():
     m = machine()
     out = drive(m, 0, 1000, [False, False])
-    drive(m, 1000, 1060, [True, False], out=out)           # a car reversing in
+    drive(m, 1000, 1060, [True, False], out=out)  # a car reversing in
     drive(m, 1060, 1200, [True, True], out=out)
     assert not of_type(out, "sensor.disagree")
     assert of_type(out, "bay.arrived")[0]["t"] == 1060
@@ -417,7 +420,7 @@ def test_one_faulty_sensor_of_two_leaves_the_other_in_charge():
 def test_missing_readings_are_bridged_then_unknown():
     m = machine()
     out = drive(m, 0, 1000, [False])
-    drive(m, 1000, 1050, [None], out=out)                  # < hold_s: bridged
+    drive(m, 1000, 1050, [None], out=out)  # < hold_s: bridged
     assert m.state == "vacant" and not of_type(out, "bay.unknown")
     drive(m, 1050, 1200, [None], out=out)
     miss = of_type(out, "sensor.missing")
@@ -432,7 +435,7 @@ def test_pile_offline_during_a_stay_is_unknown_and_not_billed():
     m = machine()
     out = drive(m, 0, 1000, [False])
     drive(m, 1000, 2000, [True], out=out)
-    drive(m, 2000, 3000, [True], power=None, out=out)      # meter lost for 1000 s
+    drive(m, 2000, 3000, [True], power=None, out=out)  # meter lost for 1000 s
     drive(m, 3000, 3400, [True], out=out)
     drive(m, 3400, 3600, [False], out=out)
     unk = of_type(out, "bay.unknown")
@@ -445,10 +448,16 @@ def test_pile_offline_during_a_stay_is_unknown_and_not_billed():
 
 # ------------------------------------------------------------------ restarts and time
 
+
 def ev_overstay_story(m, t0, t1, out):
     """The EV overstay scenario, only the steps with t0 <= t < t1."""
-    plan = [(0, 1000, [False], 0), (1000, 1060, [True], 0), (1060, 4660, [True], EV_W),
-            (4660, 7660, [True], 0), (7660, 7900, [False], 0)]
+    plan = [
+        (0, 1000, [False], 0),
+        (1000, 1060, [True], 0),
+        (1060, 4660, [True], EV_W),
+        (4660, 7660, [True], 0),
+        (7660, 7900, [False], 0),
+    ]
     for a, b, s, pw in plan:
         lo = a if a > t0 else t0
         hi = b if b < t1 else t1
@@ -459,7 +468,7 @@ def ev_overstay_story(m, t0, t1, out):
 
 def test_restart_mid_occupancy_gives_the_same_record_and_fee():
     whole = ev_overstay_story(machine(), 0, 8000, [])
-    for cut in (1020, 2500, 4670, 6000, 7670):             # arriving, charging, idle, leaving
+    for cut in (1020, 2500, 4670, 6000, 7670):  # arriving, charging, idle, leaving
         m = machine()
         first = ev_overstay_story(m, 0, cut, [])
         saved = json.dumps(m.snapshot())
@@ -480,9 +489,9 @@ def test_power_cut_mid_stay_counts_as_unknown():
     m = machine()
     out = drive(m, 0, 1000, [False])
     drive(m, 1000, 2000, [True], out=out)
-    saved = json.loads(json.dumps(m.snapshot()))           # last persisted state at 1995
+    saved = json.loads(json.dumps(m.snapshot()))  # last persisted state at 1995
     m2 = machine(snapshot=saved)
-    drive(m2, 5600, 6000, [True], out=out)                 # back an hour later
+    drive(m2, 5600, 6000, [True], out=out)  # back an hour later
     drive(m2, 6000, 6200, [False], out=out)
     gap = [e for e in of_type(out, "bay.unknown") if e["reason"] == "gap"]
     assert len(gap) == 1 and gap[0]["t"] == 1995 + 60
@@ -499,13 +508,13 @@ def test_version_grows_on_changes_and_at_the_heartbeat_only():
     drive(m, 0, 1000, [False])
     v = m.version
     m.step(1000, [True], None, 0)
-    assert m.version > v                                   # arriving
-    drive(m, 1005, 1025, [True])                           # arrival confirmed at 1020
+    assert m.version > v  # arriving
+    drive(m, 1005, 1025, [True])  # arrival confirmed at 1020
     v = m.version
     drive(m, 1025, 1320, [True])
-    assert m.version == v                                  # nothing happened
+    assert m.version == v  # nothing happened
     m.step(1320, [True], None, 0)
-    assert m.version == v + 1                              # heartbeat (300 s)
+    assert m.version == v + 1  # heartbeat (300 s)
 
 
 def test_clock_going_backwards_is_clamped_and_reported():
@@ -551,8 +560,17 @@ def test_tariff_change_applies_to_later_arrivals_only():
     rec = only_record(out)
     assert rec["tariff"]["version"] == 2 and rec["fee_fen"] == 1600
     with raises(ValueError, match="price_fen"):
-        m.set_tariff({"id": "x", "version": 1, "currency": "CNY", "free_min": 0,
-                      "block_min": 15, "price_fen": 5.5, "applies_to": ["fuel_car"]})
+        m.set_tariff(
+            {
+                "id": "x",
+                "version": 1,
+                "currency": "CNY",
+                "free_min": 0,
+                "block_min": 15,
+                "price_fen": 5.5,
+                "applies_to": ["fuel_car"],
+            }
+        )
 
 
 def test_no_tariff_means_no_fee_but_still_a_classification():
@@ -586,13 +604,14 @@ def test_every_output_is_plain_json_with_known_types():
 
 # ------------------------------------------------------------------ distance filter, params
 
+
 def test_distance_filter_thresholds_and_hysteresis():
     f = DistanceFilter(None, bay="B1", sensor=0)
-    assert f.feed(0, 950) == (True, [])                    # first in-band reading: midpoint
+    assert f.feed(0, 950) == (True, [])  # first in-band reading: midpoint
     assert f.feed(1, 300) == (True, [])
-    assert f.feed(2, 1100) == (True, [])                   # in band: keeps occupied
+    assert f.feed(2, 1100) == (True, [])  # in band: keeps occupied
     assert f.feed(3, 1300) == (False, [])
-    assert f.feed(4, 900) == (False, [])                   # in band: keeps vacant
+    assert f.feed(4, 900) == (False, [])  # in band: keeps vacant
     assert f.feed(5, 799) == (True, [])
     assert f.feed(6, None) == (None, [])
     assert DistanceFilter().feed(0, 1100) == (False, [])
@@ -602,8 +621,15 @@ def test_distance_filter_out_of_range_reports_once_and_recovers():
     f = DistanceFilter({"min_mm": 30, "max_mm": 4000}, bay="B1", sensor=1)
     v, ev = f.feed(10, 5)
     assert v is None and len(ev) == 1
-    assert ev[0] == {"type": "sensor.out_of_range", "bay": "B1", "t": 10, "sensor": 1,
-                     "mm": 5, "min_mm": 30, "max_mm": 4000}
+    assert ev[0] == {
+        "type": "sensor.out_of_range",
+        "bay": "B1",
+        "t": 10,
+        "sensor": 1,
+        "mm": 5,
+        "min_mm": 30,
+        "max_mm": 4000,
+    }
     assert f.feed(11, 9000) == (None, [])
     v, ev = f.feed(12, 2500)
     assert v is False and ev[0]["type"] == "sensor.recovered"
@@ -625,8 +651,7 @@ def test_params_spec_is_the_single_source_of_defaults():
 
 
 def test_params_validation_names_every_problem():
-    probs = dict(validate_params({"arrive_s": 0, "leave_s": "45", "bogus": 1,
-                                  "plug_source": "wifi", "grace_s": True}))
+    probs = dict(validate_params({"arrive_s": 0, "leave_s": "45", "bogus": 1, "plug_source": "wifi", "grace_s": True}))
     assert "between 1 and 600" in probs["arrive_s"]
     assert "integer" in probs["leave_s"] and "integer" in probs["grace_s"]
     assert probs["bogus"] == "unknown parameter"

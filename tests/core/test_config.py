@@ -3,15 +3,26 @@
 from pilecore import config
 
 BOARD = {
-    "id": "b1", "name": "test board", "platform": "rpi", "flash_mb": 16384,
-    "uart": [{"name": "usb0", "role": "rs485", "device": "/dev/ttyUSB0", "de_mode": "auto"},
-             {"name": "serial0", "role": "console", "device": "/dev/serial0"}],
+    "id": "b1",
+    "name": "test board",
+    "platform": "rpi",
+    "flash_mb": 16384,
+    "uart": [
+        {"name": "usb0", "role": "rs485", "device": "/dev/ttyUSB0", "de_mode": "auto"},
+        {"name": "serial0", "role": "console", "device": "/dev/serial0"},
+    ],
     "relay": [{"name": "K1", "pin": 5}],
 }
 ESP_BOARD = {
-    "id": "e1", "name": "esp", "platform": "esp32", "flash_mb": 4, "firmware_offset": 4096,
-    "uart": [{"name": "uart2", "role": "rs485", "tx": 17, "rx": 16, "de": 4},
-             {"name": "uart0", "role": "console", "tx": 1, "rx": 3}],
+    "id": "e1",
+    "name": "esp",
+    "platform": "esp32",
+    "flash_mb": 4,
+    "firmware_offset": 4096,
+    "uart": [
+        {"name": "uart2", "role": "rs485", "tx": 17, "rx": 16, "de": 4},
+        {"name": "uart0", "role": "console", "tx": 1, "rx": 3},
+    ],
 }
 PROFILES = {"m1": {"id": "m1"}, "m3": {"id": "m3"}}
 
@@ -193,8 +204,12 @@ def test_board_validation():
 
 
 def test_parameter_rules_between_keys():
-    _, d, _ = check(site(bays={"occupied_below_mm": 2000, "vacant_above_mm": 1000},
-                         sessions={"start_power_w": 100, "stop_power_w": 500}))
+    _, d, _ = check(
+        site(
+            bays={"occupied_below_mm": 2000, "vacant_above_mm": 1000},
+            sessions={"start_power_w": 100, "stop_power_w": 500},
+        )
+    )
     assert any(k.startswith("bays.") for k in d), d
     assert any(k.startswith("sessions.") for k in d), d
 

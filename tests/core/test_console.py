@@ -30,14 +30,18 @@ class FakeBackend:
 
     def __init__(self, sync=False):
         self.sync = sync
-        self.fail = {}                  # method name -> exception to raise
+        self.fail = {}  # method name -> exception to raise
         self.audits = []
-        self.requests = []              # Deferreds handed over by mbread/scan
+        self.requests = []  # Deferreds handed over by mbread/scan
         self.cancelled = []
         self.calls = []
-        self.settable = {"telemetry.interval_s": 30, "metering.poll_s": 5,
-                         "mqtt.password": "hunter2", "log.level": "info"}
-        self.private_pem = None         # (pem, base64 body) to hand out by mistake, or None
+        self.settable = {
+            "telemetry.interval_s": 30,
+            "metering.poll_s": 5,
+            "mqtt.password": "hunter2",
+            "log.level": "info",
+        }
+        self.private_pem = None  # (pem, base64 body) to hand out by mistake, or None
 
     def _call(self, name):
         self.calls.append(name)
@@ -47,33 +51,71 @@ class FakeBackend:
 
     def status(self):
         self._call("status")
-        return {"gateway": "LY-0001", "site": "luoyang-demo", "firmware": "0.1.0",
-                "board": "esp32-devkitc-max3485", "uptime_s": 93784, "time": 1764155815,
-                "time_sync": "ntp", "mem_free": 81234, "mem_total": 111000,
-                "config_hash": "ab12cd34", "kid": "5f3e9a"}
+        return {
+            "gateway": "LY-0001",
+            "site": "luoyang-demo",
+            "firmware": "0.1.0",
+            "board": "esp32-devkitc-max3485",
+            "uptime_s": 93784,
+            "time": 1764155815,
+            "time_sync": "ntp",
+            "mem_free": 81234,
+            "mem_total": 111000,
+            "config_hash": "ab12cd34",
+            "kid": "5f3e9a",
+        }
 
     def piles(self):
         self._call("piles")
-        return [{"id": "P01", "name": "east 1", "state": "charging", "power_w": 7012.5,
-                 "energy_wh": 123456, "bus": "rs485-1", "address": 1, "serial": "DDSU-0001",
-                 "metered": True, "interlock": "auto", "faults": []},
-                {"id": "P02", "name": "east 2", "state": "idle", "power_w": 0.0,
-                 "energy_wh": 98, "bus": "rs485-1", "address": 2, "serial": "DDSU-0002",
-                 "metered": False, "interlock": "on", "faults": ["meter.offline"]}]
+        return [
+            {
+                "id": "P01",
+                "name": "east 1",
+                "state": "charging",
+                "power_w": 7012.5,
+                "energy_wh": 123456,
+                "bus": "rs485-1",
+                "address": 1,
+                "serial": "DDSU-0001",
+                "metered": True,
+                "interlock": "auto",
+                "faults": [],
+            },
+            {
+                "id": "P02",
+                "name": "east 2",
+                "state": "idle",
+                "power_w": 0.0,
+                "energy_wh": 98,
+                "bus": "rs485-1",
+                "address": 2,
+                "serial": "DDSU-0002",
+                "metered": False,
+                "interlock": "on",
+                "faults": ["meter.offline"],
+            },
+        ]
 
     def meter(self, pile):
         self._call("meter")
         if pile != "P01":
             return None
-        return {"pile": "P01", "profile": "chint-ddsu666", "bus": "rs485-1", "address": 1,
-                "serial": "DDSU-0001", "values": {"voltage_v": 229.8, "power_w": 7012.5,
-                                                  "energy_wh": 123456},
-                "stats": {"polls": 1200, "timeouts": 3, "crc_errors": 0}, "t": 1764155800}
+        return {
+            "pile": "P01",
+            "profile": "chint-ddsu666",
+            "bus": "rs485-1",
+            "address": 1,
+            "serial": "DDSU-0001",
+            "values": {"voltage_v": 229.8, "power_w": 7012.5, "energy_wh": 123456},
+            "stats": {"polls": 1200, "timeouts": 3, "crc_errors": 0},
+            "t": 1764155800,
+        }
 
     def bays(self):
         self._call("bays")
-        return [{"bay": "B01", "pile": "P01", "state": "charging", "plugged": True,
-                 "charging": True, "arrival": 1764150000}]
+        return [
+            {"bay": "B01", "pile": "P01", "state": "charging", "plugged": True, "charging": True, "arrival": 1764150000}
+        ]
 
     def bay(self, bay_id):
         self._call("bay")
@@ -81,27 +123,45 @@ class FakeBackend:
 
     def events(self, n):
         self._call("events")
-        evs = [{"t": 1764155000 + i, "type": "meter.offline" if i % 2 else "pile.metered",
-                "pile": "P02"} for i in range(200)]
+        evs = [
+            {"t": 1764155000 + i, "type": "meter.offline" if i % 2 else "pile.metered", "pile": "P02"}
+            for i in range(200)
+        ]
         return evs[-n:]
 
     def mqtt(self):
         self._call("mqtt")
-        return {"broker": "mqtts://broker.example:8883", "connected": True,
-                "last_publish_t": 1764155810, "outbox": 12, "oldest_unsent_t": 1764155700,
-                "password": "s3cret"}
+        return {
+            "broker": "mqtts://broker.example:8883",
+            "connected": True,
+            "last_publish_t": 1764155810,
+            "outbox": 12,
+            "oldest_unsent_t": 1764155700,
+            "password": "s3cret",
+        }
 
     def bus(self):
         self._call("bus")
-        return {"rs485-1": {"requests": 100, "replies": 97, "timeouts": 3, "crc_errors": 0,
-                            "exceptions": 0, "other_errors": 0, "busy_ms": 5120, "queued_jobs": 0,
-                            "devices": {"P01": {"address": 1, "requests": 50, "replies": 50,
-                                                "timeouts": 0}}}}
+        return {
+            "rs485-1": {
+                "requests": 100,
+                "replies": 97,
+                "timeouts": 3,
+                "crc_errors": 0,
+                "exceptions": 0,
+                "other_errors": 0,
+                "busy_ms": 5120,
+                "queued_jobs": 0,
+                "devices": {"P01": {"address": 1, "requests": 50, "replies": 50, "timeouts": 0}},
+            }
+        }
 
     def log(self, level=None):
         self._call("log")
-        lines = [{"t": 1764155000, "level": "info", "msg": "started"},
-                 {"t": 1764155001, "level": "warning", "msg": "meter P02 silent"}]
+        lines = [
+            {"t": 1764155000, "level": "info", "msg": "started"},
+            {"t": 1764155001, "level": "warning", "msg": "meter P02 silent"},
+        ]
         return [ln for ln in lines if level is None or ln["level"] == level]
 
     def selftest(self):
@@ -145,7 +205,7 @@ class FakeBackend:
         self._call("mbread")
         self.requests.append(d)
         if self.sync:
-            d.complete({"values": [0x1234, 0xFFFF][:d.request[5]]})
+            d.complete({"values": [0x1234, 0xFFFF][: d.request[5]]})
 
     def scan(self, d):
         self._call("scan")
@@ -204,7 +264,7 @@ def test_status_text_is_aligned_and_json_is_one_object():
     assert lines[0].split() == ["gateway", "LY-0001"]
     col = lines[0].index("LY-0001")
     for ln in lines:
-        assert ln[col - 2:col] == "  " and ln[col] != " ", ln
+        assert ln[col - 2 : col] == "  " and ln[col] != " ", ln
     assert "uptime_s     1d 02:03:04" in out
     assert "2025-11-26T11:16:55Z" in out
     obj = json.loads(c.execute("status --json", 0))
@@ -217,7 +277,7 @@ def test_piles_table_columns_line_up():
     lines = _lines(c.execute("piles", 0))
     assert lines[0].split()[:5] == ["id", "name", "state", "power_w", "energy_wh"]
     at = lines[0].index("state")
-    assert lines[1][at:at + 8] == "charging" and lines[2][at:at + 4] == "idle"
+    assert lines[1][at : at + 8] == "charging" and lines[2][at : at + 4] == "idle"
     assert "7012.5" in lines[1] and "meter.offline" in lines[2]
     piles = json.loads(c.execute("piles --json", 0))["piles"]
     assert [p["id"] for p in piles] == ["P01", "P02"]
@@ -320,7 +380,7 @@ def test_crlf_counts_once_and_cr_or_lf_alone_end_a_line():
     b = FakeBackend()
     c = _con(b)
     c.feed(b"whoami\r\nwhoami\rwhoami\n\n", 0)
-    assert b.calls == []                # whoami asks nothing of the backend
+    assert b.calls == []  # whoami asks nothing of the backend
     out = c.feed(b"events 1\r\n", 0)
     assert out.count(b"pilegate> ") == 1
     out = c.feed(b"\r\n\r\n", 0)
@@ -332,7 +392,7 @@ def test_byte_at_a_time_gives_the_same_output_as_one_chunk():
     b = _con()
     data = b"statx\x7fus\r\nhelp bay\r\n\x1b[Apiles\r\n"
     whole = a.feed(data, 0)
-    parts = b"".join([b.feed(data[i:i + 1], 0) for i in range(len(data))])
+    parts = b"".join([b.feed(data[i : i + 1], 0) for i in range(len(data))])
     assert whole == parts
     assert b"gateway" in whole and b"who: anyone" in whole and b"P01" in whole
 
@@ -348,7 +408,7 @@ def test_echo_backspace_and_utf8_editing():
     c.feed(b"\x7f", 0)
     out = c.feed(b"P01\r", 0)
     assert b"values.power_w" in out
-    assert c.feed(b"\x7f\x7f", 0) == b""        # nothing to erase: nothing echoed
+    assert c.feed(b"\x7f\x7f", 0) == b""  # nothing to erase: nothing echoed
 
 
 def test_control_characters_dropped_and_escape_sequences_swallowed():
@@ -373,12 +433,12 @@ def test_overlong_line_is_discarded_with_one_message():
     b = FakeBackend()
     c = _con(b, max_line=16, echo=True)
     out = c.feed(b"status" + b"x" * 30, 0)
-    assert out == b"status" + b"x" * 10      # echo stops where the line is discarded
+    assert out == b"status" + b"x" * 10  # echo stops where the line is discarded
     assert c._n <= 16
     out = c.feed(b"y" * 1000 + b"\rstatus\r", 0)
     assert out.count(b"line longer than 16 bytes") == 1
-    assert b"LY-0001" in out                    # the next line is a fresh one
-    assert b.calls.count("status") == 1         # the discarded line never ran
+    assert b"LY-0001" in out  # the next line is a fresh one
+    assert b.calls.count("status") == 1  # the discarded line never ran
     assert len(c.feed(b"x" * 16 + b"\r", 0).split(b"line longer")) == 1  # 16 bytes is allowed
 
 
@@ -398,7 +458,7 @@ def test_feed_never_raises_on_garbage():
         seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
         data.append((seed >> 16) & 0xFF)
     for i in range(0, len(data), 37):
-        c.feed(bytes(data[i:i + 37]), i)
+        c.feed(bytes(data[i : i + 37]), i)
         c.poll(i)
         assert c._n <= c.max_line
     assert b"LY-0001" in c.feed(b"\x03\rstatus\r", 99999)
@@ -438,7 +498,7 @@ def test_login_with_the_right_pin():
     out = c.feed(b"login\r", 0)
     assert out.endswith(b"PIN: ")
     out = c.feed(PIN.encode() + b"\r", 1)
-    assert PIN.encode() not in out                  # never echoed
+    assert PIN.encode() not in out  # never echoed
     assert out.endswith(b"pilegate# ")
     assert b.audits[-1]["cmd"] == "login" and b.audits[-1]["result"] == "ok"
     assert b.audits[-1]["who"] == "technician"
@@ -494,7 +554,7 @@ def test_lockout_survives_a_new_session_sharing_the_auth_state():
     first.execute("login", 0)
     first.execute("111111", 0)
     first.close(0)
-    second = Console(FakeBackend(), auth=auth, origin="socket uid=1000")   # reconnected
+    second = Console(FakeBackend(), auth=auth, origin="socket uid=1000")  # reconnected
     assert "try again in 4 s" in second.execute("login", 1)
     # and a session that was already at the PIN prompt cannot guess in parallel
     third = Console(FakeBackend(), auth=auth)
@@ -521,9 +581,9 @@ def test_idle_session_logs_out_through_poll():
     c.greeting(0)
     _login(c, 0)
     assert c.poll(30) == b""
-    c.execute("status", 30)                     # a command is activity
+    c.execute("status", 30)  # a command is activity
     assert c.poll(89) == b""
-    c.feed(b"sta", 89)                          # typing without a command is not
+    c.feed(b"sta", 89)  # typing without a command is not
     out = c.poll(90)
     assert b"idle for 60 s: logged out" in out
     assert out.startswith(b"\r\n") and out.endswith(b"pilegate> sta")
@@ -576,11 +636,10 @@ def test_set_lists_and_changes_whitelisted_settings_with_secrets_masked():
 
 def test_meter_bindings_are_refused_with_the_commissioning_explanation():
     b = FakeBackend()
-    b.settable["pile.P01.meter.address"] = 1      # even if a backend wrongly offered it
+    b.settable["pile.P01.meter.address"] = 1  # even if a backend wrongly offered it
     c = _con(b)
     _login(c)
-    for key in ("pile.P01.meter.address", "pile.P01.meter.serial", "meter.P01", "pile.P01.address",
-                "bindings.P01"):
+    for key in ("pile.P01.meter.address", "pile.P01.meter.serial", "meter.P01", "pile.P01.address", "bindings.P01"):
         out = c.execute("set %s 7" % key, 1)
         assert "commissioning" in out and out.startswith("error:"), key
         assert b.audits[-1]["result"] == "refused"
@@ -677,9 +736,17 @@ def test_failing_action_is_reported_and_audited():
 def test_mbread_arguments_are_validated_before_the_port_sees_them():
     b = FakeBackend()
     c = _con(b)
-    for bad in ("mbread", "mbread rs485-1 1 3 0", "mbread rs485-1 0 3 0 1", "mbread rs485-1 248 3 0 1",
-                "mbread rs485-1 1 5 0 1", "mbread rs485-1 1 3 0 126", "mbread rs485-1 1 3 65535 2",
-                "mbread rs485-1 1 3 x 1", "mbread rs485-1 1 3 -1 1"):
+    for bad in (
+        "mbread",
+        "mbread rs485-1 1 3 0",
+        "mbread rs485-1 0 3 0 1",
+        "mbread rs485-1 248 3 0 1",
+        "mbread rs485-1 1 5 0 1",
+        "mbread rs485-1 1 3 0 126",
+        "mbread rs485-1 1 3 65535 2",
+        "mbread rs485-1 1 3 x 1",
+        "mbread rs485-1 1 3 -1 1",
+    ):
         out = c.execute(bad, 0)
         assert out.startswith("error:") and "usage: mbread" in out, bad
     assert b.requests == []
@@ -699,7 +766,7 @@ def test_mbread_result_arrives_through_poll_and_prompt_waits_for_it():
     out = c.poll(2)
     assert b"elapsed_ms=42" in out and b"0x1234" in out and b"65534" in out and b"-2" in out
     assert out.endswith(b"pilegate> ")
-    assert not d.complete({"values": []})       # a second answer is ignored
+    assert not d.complete({"values": []})  # a second answer is ignored
     assert c.poll(3) == b""
 
 

@@ -46,20 +46,23 @@ def _key(seed_byte):
 
 HMAC_CASES = (
     # (case, key, data, HMAC-SHA-256)
-    (1, b"\x0b" * 20, b"Hi There",
-     "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
-    (2, b"Jefe", b"what do ya want for nothing?",
-     "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
-    (3, b"\xaa" * 20, b"\xdd" * 50,
-     "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"),
-    (4, bytes(range(1, 26)), b"\xcd" * 50,
-     "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"),
-    (6, b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First",
-     "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
-    (7, b"\xaa" * 131,
-     b"This is a test using a larger than block-size key and a larger than block-size data."
-     b" The key needs to be hashed before being used by the HMAC algorithm.",
-     "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
+    (1, b"\x0b" * 20, b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+    (2, b"Jefe", b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+    (3, b"\xaa" * 20, b"\xdd" * 50, "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"),
+    (4, bytes(range(1, 26)), b"\xcd" * 50, "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"),
+    (
+        6,
+        b"\xaa" * 131,
+        b"Test Using Larger Than Block-Size Key - Hash Key First",
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+    ),
+    (
+        7,
+        b"\xaa" * 131,
+        b"This is a test using a larger than block-size key and a larger than block-size data."
+        b" The key needs to be hashed before being used by the HMAC algorithm.",
+        "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+    ),
 )
 
 
@@ -137,8 +140,7 @@ def test_verify_rejects_tampering_and_wrong_key():
 
 def test_verify_rejects_out_of_range_r_and_s():
     r, s = RFC_SAMPLE_R, RFC_SAMPLE_S
-    for bad_r, bad_s in ((0, s), (r, 0), (N, s), (r, N), (r + N, s), (r, s + N), (-r, s),
-                         (r, -s), (P, s), (2**256, s)):
+    for bad_r, bad_s in ((0, s), (r, 0), (N, s), (r, N), (r + N, s), (r, s + N), (-r, s), (r, -s), (P, s), (2**256, s)):
         assert not ecdsa.verify(RFC_PUB, b"sample", bad_r, bad_s), (bad_r, bad_s)
 
 
@@ -303,8 +305,9 @@ def test_sig_raw_rejections():
 
 def test_sig_der_encoding_of_rfc_sample():
     # Both halves have the top bit set, so each INTEGER needs a leading 00.
-    expected = (b"\x30\x46\x02\x21\x00" + RFC_SAMPLE_R.to_bytes(32, "big")
-                + b"\x02\x21\x00" + RFC_SAMPLE_S.to_bytes(32, "big"))
+    expected = (
+        b"\x30\x46\x02\x21\x00" + RFC_SAMPLE_R.to_bytes(32, "big") + b"\x02\x21\x00" + RFC_SAMPLE_S.to_bytes(32, "big")
+    )
     der = ecdsa.sig_der(RFC_SAMPLE_R, RFC_SAMPLE_S)
     assert der == expected
     assert ecdsa.parse_sig_der(der) == (RFC_SAMPLE_R, RFC_SAMPLE_S)

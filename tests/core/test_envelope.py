@@ -23,18 +23,19 @@ def verify(jws):
 
 
 def chain(**kw):
-    return envelope.Chain("GW-1", "site-1", KID, sign_raw, kw.get("epoch", 1), kw.get("seq", 0),
-                          kw.get("head", envelope.ZERO_HASH))
+    return envelope.Chain(
+        "GW-1", "site-1", KID, sign_raw, kw.get("epoch", 1), kw.get("seq", 0), kw.get("head", envelope.ZERO_HASH)
+    )
 
 
 def test_jsonc_is_compact_sorted_and_utf8():
-    assert jsonc.dumps({"b": [1, 2.5, None, True], "a": "中\n\"x\\"}) == '{"a":"中\\n\\"x\\\\","b":[1,2.5,null,true]}'
+    assert jsonc.dumps({"b": [1, 2.5, None, True], "a": '中\n"x\\'}) == '{"a":"中\\n\\"x\\\\","b":[1,2.5,null,true]}'
     assert jsonc.dumps({"c": {"z": 1, "a": False}}) == '{"c":{"a":false,"z":1}}'
     assert jsonc.dumps("\x01") == '"\\u0001"'
     with raises(ValueError):
         jsonc.dumps(float("nan"))
     with raises(ValueError):
-        jsonc._enc({1: 2}, [])          # keys must be strings (the portable encoder checks)
+        jsonc._enc({1: 2}, [])  # keys must be strings (the portable encoder checks)
     assert json.loads(jsonc.dumps({"k": [1, "é", 3.25]})) == {"k": [1, "é", 3.25]}
 
 
@@ -55,9 +56,18 @@ def test_message_is_a_verifiable_jws_with_the_documented_fields():
     header, body, ok, signing_input = verify(p.jws)
     assert ok
     assert header == {"alg": "ES256", "kid": KID, "typ": "pilegate+jws"}
-    assert body == {"v": 1, "gw": "GW-1", "site": "site-1", "epoch": 1, "seq": 1,
-                    "prev": envelope.ZERO_HASH, "t": 1700000000, "tsync": "ntp",
-                    "kind": "telemetry", "data": {"piles": []}}
+    assert body == {
+        "v": 1,
+        "gw": "GW-1",
+        "site": "site-1",
+        "epoch": 1,
+        "seq": 1,
+        "prev": envelope.ZERO_HASH,
+        "t": 1700000000,
+        "tsync": "ntp",
+        "kind": "telemetry",
+        "data": {"piles": []},
+    }
     assert p.hash == envelope.sha256_hex(signing_input)
 
 

@@ -12,13 +12,22 @@ from pilecore import config, envelope
 from pilefw import app, clock, keystore
 
 ESP_BOARD = {
-    "id": "esp-test", "name": "esp", "platform": "esp32", "flash_mb": 4, "firmware_offset": 4096,
-    "uart": [{"name": "uart2", "role": "rs485", "tx": 17, "rx": 16, "de": 4},
-             {"name": "uart0", "role": "console", "tx": 1, "rx": 3}],
+    "id": "esp-test",
+    "name": "esp",
+    "platform": "esp32",
+    "flash_mb": 4,
+    "firmware_offset": 4096,
+    "uart": [
+        {"name": "uart2", "role": "rs485", "tx": 17, "rx": 16, "de": 4},
+        {"name": "uart0", "role": "console", "tx": 1, "rx": 3},
+    ],
     "relay": [{"name": "K1", "pin": 26}],
 }
 RPI_BOARD = {
-    "id": "rpi-test", "name": "pi", "platform": "rpi", "flash_mb": 16384,
+    "id": "rpi-test",
+    "name": "pi",
+    "platform": "rpi",
+    "flash_mb": 16384,
     "uart": [{"name": "usb0", "role": "rs485", "device": "/dev/ttyUSB0", "de_mode": "auto"}],
 }
 PROFILES = {"m1": {"id": "m1"}}
@@ -30,9 +39,10 @@ def site(board="esp-test", port="uart2", relay=True):
         "gateway": {"id": "GW-1", "site": "s1", "board": board},
         "mqtt": {"url": "mqtt://127.0.0.1:1883", "allow_insecure": True},
         "bus": [{"name": "bus1", "port": port}],
-        "pile": [{"id": "P01", "meter": {"bus": "bus1", "address": 1, "profile": "m1"},
-                  "interlock": "relay", "relay": "K1"},
-                 {"id": "P02", "meter": {"bus": "bus1", "address": 2, "profile": "m1"}}],
+        "pile": [
+            {"id": "P01", "meter": {"bus": "bus1", "address": 1, "profile": "m1"}, "interlock": "relay", "relay": "K1"},
+            {"id": "P02", "meter": {"bus": "bus1", "address": 2, "profile": "m1"}},
+        ],
     }
     if not relay:
         cfg["pile"][0]["interlock"] = "report"
@@ -57,7 +67,7 @@ def test_a_compiled_site_validates_again_unchanged():
 
 def test_not_an_object_and_not_compiled():
     assert app.check_config([1, 2])[1][0][0] == "(file)"
-    raw = site()                                   # the site file itself, not compiled
+    raw = site()  # the site file itself, not compiled
     _, problems = app.check_config(raw)
     keys = [k for k, _ in problems]
     assert "version" in keys and "board_def" in keys and "profiles" in keys
@@ -65,9 +75,9 @@ def test_not_an_object_and_not_compiled():
 
 def test_every_site_problem_is_reported_with_its_key():
     cfg = compiled()
-    cfg["pile"][1]["meter"]["address"] = 1         # two piles on one meter
-    cfg["bus"][0]["port"] = "uart0"                # meters on the console UART
-    cfg["pile"][0]["relay"] = "K9"                 # a relay the board does not have
+    cfg["pile"][1]["meter"]["address"] = 1  # two piles on one meter
+    cfg["bus"][0]["port"] = "uart0"  # meters on the console UART
+    cfg["pile"][0]["relay"] = "K9"  # a relay the board does not have
     _, problems = app.check_config(cfg)
     d = dict(problems)
     assert "pile[P02].meter.address" in d and "一桩一表" in d["pile[P02].meter.address"]
@@ -92,13 +102,14 @@ def test_app_refuses_a_bad_configuration_before_touching_the_hardware():
     cfg = compiled()
     cfg["pile"][1]["meter"]["address"] = 1
     with raises(app.ConfigError, match="pile[P02].meter.address"):
-        app.App(cfg, None)                         # no hardware object at all: never reached
+        app.App(cfg, None)  # no hardware object at all: never reached
 
 
 def tmpdir(tag):
     _n[0] += 1
     try:
         import tempfile
+
         return tempfile.mkdtemp(prefix="fwcfg-")
     except ImportError:
         path = "/tmp/fwcfg%d%s" % (_n[0], tag)
@@ -115,12 +126,13 @@ def test_load_config_file_reports_missing_broken_and_returns_the_hash():
     with raises(app.ConfigError, match="not valid JSON"):
         app.load_config_file(d + "/bad.json")
     from pilecore import jsonc
+
     text = jsonc.dumps(compiled())
     with open(d + "/config.json", "w") as f:
         f.write(text + "\n")
     cfg, digest = app.load_config_file(d + "/config.json")
     assert cfg["gateway"]["id"] == "GW-1"
-    assert digest == envelope.sha256_hex(text.encode())        # the Pi's config_hash
+    assert digest == envelope.sha256_hex(text.encode())  # the Pi's config_hash
 
 
 def test_uart_ids_come_from_the_board_names():
@@ -136,6 +148,7 @@ def test_chain_recovery_from_the_newest_stored_message():
 
         def last(self):
             return self._last
+
     assert app.recover_chain(Box(None)) == (0, envelope.ZERO_HASH)
     jws = b"aGVhZA.cGF5bG9hZA.c2ln"
     assert app.recover_chain(Box((41, jws))) == (41, envelope.sha256_hex(b"aGVhZA.cGF5bG9hZA"))
@@ -155,16 +168,17 @@ def test_epoch_offset_and_tsync():
 
 
 def test_the_millisecond_count_does_not_wrap_with_the_ticks():
-    period = 1 << 30                                    # the ESP32's ticks_ms() period
+    period = 1 << 30  # the ESP32's ticks_ms() period
 
-    def diff(a, b):                                     # MicroPython's ticks_diff
+    def diff(a, b):  # MicroPython's ticks_diff
         return ((a - b + period // 2) & (period - 1)) - period // 2
+
     t = [period - 1500]
     ms = clock.MonotonicMs(lambda: t[0], diff)
     assert ms() == 0
-    t[0] = period - 1                                   # just before the wrap
+    t[0] = period - 1  # just before the wrap
     assert ms() == 1499
-    t[0] = 700                                          # after it
+    t[0] = 700  # after it
     assert ms() == 1499 + 1 + 700
     t[0] = 5000
     assert ms() == 2200 + 4300

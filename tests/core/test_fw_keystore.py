@@ -18,6 +18,7 @@ def fresh(tag):
     _n[0] += 1
     try:
         import tempfile
+
         return "%s/%s%d" % (tempfile.mkdtemp(prefix="fwkeys-"), tag, _n[0])
     except ImportError:  # MicroPython
         keystore.makedirs("/tmp/fwkeys")
@@ -30,6 +31,7 @@ def rand_bytes(n):
     if hasattr(os, "urandom"):
         return os.urandom(n)
     import random
+
     return bytes([random.getrandbits(8) for _ in range(n)])
 
 
@@ -39,6 +41,7 @@ def counting_rand():
     def rand(n):
         calls.append(n)
         return rand_bytes(n)
+
     return rand, calls
 
 
@@ -91,13 +94,13 @@ def test_a_damaged_key_file_is_refused_not_replaced():
     with raises(ValueError, match="does not hold a valid device key"):
         keystore.KeyStore(root, rand=rand_bytes).load_or_create()
     with open(root + "/device.key", "rb") as f:
-        assert f.read() == b"\x00" * 31                  # left for a human to look at
+        assert f.read() == b"\x00" * 31  # left for a human to look at
 
 
 def test_a_torn_first_generation_starts_again():
     root = fresh("t")
     keystore.makedirs(root)
-    with open(root + "/device.key.tmp", "wb") as f:       # power cut while writing the first key
+    with open(root + "/device.key.tmp", "wb") as f:  # power cut while writing the first key
         f.write(b"\x01\x02\x03")
     ks = keystore.KeyStore(root, rand=rand_bytes)
     assert ks.load_or_create() is True
@@ -123,22 +126,22 @@ def test_state_files_round_trip_and_replace_atomically():
     assert st.load("core") == {"a": [1, 2], "b": "x"}
     st.save("core", {"a": 3})
     assert st.load("core") == {"a": 3}
-    assert not keystore.exists(st.path("core") + ".tmp")     # the temporary file was renamed
+    assert not keystore.exists(st.path("core") + ".tmp")  # the temporary file was renamed
 
 
 def test_state_file_cut_during_the_temporary_write_keeps_the_old_version():
     st = keystore.StateDir(fresh("cut"))
     st.save("replay", {"seen": {"c1": 5}})
-    with open(st.path("replay") + ".tmp", "wb") as f:       # a torn write of the next version
+    with open(st.path("replay") + ".tmp", "wb") as f:  # a torn write of the next version
         f.write(b'{"seen": {"c1"')
     assert st.load("replay") == {"seen": {"c1": 5}}
-    st.save("replay", {"seen": {}})                           # the next save replaces both
+    st.save("replay", {"seen": {}})  # the next save replaces both
     assert st.load("replay") == {"seen": {}}
 
 
 def test_state_file_between_remove_and_rename_reads_the_complete_temporary():
     st = keystore.StateDir(fresh("fat"))
-    with open(st.path("settings") + ".tmp", "wb") as f:     # FAT fallback cut after remove
+    with open(st.path("settings") + ".tmp", "wb") as f:  # FAT fallback cut after remove
         f.write(b'{"interval_s": 60}')
     assert st.load("settings") == {"interval_s": 60}
 

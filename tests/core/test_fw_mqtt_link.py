@@ -73,7 +73,7 @@ class Client:
         if self.inbound:
             topic, msg = self.inbound.pop(0)
             self.sock.sock.incoming.append(b"\x30")
-            self.sock.read(1)              # bytes arrive through the adapter's bounded socket
+            self.sock.read(1)  # bytes arrive through the adapter's bounded socket
             self.cb(topic, msg)
 
     def disconnect(self):
@@ -112,8 +112,17 @@ def make(box=None, fail=None, inbound=None, rand=None, **kw):
         c = Client(log, dict(fail or {}), inbound)
         clients.append(c)
         return c
-    link = mqtt.Link(factory, box or Box(), "p", will=lambda: "WILL", online=lambda: "ONLINE",
-                     on_command=cmds.append, rand=rand or (lambda n: b"\x00" * n), **kw)
+
+    link = mqtt.Link(
+        factory,
+        box or Box(),
+        "p",
+        will=lambda: "WILL",
+        online=lambda: "ONLINE",
+        on_command=cmds.append,
+        rand=rand or (lambda n: b"\x00" * n),
+        **kw,
+    )
     return link, log, clients, cmds
 
 
@@ -124,15 +133,31 @@ def test_parse_url():
 
 
 def test_backoff_doubles_to_the_cap_and_jitters_within_half():
-    lo = lambda n: b"\x00\x00"           # noqa: E731
-    hi = lambda n: b"\xff\xff"           # noqa: E731
-    assert [mqtt.backoff_delay(f, 1000, 60000, hi) for f in range(1, 9)] == \
-        [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
-    assert [mqtt.backoff_delay(f, 1000, 60000, lo) for f in range(1, 9)] == \
-        [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+    lo = lambda n: b"\x00\x00"  # noqa: E731
+    hi = lambda n: b"\xff\xff"  # noqa: E731
+    assert [mqtt.backoff_delay(f, 1000, 60000, hi) for f in range(1, 9)] == [
+        1000,
+        2000,
+        4000,
+        8000,
+        16000,
+        32000,
+        60000,
+        60000,
+    ]
+    assert [mqtt.backoff_delay(f, 1000, 60000, lo) for f in range(1, 9)] == [
+        500,
+        1000,
+        2000,
+        4000,
+        8000,
+        16000,
+        30000,
+        30000,
+    ]
     mid = mqtt.backoff_delay(3, 1000, 60000, lambda n: b"\x80\x00")
     assert 2000 < mid < 4000
-    assert mqtt.backoff_delay(1000, 1000, 60000, hi) == 60000      # no overflow after many failures
+    assert mqtt.backoff_delay(1000, 1000, 60000, hi) == 60000  # no overflow after many failures
 
 
 def test_connect_registers_the_will_then_announces_online_and_subscribes():
@@ -140,11 +165,11 @@ def test_connect_registers_the_will_then_announces_online_and_subscribes():
     assert link.step(0) and link.connected
     assert [e[0] for e in log] == ["will", "connect", "publish", "subscribe"]
     assert log[0] == ("will", b"p/state", b"WILL", True, 1)
-    assert log[1] == ("connect", 2.5)                 # the CONNACK wait is bounded too
+    assert log[1] == ("connect", 2.5)  # the CONNACK wait is bounded too
     assert log[2] == ("publish", b"p/state", b"ONLINE", True, 1)
     assert log[3] == ("subscribe", b"p/cmd", 1)
     assert clients[0].keepalive == 40
-    assert clients[0].sock.raw.timeout == 2.5         # blocking waits are bounded
+    assert clients[0].sock.raw.timeout == 2.5  # blocking waits are bounded
 
 
 def test_records_are_acked_only_after_publish_returned():
@@ -152,16 +177,16 @@ def test_records_are_acked_only_after_publish_returned():
     link, log, clients, _ = make(box, batch=4)
     link.step(0)
     link.step(10)
-    assert box.acked == [1, 2, 3, 4]                    # one bounded batch per step, in order
-    clients[0].fail["publish"] = OSError(110, "timed out")   # PUBACK never came for seq 5
+    assert box.acked == [1, 2, 3, 4]  # one bounded batch per step, in order
+    clients[0].fail["publish"] = OSError(110, "timed out")  # PUBACK never came for seq 5
     link.step(20)
     assert box.acked == [1, 2, 3, 4] and not link.connected
-    assert clients[0].sock.sock.closed                  # the socket is closed at once
+    assert clients[0].sock.sock.closed  # the socket is closed at once
     assert link.failures == 1 and link.next_try_ms == 20 + 500
-    assert link.step(400) is False and len(clients) == 1     # not before the backoff ran out
+    assert link.step(400) is False and len(clients) == 1  # not before the backoff ran out
     link.step(520)
     assert len(clients) == 2 and link.connected
-    assert log.count(("subscribe", b"p/cmd", 1)) == 2   # subscribed again after the reconnect
+    assert log.count(("subscribe", b"p/cmd", 1)) == 2  # subscribed again after the reconnect
     link.step(530)
     assert box.acked == [1, 2, 3, 4, 5, 6]
     assert log[-1] == ("publish", "p/t".encode(), b"m6", False, 1)
@@ -183,8 +208,9 @@ def test_birth_is_retained_and_resends_are_not():
 
 def test_failures_grow_the_delay_and_a_connection_resets_it():
     seq = [b"\xff\xff"] * 10
-    link, log, clients, _ = make(fail={"connect": OSError(111, "refused")}, rand=lambda n: seq.pop(),
-                                 backoff_min_ms=100, backoff_max_ms=1000)
+    link, log, clients, _ = make(
+        fail={"connect": OSError(111, "refused")}, rand=lambda n: seq.pop(), backoff_min_ms=100, backoff_max_ms=1000
+    )
     now = 0
     for _ in range(5):
         link.step(now)
@@ -219,12 +245,12 @@ def test_keepalive_pings_when_idle_and_declares_a_silent_broker_dead():
     link.step(4000)
     assert ("ping",) not in log
     link.step(5000)
-    assert log.count(("ping",)) == 1                   # idle for keepalive/2
+    assert log.count(("ping",)) == 1  # idle for keepalive/2
     link.step(9000)
     assert log.count(("ping",)) == 1
     link.step(10000)
     assert log.count(("ping",)) == 2
-    link.step(15001)                                   # nothing received for 1.5 x keepalive
+    link.step(15001)  # nothing received for 1.5 x keepalive
     assert not link.connected and "no answer from the broker" in link.last_error
 
 
@@ -238,11 +264,13 @@ def test_close_publishes_the_offline_state_and_disconnects():
 
 def test_an_older_umqtt_without_a_connect_timeout_still_connects():
     class OldClient(Client):
-        def connect(self, clean_session=True):      # umqtt.simple 1.3.4's signature
+        def connect(self, clean_session=True):  # umqtt.simple 1.3.4's signature
             self._do("connect")
             self.sock = Sock()
+
     log = []
-    link = mqtt.Link(lambda: OldClient(log), Box(), "p", will=lambda: "W", online=lambda: "O",
-                     rand=lambda n: b"\x00" * n)
+    link = mqtt.Link(
+        lambda: OldClient(log), Box(), "p", will=lambda: "W", online=lambda: "O", rand=lambda n: b"\x00" * n
+    )
     link.step(0)
     assert link.connected and ("connect",) in log

@@ -44,6 +44,7 @@ def fresh(tag):
     _dirs[0] += 1
     try:
         import tempfile
+
         return "%s/%s%d" % (tempfile.mkdtemp(prefix="fwoutbox-"), tag, _dirs[0])
     except ImportError:  # MicroPython: an in-memory /tmp that lives as long as the run
         pass
@@ -92,7 +93,7 @@ def test_put_pending_ack_get_in_order_and_after_reopen():
     ob.ack(2)
     ob.ack(1)
     assert seqs(ob.pending()) == [3, 5, 6] and ob.depth() == 3 and ob.oldest() == 3
-    assert ob.get(2) == (2, "telemetry", "pg/v1/s/g/telemetry/P01", jws(2))   # acked, kept
+    assert ob.get(2) == (2, "telemetry", "pg/v1/s/g/telemetry/P01", jws(2))  # acked, kept
     assert ob.get(4) is None and ob.get(99) is None
     assert ob.last() == (6, jws(6))
     ob.close()
@@ -125,7 +126,7 @@ def test_seq_must_grow_and_arguments_are_checked():
     ob.close()
     ob = Outbox(d)
     with raises(ValueError):
-        ob.put(10, "event", "t", jws(10))      # the bound survives a reboot
+        ob.put(10, "event", "t", jws(10))  # the bound survives a reboot
     assert ob.put(11, "event", "t", jws(11))
     ob.close()
     _wipe(d)
@@ -141,7 +142,7 @@ def test_ack_is_durable_idempotent_and_ignores_unknown():
     assert n == obx.HDR + 1 + len(jws(1)) + obx.ACK_LEN
     ob.ack(1)
     ob.ack(7)
-    assert size_of(name) == n                   # nothing written for a repeat or a stranger
+    assert size_of(name) == n  # nothing written for a repeat or a stranger
     ob.close()
     ob = Outbox(d)
     assert ob.depth() == 0 and ob.pending() == [] and ob.get(1) is not None
@@ -200,7 +201,7 @@ def test_torn_tail_is_cut_away_and_appending_continues():
     with open(name, "rb") as f:
         first = f.read(40)
     with open(name, "ab") as f:
-        f.write(first)                         # a record cut short by a power failure
+        f.write(first)  # a record cut short by a power failure
     ob = Outbox(d)
     assert ob.torn == 1 and ob.errors == 0
     assert size_of(name) == good
@@ -219,7 +220,7 @@ def test_a_segment_of_only_garbage_at_the_head_is_removed():
     ob.put(1, "event", "e", jws(1))
     ob.close()
     with open(d + "/k00000002.seg", "wb") as f:
-        f.write(b"\xfa\xce\x01")              # a cut right after the new file was created
+        f.write(b"\xfa\xce\x01")  # a cut right after the new file was created
     ob = Outbox(d)
     assert ob.torn == 1 and seg_files(d) == ["k00000001.seg"]
     assert ob.put(2, "event", "e", jws(2))
@@ -243,7 +244,7 @@ def test_corruption_in_an_old_segment_is_skipped_and_counted():
     with open(name, "rb") as f:
         raw = bytearray(f.read())
     rec = obx.HDR + 1 + len(jws(1))
-    raw[rec + 30] ^= 0x40                      # a bit flips inside the second record
+    raw[rec + 30] ^= 0x40  # a bit flips inside the second record
     with open(name, "wb") as f:
         f.write(raw)
     ob = Outbox(d, segment_bytes=512)
@@ -264,14 +265,14 @@ def test_open_survives_garbage_files():
     with open(d + "/k00000002.seg", "wb") as f:
         f.write(b"\xfa\xce" * 40)
     ob = Outbox(d)
-    assert ob.errors == 1 and ob.torn == 2       # k1 damaged; k2 and t4 are stream heads
+    assert ob.errors == 1 and ob.torn == 2  # k1 damaged; k2 and t4 are stream heads
     assert ob.depth() == 0 and ob.last() is None
     assert ob.put(1, "billing", "b", jws(1))
-    assert "k00000003.seg" in os.listdir(d)      # not appended after k1's garbage
+    assert "k00000003.seg" in os.listdir(d)  # not appended after k1's garbage
     ob.close()
     ob = Outbox(d)
     assert seqs(ob.pending()) == [1] and ob.errors == 1
-    assert "notes.txt" in os.listdir(d)          # foreign files are left alone
+    assert "notes.txt" in os.listdir(d)  # foreign files are left alone
     ob.close()
     _wipe(d)
 
@@ -286,7 +287,7 @@ def test_acked_space_is_reclaimed_before_any_thinning():
     assert ob.take_dropped() == []
     assert ob.depth() == 0 and ob.last() == (199, jws(199))
     assert ob.get(199) is not None and ob.get(1) is None
-    assert ob.bytes_used() > 4096 - 2 * 512        # acked records are kept until room is needed
+    assert ob.bytes_used() > 4096 - 2 * 512  # acked records are kept until room is needed
     kept = [s for s in range(1, 200) if ob.get(s) is not None]
     assert kept[-1] == 199 and len(kept) > 25
     ob.close()
@@ -340,7 +341,7 @@ def test_full_of_billing_raises_and_refuses_telemetry():
     ob.ack(2)
     ob.ack(3)
     ob.ack(4)
-    assert ob.put(s, "billing", "b", jws(s))     # acked billing makes room again
+    assert ob.put(s, "billing", "b", jws(s))  # acked billing makes room again
     ob.close()
     _wipe(d)
 
@@ -349,16 +350,16 @@ def test_undeclared_drops_are_reported_again_after_a_reboot():
     d = fresh("decl")
     ob = Outbox(d, max_bytes=3072, segment_bytes=512)
     s = 0
-    while not ob._dropped:                       # fill until thinning happens
+    while not ob._dropped:  # fill until thinning happens
         s += 1
         ob.put(s, "telemetry", "t", jws(s))
     first = ob.take_dropped()
     ob.close()
     ob = Outbox(d, max_bytes=3072, segment_bytes=512)
     again = ob.take_dropped()
-    assert again == first                        # taken but never declared: reported again
+    assert again == first  # taken but never declared: reported again
     s += 1
-    ob.put(s, "event", "lost", b"declared")      # the caller's declaration event
+    ob.put(s, "event", "lost", b"declared")  # the caller's declaration event
     ob.close()
     ob = Outbox(d, max_bytes=3072, segment_bytes=512)
     assert ob.take_dropped() == []
@@ -392,7 +393,7 @@ def test_the_newest_record_survives_even_a_failed_put():
         ob.put(s, "billing", "b", jws(s))
     s += 1
     ob.put(s, "telemetry", "t", jws(s))
-    ob.ack(s)                                     # the chain head is acked, its segment idle
+    ob.ack(s)  # the chain head is acked, its segment idle
     with raises(OutboxFull):
         ob.put(s + 1, "billing", "b", b"x" * 900)
     assert ob.last() == (s, jws(s))

@@ -14,19 +14,32 @@ def prof(serial=True):
 
 def cfg(serials=("", ""), relay=True, main=False, serial_profile=True):
     c = {
-        "metering": {"offline_after_s": 120, "verify_serial_s": 3600, "idle_power_w": 50.0,
-                     "swap_window_s": 120},
+        "metering": {"offline_after_s": 120, "verify_serial_s": 3600, "idle_power_w": 50.0, "swap_window_s": 120},
         "pile": [
-            {"id": "P1", "meter": {"bus": "b", "address": 1, "profile": "m", "serial": serials[0]},
-             "max_power_kw": 7.0, "interlock": "relay" if relay else "report"},
-            {"id": "P2", "meter": {"bus": "b", "address": 2, "profile": "m", "serial": serials[1]},
-             "max_power_kw": 7.0, "interlock": "report"},
+            {
+                "id": "P1",
+                "meter": {"bus": "b", "address": 1, "profile": "m", "serial": serials[0]},
+                "max_power_kw": 7.0,
+                "interlock": "relay" if relay else "report",
+            },
+            {
+                "id": "P2",
+                "meter": {"bus": "b", "address": 2, "profile": "m", "serial": serials[1]},
+                "max_power_kw": 7.0,
+                "interlock": "report",
+            },
         ],
         "profiles": {"m": prof(serial_profile)},
     }
     if main:
-        c["main_meter"] = {"bus": "b", "address": 9, "profile": "m", "tolerance_pct": 5.0,
-                           "tolerance_w": 300.0, "window_s": 900}
+        c["main_meter"] = {
+            "bus": "b",
+            "address": 9,
+            "profile": "m",
+            "tolerance_pct": 5.0,
+            "tolerance_w": 300.0,
+            "window_s": 900,
+        }
     return c
 
 
@@ -162,8 +175,8 @@ def test_swapped_wiring():
     g = metering.SiteGuard(cfg(serials=("111", "222")))
     g.identity(1000, "P1", "111")
     g.identity(1000, "P2", "222")
-    g.charging("P1", True)            # pile 1 says it is charging ...
-    g.charging("P2", False)           # ... pile 2 says it is idle
+    g.charging("P1", True)  # pile 1 says it is charging ...
+    g.charging("P2", False)  # ... pile 2 says it is idle
     t = 1000
     for i in range(20):
         t += 10
@@ -195,7 +208,7 @@ def test_main_meter_balance():
         t = 1000 + 60 * k
         g.reading(t, "P1", {"energy_wh": 100000 + 100 * k})
         g.reading(t, "P2", {"energy_wh": 200000 + 100 * k})
-        ev += g.main_reading(t, 500000 + 200 * k + 20 * k)     # 10 % hidden load
+        ev += g.main_reading(t, 500000 + 200 * k + 20 * k)  # 10 % hidden load
     assert "site.unmetered_load" in types(ev)
     e = [x for x in ev if x["type"] == "site.unmetered_load"][0]
     assert e["difference_wh"] > e["tolerance_wh"]

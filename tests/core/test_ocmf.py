@@ -12,8 +12,7 @@ from pilecore import ecdsa, ocmf
 from pilecore.sessions import SessionTracker
 
 SEED = b"pilegate ocmf test key seed, forty bytes or more"
-CTX = {"GI": "pilegate ESP32", "GS": "PG-000123", "GV": "0.1.0", "PG": 42, "MV": "Acrel",
-       "MM": "ADL400"}
+CTX = {"GI": "pilegate ESP32", "GS": "PG-000123", "GV": "0.1.0", "PG": 42, "MV": "Acrel", "MM": "ADL400"}
 
 GOLDEN_PAYLOAD = (
     '{"FV":"1.0","GI":"pilegate ESP32","GS":"PG-000123","GV":"0.1.0","PG":"T42","MV":"Acrel",'
@@ -39,18 +38,21 @@ def key():
     return _key[0]
 
 
-def session(flags=None, start_flags=None, end_flags=None, start_wh=2935600, end_wh=2965149,
-            pile="P-07", sync="S"):
+def session(flags=None, start_flags=None, end_flags=None, start_wh=2935600, end_wh=2965149, pile="P-07", sync="S"):
     def rd(t, wh, fl):
         return {"t": t, "wh": wh, "sync": sync, "serial": "2301-0457", "flags": fl or []}
+
     flags = flags or []
     return {
         "pile": pile,
         "start": rd(1795691815, start_wh, start_flags),
         "end": rd(1795706215, end_wh, end_flags),
         "energy_wh": None if start_wh is None or end_wh is None else end_wh - start_wh,
-        "meter_serial": "2301-0457", "reason": "unplugged", "started_by": "plug",
-        "flags": flags, "metered": not flags,
+        "meter_serial": "2301-0457",
+        "reason": "unplugged",
+        "started_by": "plug",
+        "flags": flags,
+        "metered": not flags,
     }
 
 
@@ -95,12 +97,24 @@ def test_tampering_breaks_the_signature():
 
 def test_optional_context_fields():
     ctx = dict(CTX)
-    ctx.update({"MF": "1.02", "RT": "DC", "CI": "CN*ABC*E0001*1", "IS": True, "IL": "TRUSTED",
-                "IF": ["OCPP_RS_TLS"], "IT": "CENTRAL", "ID": "ORDER-7781", "MS": "OVERRIDE"})
+    ctx.update(
+        {
+            "MF": "1.02",
+            "RT": "DC",
+            "CI": "CN*ABC*E0001*1",
+            "IS": True,
+            "IL": "TRUSTED",
+            "IF": ["OCPP_RS_TLS"],
+            "IT": "CENTRAL",
+            "ID": "ORDER-7781",
+            "MS": "OVERRIDE",
+        }
+    )
     text = ocmf.payload(session(), ctx)
-    assert ('"MS":"OVERRIDE","MF":"1.02","IS":true,"IL":"TRUSTED","IF":["OCPP_RS_TLS"],'
-            '"IT":"CENTRAL","ID":"ORDER-7781","CT":"EVSEID","CI":"CN*ABC*E0001*1","XP":"P-07"'
-            in text)
+    assert (
+        '"MS":"OVERRIDE","MF":"1.02","IS":true,"IL":"TRUSTED","IF":["OCPP_RS_TLS"],'
+        '"IT":"CENTRAL","ID":"ORDER-7781","CT":"EVSEID","CI":"CN*ABC*E0001*1","XP":"P-07"' in text
+    )
     assert json.loads(text)["RD"][0]["RT"] == "DC"
     ctx["CT"] = "CBIDC"
     assert '"CT":"CBIDC"' in ocmf.payload(session(), ctx)
@@ -113,7 +127,7 @@ def test_kwh_text_from_integer_wh():
     assert ocmf.kwh(2935600) == "2935.600"
     assert ocmf.kwh(0) == "0.000"
     assert ocmf.kwh(7) == "0.007"
-    assert ocmf.kwh(2965149, 10) == "2965.14"        # truncated to the meter's resolution
+    assert ocmf.kwh(2965149, 10) == "2965.14"  # truncated to the meter's resolution
     assert ocmf.kwh(2965149, 100) == "2965.1"
     assert ocmf.kwh(2965149, 1000) == "2965"
     assert ocmf.kwh(123456789012345) == "123456789012.345"
@@ -146,8 +160,8 @@ def test_flagged_session_is_never_clean():
     s = session(flags=["offline", "unverified"])
     body = json.loads(ocmf.payload(s, CTX))
     b, e = body["RD"]
-    assert b["ST"] == "G" and "EF" not in b          # the begin reading itself was fine
-    assert e["ST"] == "T" and e["EF"] == "E"          # the session's energy is not usable
+    assert b["ST"] == "G" and "EF" not in b  # the begin reading itself was fine
+    assert e["ST"] == "T" and e["EF"] == "E"  # the session's energy is not usable
     assert body["XF"] == ["offline", "unverified"]
     # A problem at the begin reading shows there too.
     s = session(flags=["swapped"], start_flags=["swapped"])
@@ -179,14 +193,27 @@ def test_strings_are_escaped_to_ascii_without_pipes():
         assert 0x20 <= ord(ch) <= 0x7E
     assert '"XP":"\\u6869\\u007c7 \\"A\\"\\\\\\u000a"' in text
     assert json.loads(text)["XP"] == s["pile"]
-    assert '"\\ud83d\\udd0c"' in ocmf.payload(session(pile="\U0001F50C"), CTX)
+    assert '"\\ud83d\\udd0c"' in ocmf.payload(session(pile="\U0001f50c"), CTX)
 
 
 def test_bad_context_and_signer_are_refused():
-    for change in ({"GS": None}, {"GS": ""}, {"PG": None}, {"PG": -1}, {"PG": "T1"},
-                   {"PG": True}, {"RT": "XX"}, {"IS": "yes"}, {"IF": "RFID_PLAIN"},
-                   {"GI": 5}, {"resolution_wh": 3}, {"IF": ["A", "B", "C", "D", "E"]},
-                   {"IF": [1]}, {"ID": 1234}, {"IT": None}):
+    for change in (
+        {"GS": None},
+        {"GS": ""},
+        {"PG": None},
+        {"PG": -1},
+        {"PG": "T1"},
+        {"PG": True},
+        {"RT": "XX"},
+        {"IS": "yes"},
+        {"IF": "RFID_PLAIN"},
+        {"GI": 5},
+        {"resolution_wh": 3},
+        {"IF": ["A", "B", "C", "D", "E"]},
+        {"IF": [1]},
+        {"ID": 1234},
+        {"IT": None},
+    ):
         ctx = dict(CTX)
         ctx.update(change)
         with raises(ValueError):
@@ -203,12 +230,20 @@ def test_bad_context_and_signer_are_refused():
 
 def test_parse_rejects_what_is_not_ours():
     good_sig = GOLDEN_SIGNATURE
-    for text in ("", "OCMF|{}", "OCMX|{}|" + good_sig, "OCMF|{}|" + good_sig + "|KEY",
-                 "OCMF|[]|" + good_sig, "OCMF|{bad json|" + good_sig,
-                 'OCMF|{}|{"SA":"ECDSA-brainpool256r1-SHA256","SD":"00"}',
-                 'OCMF|{}|{"SE":"base64","SD":"00"}',
-                 'OCMF|{}|{"SM":"text/plain","SD":"00"}',
-                 'OCMF|{}|{"SD":"zz"}', 'OCMF|{}|{"SD":"abc"}', 'OCMF|{}|{}'):
+    for text in (
+        "",
+        "OCMF|{}",
+        "OCMX|{}|" + good_sig,
+        "OCMF|{}|" + good_sig + "|KEY",
+        "OCMF|[]|" + good_sig,
+        "OCMF|{bad json|" + good_sig,
+        'OCMF|{}|{"SA":"ECDSA-brainpool256r1-SHA256","SD":"00"}',
+        'OCMF|{}|{"SE":"base64","SD":"00"}',
+        'OCMF|{}|{"SM":"text/plain","SD":"00"}',
+        'OCMF|{}|{"SD":"zz"}',
+        'OCMF|{}|{"SD":"abc"}',
+        "OCMF|{}|{}",
+    ):
         with raises(ValueError):
             ocmf.parse(text)
     body, data, der = ocmf.parse(b'OCMF|{"PG":"T1"}|{"SD":"3006020101020101"}\n')

@@ -11,13 +11,22 @@ from pilecore import ecdsa, pinhash
 # PBKDF2-HMAC-SHA256 vector; the others were computed with CPython's hashlib.pbkdf2_hmac
 # (OpenSSL).  Iteration counts stay tiny so MicroPython runs them in milliseconds.
 VECTORS = [
-    (b"passwd", b"salt", 1, 64,
-     "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc"
-     "49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"),
-    (b"password", b"salt", 2, 32,
-     "ae4d0c95af6b46d32d0adff928f06dd02a303f8ef3c251dfd6e2d85a95474c43"),
-    (b"passwordPASSWORDpassword", b"saltSALTsaltSALTsaltSALTsaltSALTsalt", 50, 40,
-     "7df25f25b926fd83c936ebccfbaf2b78b9a7a3589e9e816c1a65152a95ff97ca6ae07fcc8f11f811"),
+    (
+        b"passwd",
+        b"salt",
+        1,
+        64,
+        "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc"
+        "49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783",
+    ),
+    (b"password", b"salt", 2, 32, "ae4d0c95af6b46d32d0adff928f06dd02a303f8ef3c251dfd6e2d85a95474c43"),
+    (
+        b"passwordPASSWORDpassword",
+        b"saltSALTsaltSALTsaltSALTsaltSALTsalt",
+        50,
+        40,
+        "7df25f25b926fd83c936ebccfbaf2b78b9a7a3589e9e816c1a65152a95ff97ca6ae07fcc8f11f811",
+    ),
     (b"x" * 100, b"NaCl-salt", 3, 20, "a5530712fb5da3229359b3939b361ba72220c475"),
 ]
 
@@ -33,7 +42,7 @@ def test_pure_pbkdf2_matches_vectors():
 
 def test_pure_pbkdf2_matches_hashlib_when_cpython_has_it():
     native = getattr(hashlib, "pbkdf2_hmac", None)
-    if native is None:          # MicroPython: the fixed vectors above are the reference
+    if native is None:  # MicroPython: the fixed vectors above are the reference
         return
     for n in range(0, 130, 7):  # passwords across the 64-byte HMAC block boundary
         pw = bytes([(i * 37 + n) & 0xFF for i in range(n)])
@@ -60,8 +69,10 @@ def test_pbkdf2_rejects_nonsense_parameters():
 
 def test_record_format_is_the_same_on_both_interpreters():
     rec = pinhash.make_record("246810", bytes(range(16)), 7)
-    assert rec == ("pbkdf2-sha256$7$000102030405060708090a0b0c0d0e0f$"
-                   "95cecaf28f5174b11aefc9d6d0167f766df1307bbc3337224076ee111affbf82")
+    assert rec == (
+        "pbkdf2-sha256$7$000102030405060708090a0b0c0d0e0f$"
+        "95cecaf28f5174b11aefc9d6d0167f766df1307bbc3337224076ee111affbf82"
+    )
     assert pinhash.parse_record(rec) == (7, bytes(range(16)), binascii.unhexlify(rec.split("$")[3]))
 
 

@@ -5,40 +5,64 @@ from pilecore import planner
 
 def one_phase():
     return {
-        "id": "t1", "kind": "meter", "phases": 1, "function": 4, "byte_order": "big",
-        "word_order": "big", "max_block": 40, "min_gap_ms": 10, "response_ms": 50,
+        "id": "t1",
+        "kind": "meter",
+        "phases": 1,
+        "function": 4,
+        "byte_order": "big",
+        "word_order": "big",
+        "max_block": 40,
+        "min_gap_ms": 10,
+        "response_ms": 50,
         "timeout_ms": 500,
         "values": {
             "voltage": {"register": [0x00], "type": "f32", "scale": 1.0, "unit": "V", "min": 0, "max": 300},
             "current": {"register": [0x06], "type": "f32", "scale": 1.0, "unit": "A", "min": 0, "max": 100},
             "power": {"register": 0x0C, "type": "f32", "scale": 1.0, "unit": "W", "min": -20000, "max": 20000},
             "frequency": {"register": 0x46, "type": "f32", "scale": 1.0, "unit": "Hz", "min": 45, "max": 65},
-            "energy_import": {"register": 0x48, "type": "f32", "scale": 1.0, "unit": "kWh", "min": 0,
-                              "max": 9999999},
+            "energy_import": {"register": 0x48, "type": "f32", "scale": 1.0, "unit": "kWh", "min": 0, "max": 9999999},
         },
     }
 
 
 def three_phase():
     return {
-        "id": "t3", "kind": "meter", "phases": 3, "function": 3, "byte_order": "big",
-        "word_order": "big", "max_block": 125, "min_gap_ms": 10, "response_ms": 50,
+        "id": "t3",
+        "kind": "meter",
+        "phases": 3,
+        "function": 3,
+        "byte_order": "big",
+        "word_order": "big",
+        "max_block": 125,
+        "min_gap_ms": 10,
+        "response_ms": 50,
         "timeout_ms": 500,
         "values": {
-            "voltage": {"register": [0x2006, 0x2008, 0x200A], "type": "f32", "scale": 0.1,
-                        "unit": "V", "min": 0, "max": 300},
-            "current": {"register": [0x200C, 0x200E, 0x2010], "type": "f32", "scale": 0.001,
-                        "unit": "A", "min": 0, "max": 100},
-            "power": {"register": 0x2012, "type": "f32", "scale": 0.1, "unit": "W", "min": -70000,
-                      "max": 70000},
-            "energy_import": {"register": 0x101E, "type": "f32", "scale": 1.0, "unit": "kWh",
-                              "min": 0, "max": 9999999},
+            "voltage": {
+                "register": [0x2006, 0x2008, 0x200A],
+                "type": "f32",
+                "scale": 0.1,
+                "unit": "V",
+                "min": 0,
+                "max": 300,
+            },
+            "current": {
+                "register": [0x200C, 0x200E, 0x2010],
+                "type": "f32",
+                "scale": 0.001,
+                "unit": "A",
+                "min": 0,
+                "max": 100,
+            },
+            "power": {"register": 0x2012, "type": "f32", "scale": 0.1, "unit": "W", "min": -70000, "max": 70000},
+            "energy_import": {"register": 0x101E, "type": "f32", "scale": 1.0, "unit": "kWh", "min": 0, "max": 9999999},
         },
     }
 
 
 def f32(x):
     import struct
+
     b = struct.pack(">f", x)
     return [(b[0] << 8) | b[1], (b[2] << 8) | b[3]]
 
@@ -46,7 +70,7 @@ def f32(x):
 def block(start, count, values):
     regs = [0] * count
     for reg, words in values:
-        regs[reg - start:reg - start + len(words)] = words
+        regs[reg - start : reg - start + len(words)] = words
     return regs
 
 
@@ -101,9 +125,16 @@ def test_decode_three_phase_with_scales():
     plan = planner.MeterPlan(three_phase(), gap=20)
     blocks = []
     for fc, start, count in plan.reads:
-        vals = [(0x2006, f32(2301.0)), (0x2008, f32(2299.0)), (0x200A, f32(2310.0)),
-                (0x200C, f32(16000.0)), (0x200E, f32(15500.0)), (0x2010, f32(0.0)),
-                (0x2012, f32(73000.0)), (0x101E, f32(1234.5))]
+        vals = [
+            (0x2006, f32(2301.0)),
+            (0x2008, f32(2299.0)),
+            (0x200A, f32(2310.0)),
+            (0x200C, f32(16000.0)),
+            (0x200E, f32(15500.0)),
+            (0x2010, f32(0.0)),
+            (0x2012, f32(73000.0)),
+            (0x101E, f32(1234.5)),
+        ]
         blocks.append(block(start, count, [v for v in vals if start <= v[0] < start + count]))
     reading, faults = plan.decode(blocks)
     assert faults == []
@@ -161,8 +192,14 @@ def test_grouping_is_optimal_against_brute_force():
             spec["register"] = [reg] if name in ("voltage", "current") else reg
             values[name] = spec
         seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
-        prof = {"id": "r", "phases": 1, "function": 4, "max_block": 20 + seed % 60,
-                "response_ms": (0, 5, 20, 60)[trial % 4], "values": values}
+        prof = {
+            "id": "r",
+            "phases": 1,
+            "function": 4,
+            "max_block": 20 + seed % 60,
+            "response_ms": (0, 5, 20, 60)[trial % 4],
+            "values": values,
+        }
         plan = planner.MeterPlan(prof, gap=(125, 10, 0)[trial % 3])
         runs = sorted([(r, r + 2) for r in (s[3] for s in plan.fields)])
         assert plan.cost_chars() == _brute_force_cost(plan, runs), trial

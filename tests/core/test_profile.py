@@ -28,21 +28,42 @@ def good_3p():
         "quirks": ["none known"],
         "serial": {"baud": 9600, "parity": "N", "stopbits": 1},
         "values": {
-            "energy_import": {"register": 0x0048, "type": "f32", "scale": 1.0, "unit": "kWh",
-                              "min": 0.0, "max": 9999999.0},
-            "power": {"register": 0x0034, "type": "f32", "scale": 1.0, "unit": "W",
-                      "min": -100000.0, "max": 100000.0},
-            "voltage": {"register": [0x0000, 0x0002, 0x0004], "type": "f32", "scale": 1.0,
-                        "unit": "V", "min": 0.0, "max": 300.0},
-            "current": {"register": [0x0006, 0x0008, 0x000A], "type": "f32", "scale": 1.0,
-                        "unit": "A", "min": 0.0, "max": 100.0},
-            "frequency": {"register": 0x0046, "type": "f32", "scale": 1.0, "unit": "Hz",
-                          "min": 45.0, "max": 65.0},
-            "power_factor": {"register": 0x003E, "type": "f32", "scale": 1.0, "unit": "",
-                             "min": -1.0, "max": 1.0},
+            "energy_import": {
+                "register": 0x0048,
+                "type": "f32",
+                "scale": 1.0,
+                "unit": "kWh",
+                "min": 0.0,
+                "max": 9999999.0,
+            },
+            "power": {"register": 0x0034, "type": "f32", "scale": 1.0, "unit": "W", "min": -100000.0, "max": 100000.0},
+            "voltage": {
+                "register": [0x0000, 0x0002, 0x0004],
+                "type": "f32",
+                "scale": 1.0,
+                "unit": "V",
+                "min": 0.0,
+                "max": 300.0,
+            },
+            "current": {
+                "register": [0x0006, 0x0008, 0x000A],
+                "type": "f32",
+                "scale": 1.0,
+                "unit": "A",
+                "min": 0.0,
+                "max": 100.0,
+            },
+            "frequency": {"register": 0x0046, "type": "f32", "scale": 1.0, "unit": "Hz", "min": 45.0, "max": 65.0},
+            "power_factor": {"register": 0x003E, "type": "f32", "scale": 1.0, "unit": "", "min": -1.0, "max": 1.0},
         },
-        "identity": {"kind": "serial", "register": 0xFC00, "type": "u32", "count": 2,
-                     "function": 3, "note": "factory serial number"},
+        "identity": {
+            "kind": "serial",
+            "register": 0xFC00,
+            "type": "u32",
+            "count": 2,
+            "function": 3,
+            "note": "factory serial number",
+        },
     }
 
 
@@ -64,10 +85,23 @@ def good_1p():
         "timeout_ms": 400,
         "serial": {"baud": 2400, "parity": "E", "stopbits": 2},
         "values": {
-            "energy_import": {"register": 0x5000, "type": "u64", "scale": 0.01, "unit": "kWh",
-                              "min": 0, "max": 10000000},
-            "power": {"register": 0x5B14, "type": "s32", "scale": 0.01, "unit": "W",
-                      "min": -20000, "max": 20000, "function": 3},
+            "energy_import": {
+                "register": 0x5000,
+                "type": "u64",
+                "scale": 0.01,
+                "unit": "kWh",
+                "min": 0,
+                "max": 10000000,
+            },
+            "power": {
+                "register": 0x5B14,
+                "type": "s32",
+                "scale": 0.01,
+                "unit": "W",
+                "min": -20000,
+                "max": 20000,
+                "function": 3,
+            },
         },
         "identity": {"kind": "address", "note": "bus address only"},
     }
@@ -207,8 +241,7 @@ def test_required_values():
 
 
 def test_unknown_value_name_and_key():
-    check_bad(lambda p: p["values"].update(energy_export=p["values"]["energy_import"]),
-              "values.energy_export")
+    check_bad(lambda p: p["values"].update(energy_export=p["values"]["energy_import"]), "values.energy_export")
     check_bad(lambda p: p["values"]["power"].update(offset=3), "values.power.offset")
 
 
@@ -225,20 +258,15 @@ def test_register_bounds():
 
 
 def test_per_phase_register_lists():
-    check_bad(lambda p: p["values"]["voltage"].update(register=0x0000),
-              "values.voltage.register")
-    check_bad(lambda p: p["values"]["current"].update(register=[0x0006, 0x0008]),
-              "values.current.register")
-    check_bad(lambda p: p["values"]["current"].update(register=[0x0006, 0x0008, 70000]),
-              "values.current.register[2]")
-    check_bad(lambda p: p["values"]["voltage"].update(register=[0x0000]),
-              "values.voltage.register")
+    check_bad(lambda p: p["values"]["voltage"].update(register=0x0000), "values.voltage.register")
+    check_bad(lambda p: p["values"]["current"].update(register=[0x0006, 0x0008]), "values.current.register")
+    check_bad(lambda p: p["values"]["current"].update(register=[0x0006, 0x0008, 70000]), "values.current.register[2]")
+    check_bad(lambda p: p["values"]["voltage"].update(register=[0x0000]), "values.voltage.register")
 
 
 def test_single_phase_lists_one_register():
     p = good_1p()
-    p["values"]["voltage"] = {"register": [0x5B00], "type": "u32", "scale": 0.1, "unit": "V",
-                              "min": 0.0, "max": 300.0}
+    p["values"]["voltage"] = {"register": [0x5B00], "type": "u32", "scale": 0.1, "unit": "V", "min": 0.0, "max": 300.0}
     assert profile.validate_profile(p, "acme-m1") == []
     p["values"]["voltage"]["register"] = [0x5B00, 0x5B02, 0x5B04]
     assert "values.voltage.register" in keys(profile.validate_profile(p, "acme-m1"))
@@ -268,10 +296,8 @@ def test_scale_must_be_finite_and_non_zero():
 
 def test_unit_must_be_canonical():
     check_bad(lambda p: p["values"]["power"].update(unit="kW"), "values.power.unit")
-    check_bad(lambda p: p["values"]["energy_import"].update(unit="Wh"),
-              "values.energy_import.unit")
-    check_bad(lambda p: p["values"]["power_factor"].update(unit="%"),
-              "values.power_factor.unit")
+    check_bad(lambda p: p["values"]["energy_import"].update(unit="Wh"), "values.energy_import.unit")
+    check_bad(lambda p: p["values"]["power_factor"].update(unit="%"), "values.power_factor.unit")
     check_bad(lambda p: p["values"]["frequency"].pop("unit"), "values.frequency.unit")
 
 
@@ -295,8 +321,7 @@ def test_value_function_override():
 
 
 def test_overlapping_values_are_rejected():
-    errors = check_bad(lambda p: p["values"]["power"].update(register=0x0047),
-                       "values.power.register")
+    errors = check_bad(lambda p: p["values"]["power"].update(register=0x0047), "values.power.register")
     assert "overlap" in errors[0][1]
     # the same addresses in the other function space do not collide
     p = good_3p()
@@ -306,8 +331,7 @@ def test_overlapping_values_are_rejected():
 
 
 def test_per_phase_registers_may_not_overlap_each_other():
-    check_bad(lambda p: p["values"]["voltage"].update(register=[0x0000, 0x0001, 0x0004]),
-              "values.voltage.register[1]")
+    check_bad(lambda p: p["values"]["voltage"].update(register=[0x0000, 0x0001, 0x0004]), "values.voltage.register[1]")
 
 
 # ---- identity ------------------------------------------------------------------------------
@@ -327,10 +351,8 @@ def test_identity_note_required():
 
 
 def test_address_identity_has_no_register():
-    check_bad(lambda p: p["identity"].update(register=0x0006), "identity.register",
-              name="acme-m1", base=good_1p)
-    check_bad(lambda p: p["identity"].update(type="u16"), "identity.type",
-              name="acme-m1", base=good_1p)
+    check_bad(lambda p: p["identity"].update(register=0x0006), "identity.register", name="acme-m1", base=good_1p)
+    check_bad(lambda p: p["identity"].update(type="u16"), "identity.type", name="acme-m1", base=good_1p)
 
 
 def test_serial_identity_fields():
@@ -378,8 +400,7 @@ def test_all_errors_reported_at_once():
 
 
 def test_value_names_fixed_order():
-    assert tuple(profile.value_names()) == (
-        "energy_import", "power", "voltage", "current", "frequency", "power_factor")
+    assert tuple(profile.value_names()) == ("energy_import", "power", "voltage", "current", "frequency", "power_factor")
 
 
 def test_canonical_units_and_per_phase():
@@ -402,8 +423,7 @@ def test_type_width():
 
 def test_value_registers_per_phase_and_total():
     p = good_3p()
-    assert profile.value_registers(p, "voltage") == [
-        (4, 0x0000, "f32"), (4, 0x0002, "f32"), (4, 0x0004, "f32")]
+    assert profile.value_registers(p, "voltage") == [(4, 0x0000, "f32"), (4, 0x0002, "f32"), (4, 0x0004, "f32")]
     assert profile.value_registers(p, "energy_import") == [(4, 0x0048, "f32")]
 
 

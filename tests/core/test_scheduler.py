@@ -9,14 +9,20 @@ from pilecore import modbus, planner, scheduler
 
 def prof(max_block=40):
     return {
-        "id": "t", "kind": "meter", "phases": 1, "function": 4, "byte_order": "big",
-        "word_order": "big", "max_block": max_block, "min_gap_ms": 5, "response_ms": 40,
+        "id": "t",
+        "kind": "meter",
+        "phases": 1,
+        "function": 4,
+        "byte_order": "big",
+        "word_order": "big",
+        "max_block": max_block,
+        "min_gap_ms": 5,
+        "response_ms": 40,
         "timeout_ms": 300,
         "values": {
             "voltage": {"register": [0x00], "type": "f32", "scale": 1.0, "unit": "V", "min": 0, "max": 300},
             "power": {"register": 0x0C, "type": "f32", "scale": 1.0, "unit": "W", "min": -1e5, "max": 1e5},
-            "energy_import": {"register": 0x48, "type": "f32", "scale": 1.0, "unit": "kWh",
-                              "min": 0, "max": 1e7},
+            "energy_import": {"register": 0x48, "type": "f32", "scale": 1.0, "unit": "kWh", "min": 0, "max": 1e7},
         },
     }
 
@@ -28,14 +34,15 @@ class Bus:
         self.s = sched
         self.now = 0
         self.behaviour = {}
-        self.log = []        # (t, kind, address, function, register, count, code)
+        self.log = []  # (t, kind, address, function, register, count, code)
         self.results = []
 
     def answer(self, txn):
         how = self.behaviour.get(txn.address, ("ok", 30))
         kind, lat = how[0], how[1]
-        wire = (scheduler.frame_time_us(8, self.s.char_us)
-                + scheduler.frame_time_us(txn.response_len(), self.s.char_us)) // 1000
+        wire = (
+            scheduler.frame_time_us(8, self.s.char_us) + scheduler.frame_time_us(txn.response_len(), self.s.char_us)
+        ) // 1000
         if kind == "dead":
             return modbus.E_TIMEOUT, None, txn.timeout_ms
         if kind == "exc_over" and txn.count > how[2]:
@@ -111,7 +118,7 @@ def test_a_meter_that_comes_back_is_polled_normally_again():
 
 def test_exception_on_a_merged_read_is_learned_per_meter():
     s, bus = site(n=2)
-    bus.behaviour[1] = ("exc_over", 30, 4)     # meter 1 refuses reads longer than 4 registers
+    bus.behaviour[1] = ("exc_over", 30, 4)  # meter 1 refuses reads longer than 4 registers
     bus.run(30000)
     shrunk = [r for r in bus.results if r[0] == "shrunk"]
     assert shrunk and all(r[1] == "M1" for r in shrunk)
@@ -123,12 +130,12 @@ def test_exception_on_a_merged_read_is_learned_per_meter():
 
 def test_interactive_job_goes_next_and_alternates_with_polls():
     s, bus = site(n=3)
-    bus.run(100)                               # a poll cycle is under way
+    bus.run(100)  # a poll cycle is under way
     ids = [s.submit(9, 3, 0, 1) for _ in range(3)]
     bus.run(2000)
     kinds = [e[1] for e in bus.log]
     first_job = kinds.index("job")
-    assert kinds[first_job:first_job + 5] == ["job", "poll", "job", "poll", "job"]
+    assert kinds[first_job : first_job + 5] == ["job", "poll", "job", "poll", "job"]
     done = [r[1].id for r in bus.results if r[0] == "job"]
     assert done == ids
 
@@ -149,7 +156,7 @@ def test_timeout_adapts_to_a_slower_meter_and_back():
     s, bus = site(n=1)
     dev = s.device("M1")
     t0 = s.timeout_for(dev, 4, 14)
-    bus.behaviour[1] = ("ok", 200)              # slower while a car charges
+    bus.behaviour[1] = ("ok", 200)  # slower while a car charges
     bus.run(120000)
     t_slow = s.timeout_for(dev, 4, 14)
     assert t_slow > 200 + 20 and t_slow > t0
@@ -177,11 +184,11 @@ def test_statistics_count_every_outcome():
 def test_a_meters_quiet_time_is_used_for_other_meters():
     s = scheduler.BusScheduler("bus1", 9600, "N", 1, 500)
     for a in (1, 2):
-        plan = planner.MeterPlan(prof(), gap=0)          # several reads per cycle
+        plan = planner.MeterPlan(prof(), gap=0)  # several reads per cycle
         s.add_device("M%d" % a, a, plan, 10000, response_ms=5, min_gap_ms=200, timeout_ms=300)
     bus = Bus(s)
     bus.behaviour = {1: ("ok", 5), 2: ("ok", 5)}
     bus.run(5000)
     first = [e[2] for e in bus.log[:4]]
-    assert first == [1, 2, 1, 2]                          # not 1, (idle 200 ms), 1, ...
+    assert first == [1, 2, 1, 2]  # not 1, (idle 200 ms), 1, ...
     assert len(bus.polls("M1")) == 1 and len(bus.polls("M2")) == 1

@@ -7,7 +7,7 @@ from mpytest import raises
 from pilecore import sessions
 from pilecore.sessions import SessionTracker
 
-T0 = 1795691815   # 2026-11-26T11:16:55Z
+T0 = 1795691815  # 2026-11-26T11:16:55Z
 SERIAL = "MTR-0001"
 
 
@@ -33,16 +33,19 @@ def reading(dt, wh, flags=None, sync="S", serial=SERIAL):
 
 def test_plug_session_begins_and_ends_on_the_plug():
     tr = SessionTracker("P1")
-    done = feed(tr, [
-        (0, 1000, 0.0, False),
-        (10, 1000, 0.0, True),          # plugged in: begin reading here
-        (20, 1200, 7000.0, True),
-        (4000, 8800, 7000.0, True),
-        (4010, 8900, 0.0, True),        # charge finished, still plugged: session goes on
-        (9000, 8905, 0.0, True),
-        (9010, 8905, 0.0, False),       # unplugged: end reading here
-        (9020, 8905, 0.0, False),
-    ])
+    done = feed(
+        tr,
+        [
+            (0, 1000, 0.0, False),
+            (10, 1000, 0.0, True),  # plugged in: begin reading here
+            (20, 1200, 7000.0, True),
+            (4000, 8800, 7000.0, True),
+            (4010, 8900, 0.0, True),  # charge finished, still plugged: session goes on
+            (9000, 8905, 0.0, True),
+            (9010, 8905, 0.0, False),  # unplugged: end reading here
+            (9020, 8905, 0.0, False),
+        ],
+    )
     assert len(done) == 1
     s = done[0]
     assert s["pile"] == "P1"
@@ -68,31 +71,37 @@ def test_plug_needs_an_edge_and_false_blocks_power_starts():
 
 def test_sessions_follow_one_another():
     tr = SessionTracker("P1")
-    done = feed(tr, [
-        (0, 100, 0.0, True), (60, 300, 0.0, False),
-        (120, 300, 0.0, True), (180, 700, 0.0, False),
-    ])
-    assert [(s["start"]["wh"], s["end"]["wh"], s["energy_wh"]) for s in done] == [
-        (100, 300, 200), (300, 700, 400)]
+    done = feed(
+        tr,
+        [
+            (0, 100, 0.0, True),
+            (60, 300, 0.0, False),
+            (120, 300, 0.0, True),
+            (180, 700, 0.0, False),
+        ],
+    )
+    assert [(s["start"]["wh"], s["end"]["wh"], s["energy_wh"]) for s in done] == [(100, 300, 200), (300, 700, 400)]
 
 
 # ---------------------------------------------------------------------------- power
 
 
 def test_power_session_debounced_start_bills_from_the_reading_before_the_rise():
-    tr = SessionTracker("P1", {"start_power_w": 300, "start_after_s": 30,
-                               "stop_power_w": 100, "stop_after_s": 120})
-    done = feed(tr, [
-        (0, 5000, 0.0, None),
-        (10, 5000, 50.0, None),
-        (20, 5001, 400.0, None),        # spike shorter than start_after_s: no session
-        (30, 5002, 20.0, None),
-        (40, 5002, 0.0, None),          # baseline: last reading before the real rise
-        (50, 5010, 7000.0, None),       # run starts
-        (70, 5050, None, None),         # power unknown: neither confirms nor breaks the run
-    ])
+    tr = SessionTracker("P1", {"start_power_w": 300, "start_after_s": 30, "stop_power_w": 100, "stop_after_s": 120})
+    done = feed(
+        tr,
+        [
+            (0, 5000, 0.0, None),
+            (10, 5000, 50.0, None),
+            (20, 5001, 400.0, None),  # spike shorter than start_after_s: no session
+            (30, 5002, 20.0, None),
+            (40, 5002, 0.0, None),  # baseline: last reading before the real rise
+            (50, 5010, 7000.0, None),  # run starts
+            (70, 5050, None, None),  # power unknown: neither confirms nor breaks the run
+        ],
+    )
     assert done == [] and not tr.active
-    feed(tr, [(80, 5090, 7000.0, None)])    # 30 s after the rise: session starts
+    feed(tr, [(80, 5090, 7000.0, None)])  # 30 s after the rise: session starts
     assert tr.active
     cur = tr.current()
     assert cur["started_by"] == "power" and cur["t0"] == T0 + 80
@@ -100,21 +109,23 @@ def test_power_session_debounced_start_bills_from_the_reading_before_the_rise():
 
 
 def test_power_session_ends_after_stop_debounce_with_hysteresis():
-    p = {"start_power_w": 300, "start_after_s": 0, "stop_power_w": 100, "stop_after_s": 120,
-         "max_gap_s": 600}
+    p = {"start_power_w": 300, "start_after_s": 0, "stop_power_w": 100, "stop_after_s": 120, "max_gap_s": 600}
     tr = SessionTracker("P1", p)
-    done = feed(tr, [
-        (0, 1000, 3000.0, None),        # start_after_s 0: starts at once, from this reading
-        (60, 1050, 200.0, None),        # between the thresholds: still charging
-        (120, 1060, 50.0, None),        # below stop: window opens
-        (200, 1061, 40.0, None),        # 80 s: not yet
-        (210, 1070, 2000.0, None),      # resumes: window closed
-        (300, 1120, 10.0, None),        # below again
-        (400, 1121, None, None),        # unknown power does not end the session
-        (419, 1121, 0.0, None),         # 119 s
-    ])
+    done = feed(
+        tr,
+        [
+            (0, 1000, 3000.0, None),  # start_after_s 0: starts at once, from this reading
+            (60, 1050, 200.0, None),  # between the thresholds: still charging
+            (120, 1060, 50.0, None),  # below stop: window opens
+            (200, 1061, 40.0, None),  # 80 s: not yet
+            (210, 1070, 2000.0, None),  # resumes: window closed
+            (300, 1120, 10.0, None),  # below again
+            (400, 1121, None, None),  # unknown power does not end the session
+            (419, 1121, 0.0, None),  # 119 s
+        ],
+    )
     assert done == [] and tr.active
-    done = feed(tr, [(420, 1121, 0.0, None)])   # 120 s below stop_power_w
+    done = feed(tr, [(420, 1121, 0.0, None)])  # 120 s below stop_power_w
     assert len(done) == 1
     s = done[0]
     assert s["start"] == reading(0, 1000) and s["end"] == reading(420, 1121)
@@ -125,13 +136,16 @@ def test_power_session_ends_after_stop_debounce_with_hysteresis():
 def test_plug_rules_while_known_power_rules_while_unknown():
     p = {"start_power_w": 300, "start_after_s": 0, "stop_power_w": 100, "stop_after_s": 60}
     tr = SessionTracker("P1", p)
-    done = feed(tr, [
-        (0, 0, 2000.0, None),           # power start
-        (10, 10, 0.0, True),            # plug state appears: plugged, power 0 does not end it
-        (500, 10, 0.0, True),
-        (510, 10, 0.0, None),           # plug unknown again: power rule, window opens
-        (569, 10, 0.0, None),
-    ])
+    done = feed(
+        tr,
+        [
+            (0, 0, 2000.0, None),  # power start
+            (10, 10, 0.0, True),  # plug state appears: plugged, power 0 does not end it
+            (500, 10, 0.0, True),
+            (510, 10, 0.0, None),  # plug unknown again: power rule, window opens
+            (569, 10, 0.0, None),
+        ],
+    )
     assert done == [] and tr.active
     done = feed(tr, [(570, 10, 0.0, None)])
     assert len(done) == 1 and done[0]["reason"] == "power"
@@ -143,11 +157,11 @@ def test_plug_rules_while_known_power_rules_while_unknown():
 
 
 def test_a_gap_restarts_the_debounce():
-    p = {"start_power_w": 300, "start_after_s": 60, "stop_power_w": 100, "stop_after_s": 60,
-         "max_gap_s": 30}
+    p = {"start_power_w": 300, "start_after_s": 60, "stop_power_w": 100, "stop_after_s": 60, "max_gap_s": 30}
     tr = SessionTracker("P1", p)
-    feed(tr, [(0, 0, 1000.0, None), (20, 5, 1000.0, None),
-              (200, 60, 1000.0, None)])      # 180 s unobserved: the run starts again here
+    feed(
+        tr, [(0, 0, 1000.0, None), (20, 5, 1000.0, None), (200, 60, 1000.0, None)]
+    )  # 180 s unobserved: the run starts again here
     assert not tr.active
     feed(tr, [(220, 70, 1000.0, None), (240, 80, 1000.0, None)])
     assert not tr.active
@@ -164,9 +178,9 @@ def test_restart_mid_session_keeps_the_begin_reading():
     tr = SessionTracker("P1")
     feed(tr, [(0, 2000, 0.0, False), (10, 2000, 0.0, True)])
     v = tr.version
-    snap = json.loads(json.dumps(tr.snapshot()))   # what the port writes to flash
+    snap = json.loads(json.dumps(tr.snapshot()))  # what the port writes to flash
     feed(tr, [(20, 2100, 7000.0, True), (30, 2200, 7000.0, True)])
-    assert tr.version == v                          # readings alone do not need a save
+    assert tr.version == v  # readings alone do not need a save
     # Power cut.  The gateway comes back 2 hours later; the car has been unplugged meanwhile.
     tr2 = SessionTracker("P1", None, snap)
     assert tr2.active
@@ -179,9 +193,15 @@ def test_restart_mid_session_keeps_the_begin_reading():
 
 
 def test_resumed_tracker_behaves_like_the_original():
-    steps = [(0, 0, 0.0, None), (10, 0, 900.0, None), (30, 20, 900.0, None),
-             (50, 40, 900.0, None), (100, 90, 0.0, None), (500, 95, 0.0, None),
-             (600, 95, 0.0, None)]
+    steps = [
+        (0, 0, 0.0, None),
+        (10, 0, 900.0, None),
+        (30, 20, 900.0, None),
+        (50, 40, 900.0, None),
+        (100, 90, 0.0, None),
+        (500, 95, 0.0, None),
+        (600, 95, 0.0, None),
+    ]
     p = {"start_after_s": 20, "stop_after_s": 300, "max_gap_s": 600}
     a = SessionTracker("P1", p)
     ref = feed(a, steps)
@@ -224,20 +244,23 @@ def test_version_grows_on_changes_that_matter():
 
 def test_unmetered_step_flags_the_session():
     tr = SessionTracker("P1")
-    done = feed(tr, [
-        (0, 0, 0.0, False, ["unverified"]),     # before the session: does not taint it
-        (10, 100, 0.0, True),
-        (20, 200, 7000.0, True, ["offline"]),
-        (30, 300, 7000.0, True, ["offline", "unverified"]),
-        (40, 400, 7000.0, True),
-        (50, 500, 0.0, False),
-        (60, 500, 0.0, True),                   # next session is clean again
-        (70, 600, 0.0, False),
-    ])
+    done = feed(
+        tr,
+        [
+            (0, 0, 0.0, False, ["unverified"]),  # before the session: does not taint it
+            (10, 100, 0.0, True),
+            (20, 200, 7000.0, True, ["offline"]),
+            (30, 300, 7000.0, True, ["offline", "unverified"]),
+            (40, 400, 7000.0, True),
+            (50, 500, 0.0, False),
+            (60, 500, 0.0, True),  # next session is clean again
+            (70, 600, 0.0, False),
+        ],
+    )
     assert len(done) == 2
     assert done[0]["flags"] == ["offline", "unverified"]
     assert done[0]["metered"] is False
-    assert done[0]["energy_wh"] == 400          # the readings are kept as they are
+    assert done[0]["energy_wh"] == 400  # the readings are kept as they are
     assert done[1]["flags"] == [] and done[1]["metered"] is True
 
 
@@ -268,8 +291,7 @@ def test_tracker_sees_a_swapped_meter_and_a_register_going_back():
 
 def test_missing_begin_reading_is_taken_late_and_flagged():
     tr = SessionTracker("P1")
-    done = feed(tr, [(0, None, 0.0, True), (10, None, 0.0, True), (20, 300, 0.0, True),
-                     (30, 400, 0.0, False)])
+    done = feed(tr, [(0, None, 0.0, True), (10, None, 0.0, True), (20, 300, 0.0, True), (30, 400, 0.0, False)])
     s = done[0]
     assert s["start"] == reading(20, 300)
     assert s["flags"] == ["no_reading"] and s["metered"] is False
@@ -277,18 +299,16 @@ def test_missing_begin_reading_is_taken_late_and_flagged():
 
 def test_missing_reading_at_a_step_uses_a_fresh_one_unflagged():
     tr = SessionTracker("P1", {"max_gap_s": 30})
-    done = feed(tr, [(0, 100, 0.0, False), (10, None, 0.0, True), (20, 150, 0.0, True),
-                     (40, None, 0.0, False)])
+    done = feed(tr, [(0, 100, 0.0, False), (10, None, 0.0, True), (20, 150, 0.0, True), (40, None, 0.0, False)])
     s = done[0]
-    assert s["start"] == reading(0, 100)        # 10 s old: fresh enough
-    assert s["end"] == reading(20, 150)         # 20 s old: fresh enough
+    assert s["start"] == reading(0, 100)  # 10 s old: fresh enough
+    assert s["end"] == reading(20, 150)  # 20 s old: fresh enough
     assert s["flags"] == [] and s["energy_wh"] == 50
 
 
 def test_stale_end_reading_is_flagged():
     tr = SessionTracker("P1", {"max_gap_s": 30})
-    done = feed(tr, [(0, 100, 0.0, True), (10, 150, 0.0, True), (20, None, 0.0, True),
-                     (60, None, 0.0, False)])
+    done = feed(tr, [(0, 100, 0.0, True), (10, 150, 0.0, True), (20, None, 0.0, True), (60, None, 0.0, False)])
     s = done[0]
     assert s["end"] == reading(10, 150)
     assert s["flags"] == ["no_reading"]
@@ -304,8 +324,7 @@ def test_session_without_any_reading_has_none_energy():
 
 def test_clock_stepping_back_is_flagged_but_not_unmetered():
     tr = SessionTracker("P1")
-    done = feed(tr, [(1000, 100, 0.0, True), (1010, 120, 0.0, True), (500, 130, 0.0, True),
-                     (510, 140, 0.0, False)])
+    done = feed(tr, [(1000, 100, 0.0, True), (1010, 120, 0.0, True), (500, 130, 0.0, True), (510, 140, 0.0, False)])
     s = done[0]
     assert s["flags"] == ["clock_backwards"] and s["metered"] is True
     assert s["end"]["t"] < s["start"]["t"]

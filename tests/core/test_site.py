@@ -13,25 +13,43 @@ PUB = ecdsa.public_key(D)
 
 
 def prof():
-    return {"id": "m", "maker": "Eastron", "model": "SDM120", "phases": 1,
-            "identity": {"kind": "serial", "register": 0xFC00, "type": "u32", "count": 2, "function": 3},
-            "values": {"energy_import": {"scale": 1.0}}}
+    return {
+        "id": "m",
+        "maker": "Eastron",
+        "model": "SDM120",
+        "phases": 1,
+        "identity": {"kind": "serial", "register": 0xFC00, "type": "u32", "count": 2, "function": 3},
+        "values": {"energy_import": {"scale": 1.0}},
+    }
 
 
 def cfg(with_bay=True):
     c = {
         "gateway": {"id": "GW-1"},
-        "pile": [{"id": "P1", "meter": {"bus": "b", "address": 1, "profile": "m", "serial": ""},
-                  "max_power_kw": 7.0, "interlock": "report"}],
+        "pile": [
+            {
+                "id": "P1",
+                "meter": {"bus": "b", "address": 1, "profile": "m", "serial": ""},
+                "max_power_kw": 7.0,
+                "interlock": "report",
+            }
+        ],
         "profiles": {"m": prof()},
         "sensor_profiles": {"us": {"measures": "distance", "type": "u16", "scale": 1.0}},
         "bays": {"arrive_s": 10, "leave_s": 20, "grace_s": 300},
     }
     if with_bay:
-        c["bay"] = [{"id": "B1", "pile": "P1",
-                     "presence": [{"type": "modbus", "bus": "b", "address": 31, "profile": "us"},
-                                  {"type": "input", "input": "DI1", "active": "low"}],
-                     "plug": {"source": "input", "input": "DI2", "active": "high"}}]
+        c["bay"] = [
+            {
+                "id": "B1",
+                "pile": "P1",
+                "presence": [
+                    {"type": "modbus", "bus": "b", "address": 31, "profile": "us"},
+                    {"type": "input", "input": "DI1", "active": "low"},
+                ],
+                "plug": {"source": "input", "input": "DI2", "active": "high"},
+            }
+        ]
     return c
 
 
@@ -47,16 +65,16 @@ def charge(sc, t0, minutes, kw=7.0, wh0=1000000, plug_bay=True):
     """An EV arrives, plugs, charges `minutes` and leaves; returns the time after it left."""
     t = t0
     wh = wh0
-    for _ in range(30):                         # arrives (sensor 400 mm, input active low -> 0)
+    for _ in range(30):  # arrives (sensor 400 mm, input active low -> 0)
         sc.bay_inputs(t, "B1", [400, 0], 0)
         sc.reading(t, "P1", {"energy_wh": wh, "power_w": 0.0}, (), "ntp")
         t += 1
-    for _ in range(minutes * 6):                # plugged and charging, a reading every 10 s
+    for _ in range(minutes * 6):  # plugged and charging, a reading every 10 s
         sc.bay_inputs(t, "B1", [400, 0], 1)
         sc.reading(t, "P1", {"energy_wh": wh, "power_w": kw * 1000}, (), "ntp")
         wh += int(kw * 1000 * 10 / 3600)
         t += 10
-    for _ in range(40):                         # unplugs and leaves
+    for _ in range(40):  # unplugs and leaves
         sc.bay_inputs(t, "B1", [2500, 1], 0)
         sc.reading(t, "P1", {"energy_wh": wh, "power_w": 0.0}, (), "ntp")
         t += 1
@@ -98,7 +116,7 @@ def test_a_fuel_car_pays_and_telemetry_reports_it_live():
     sc = core()
     sc.identity(999, "P1", "12345678")
     t = 1000
-    for _ in range(40 * 60 // 5):                 # 40 minutes, never plugged, no power
+    for _ in range(40 * 60 // 5):  # 40 minutes, never plugged, no power
         sc.bay_inputs(t, "B1", [500, 0], 0)
         sc.reading(t, "P1", {"energy_wh": 1000, "power_w": 0.0}, (), "ntp")
         t += 5
@@ -142,12 +160,12 @@ def test_identity_answers_and_interlock_changes_are_judged_once_for_both_ports()
     sc = core(c)
     changes, events = sc.interlock_changes(1000)
     assert changes == [("P1", False)] and types(events) == ["interlock.off"]
-    assert sc.interlock_changes(1001) == ([], [])               # nothing new to drive
+    assert sc.interlock_changes(1001) == ([], [])  # nothing new to drive
     ident, events = sc.identity_result(1002, "P1", 0, [0x0001, 0xE240])
     assert ident == "123456" and "meter.verified" in types(events)
     changes, events = sc.interlock_changes(1003)
     assert changes == [("P1", True)]
     assert types(sc.interlock_failed(1004, "P1", "timeout")) == ["interlock.failed"]
-    assert sc.interlock_changes(1005)[0] == [("P1", True)]      # a failed write is driven again
+    assert sc.interlock_changes(1005)[0] == [("P1", True)]  # a failed write is driven again
     ident, events = sc.identity_result(1006, "P1", 7, None)
     assert ident is None and events[0]["type"] == "meter.identity_failed" and events[0]["reason"] == "timeout"

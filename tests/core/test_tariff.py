@@ -11,8 +11,15 @@ MIN = 60
 
 def flat(**over):
     """15 free minutes, 5 yuan per started 15 minutes, no steps, no cap."""
-    t = {"id": "flat", "version": 1, "currency": "CNY", "free_min": 15, "block_min": 15,
-         "price_fen": 500, "applies_to": ["fuel_car", "ev_overstay", "ev_parked"]}
+    t = {
+        "id": "flat",
+        "version": 1,
+        "currency": "CNY",
+        "free_min": 15,
+        "block_min": 15,
+        "price_fen": 500,
+        "applies_to": ["fuel_car", "ev_overstay", "ev_parked"],
+    }
     t.update(over)
     return t
 
@@ -38,7 +45,7 @@ def test_every_started_block_is_charged():
     assert fen(t, 30 * MIN) == 500
     assert fen(t, 30 * MIN + 1) == 1000
     assert fen(t, 40 * MIN) == 1000
-    assert fen(t, 24 * 60 * MIN) == 500 * 95              # a day: 1425 min / 15
+    assert fen(t, 24 * 60 * MIN) == 500 * 95  # a day: 1425 min / 15
 
 
 def test_no_free_time_bills_from_the_first_second():
@@ -49,7 +56,7 @@ def test_no_free_time_bills_from_the_first_second():
 
 
 def test_steps_price_blocks_by_their_start_minute():
-    t = default_tariff()                                  # 500, 1000 from minute 60, cap 5000
+    t = default_tariff()  # 500, 1000 from minute 60, cap 5000
     f, bd = fee(t, "fuel_car", 2 * 60 * MIN)
     # Blocks start at minutes 15, 30, 45 (500 each), 60, 75, 90, 105 (1000 each) = 5500.
     assert bd["parts"] == [
@@ -65,15 +72,13 @@ def test_steps_price_blocks_by_their_start_minute():
 def test_step_not_on_a_block_boundary_starts_at_the_next_block():
     t = flat(steps=[{"after_min": 50, "price_fen": 900}])
     _f, bd = fee(t, "fuel_car", 90 * MIN)
-    assert [(p["from_min"], p["blocks"], p["price_fen"]) for p in bd["parts"]] == [
-        (15, 3, 500), (60, 2, 900)]
+    assert [(p["from_min"], p["blocks"], p["price_fen"]) for p in bd["parts"]] == [(15, 3, 500), (60, 2, 900)]
 
 
 def test_step_inside_the_free_time_applies_from_the_first_block():
     t = flat(steps=[{"after_min": 5, "price_fen": 700}, {"after_min": 45, "price_fen": 900}])
     _f, bd = fee(t, "fuel_car", 60 * MIN)
-    assert [(p["from_min"], p["blocks"], p["price_fen"]) for p in bd["parts"]] == [
-        (15, 2, 700), (45, 1, 900)]
+    assert [(p["from_min"], p["blocks"], p["price_fen"]) for p in bd["parts"]] == [(15, 2, 700), (45, 1, 900)]
     assert bd["fen"] == 2300
 
 
@@ -128,7 +133,7 @@ def test_validation_refuses_floats_bools_and_out_of_range_money():
     assert "integer" in p["version"]
     assert "between 1 and 1440" in p["block_min"]
     assert "between 0" in p["cap_fen"] and "between 0" in p["free_min"]
-    assert "between" in problems(flat(price_fen=10 ** 9))["price_fen"]
+    assert "between" in problems(flat(price_fen=10**9))["price_fen"]
 
 
 def test_validation_checks_id_and_currency():
@@ -138,18 +143,23 @@ def test_validation_checks_id_and_currency():
 
 
 def test_validation_checks_steps():
-    p = problems(flat(steps=[{"after_min": 60, "price_fen": 1000},
-                             {"after_min": 60, "price_fen": 2000},
-                             {"after_min": 90},
-                             {"after_min": 120, "price_fen": 100, "extra": 1},
-                             "cheap"]))
+    p = problems(
+        flat(
+            steps=[
+                {"after_min": 60, "price_fen": 1000},
+                {"after_min": 60, "price_fen": 2000},
+                {"after_min": 90},
+                {"after_min": 120, "price_fen": 100, "extra": 1},
+                "cheap",
+            ]
+        )
+    )
     assert "greater than the previous" in p["steps.1.after_min"]
     assert "both" in p["steps.2"]
     assert p["steps.3.extra"].startswith("unknown key")
     assert "table" in p["steps.4"]
     assert "list" in problems(flat(steps={"after_min": 1}))["steps"]
-    assert "between 1" in problems(flat(steps=[{"after_min": 0, "price_fen": 1}]))[
-        "steps.0.after_min"]
+    assert "between 1" in problems(flat(steps=[{"after_min": 0, "price_fen": 1}]))["steps.0.after_min"]
 
 
 def test_validation_checks_who_pays():

@@ -16,15 +16,24 @@ from pilecore.bays import EVENT_TYPES, PHASES, PLATE_COLOURS, PLUG_SOURCES, BayM
 from pilecore.tariff import default_tariff, fee, validate_tariff
 
 PARAMS = {
-    "arrive_s": 10, "leave_s": 20, "grace_s": 120, "overstay_s": 60, "charge_debounce_s": 10,
-    "hold_s": 30, "disagree_s": 20, "flap_window_s": 120, "flap_max": 4,
-    "stuck_after_s": 3600, "stuck_sessions": 1, "plate_window_s": 30, "heartbeat_s": 100,
+    "arrive_s": 10,
+    "leave_s": 20,
+    "grace_s": 120,
+    "overstay_s": 60,
+    "charge_debounce_s": 10,
+    "hold_s": 30,
+    "disagree_s": 20,
+    "flap_window_s": 120,
+    "flap_max": 4,
+    "stuck_after_s": 3600,
+    "stuck_sessions": 1,
+    "plate_window_s": 30,
+    "heartbeat_s": 100,
 }
 THRESHOLD = 300
 TARIFF_V2 = dict(default_tariff(), version=2, price_fen=700, free_min=0)
 
-PROPS = settings(max_examples=100, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(PROPS, max_examples=50)
 
 
@@ -40,13 +49,12 @@ def scenarios(draw: Any) -> tuple[int, str, list[tuple]]:
     plug = st.sampled_from([True, False, None])
     power = st.sampled_from([None, 0, 0, 50, 299, 300, 7000, 7000, 7000.5, float("nan")])
     # The same readings for a run of steps a few seconds apart ...
-    step_op = st.tuples(st.just("step"), st.integers(1, 10), samples, plug, power,
-                        st.integers(1, 60))
+    step_op = st.tuples(st.just("step"), st.integers(1, 10), samples, plug, power, st.integers(1, 60))
     # ... or one step after a long silence (gateway down, power cut).
-    gap_op = st.tuples(st.just("step"), st.sampled_from([40, 200, 5000]), samples, plug, power,
-                       st.just(1))
+    gap_op = st.tuples(st.just("step"), st.sampled_from([40, 200, 5000]), samples, plug, power, st.just(1))
     plate_op = st.tuples(
-        st.just("plate"), st.integers(0, 15),
+        st.just("plate"),
+        st.integers(0, 15),
         st.sampled_from(["豫C12345", "豫CD12345", "", "X1"]),
         st.sampled_from([*PLATE_COLOURS, "pink", None]),
     )
@@ -56,14 +64,22 @@ def scenarios(draw: Any) -> tuple[int, str, list[tuple]]:
     power_op = st.tuples(st.just("power"), st.integers(1, 10), power, st.integers(1, 10))
     # A whole visit: arrives, maybe a plate, maybe charges, stays idle, drives off.
     visit_op = st.tuples(
-        st.just("visit"), st.integers(0, 40), st.one_of(st.just(0), st.integers(0, 60)),
+        st.just("visit"),
+        st.integers(0, 40),
+        st.one_of(st.just(0), st.integers(0, 60)),
         st.integers(0, 60),
-        st.one_of(st.none(), st.sampled_from(["green", "blue", "yellow"])), plug,
-        st.integers(5, 10), st.booleans(),
+        st.one_of(st.none(), st.sampled_from(["green", "blue", "yellow"])),
+        plug,
+        st.integers(5, 10),
+        st.booleans(),
     )
-    ops = draw(st.lists(st.one_of(step_op, step_op, step_op, gap_op, plate_op, tariff_op,
-                                  plug_op, power_op, visit_op, visit_op),
-                        min_size=3, max_size=25))
+    ops = draw(
+        st.lists(
+            st.one_of(step_op, step_op, step_op, gap_op, plate_op, tariff_op, plug_op, power_op, visit_op, visit_op),
+            min_size=3,
+            max_size=25,
+        )
+    )
     actions: list[tuple] = []
     t = 1000
     last = ([False] * n, None, 0)
@@ -105,8 +121,7 @@ def scenarios(draw: Any) -> tuple[int, str, list[tuple]]:
 
 
 def new_machine(mode: str, tariff: dict | None = None, snap: dict | None = None) -> BayMachine:
-    return BayMachine("B7", "P7", dict(PARAMS, plug_source=mode),
-                      default_tariff() if tariff is None else tariff, snap)
+    return BayMachine("B7", "P7", dict(PARAMS, plug_source=mode), default_tariff() if tariff is None else tariff, snap)
 
 
 def act(m: BayMachine, a: tuple) -> list[dict]:
@@ -150,7 +165,7 @@ def check_record(rec: dict) -> None:
 def test_random_runs_keep_every_invariant(sc: tuple[int, str, list[tuple]]) -> None:
     _n, mode, actions = sc
     m = new_machine(mode)
-    ev_seen = False          # EV evidence at some step of the occupancy in progress
+    ev_seen = False  # EV evidence at some step of the occupancy in progress
     records = 0
     before = m.snapshot()
     version = m.version
@@ -166,8 +181,7 @@ def test_random_runs_keep_every_invariant(sc: tuple[int, str, list[tuple]]) -> N
                 if ev_seen:
                     assert o["classification"] != "fuel_car", (o, actions)
                 ev_seen = False
-        assert m.state in ("vacant", "arriving", "occupied", "charging", "idle", "leaving",
-                           "unknown")
+        assert m.state in ("vacant", "arriving", "occupied", "charging", "idle", "leaving", "unknown")
         status = m.status()
         assert_plain(status)
         if status["arrival"] is not None and m.state != "leaving" and a[0] == "step":
@@ -220,10 +234,17 @@ def tariffs(draw: Any) -> dict:
     block = draw(st.integers(1, 60))
     afters = sorted(set(draw(st.lists(st.integers(1, 400), max_size=3))))
     steps = [{"after_min": a, "price_fen": draw(st.integers(0, 3000))} for a in afters]
-    return {"id": "t", "version": 1, "currency": "CNY", "free_min": free, "block_min": block,
-            "price_fen": draw(st.integers(0, 3000)), "steps": steps,
-            "cap_fen": draw(st.integers(0, 20000)),
-            "applies_to": ["fuel_car", "ev_overstay", "ev_parked"]}
+    return {
+        "id": "t",
+        "version": 1,
+        "currency": "CNY",
+        "free_min": free,
+        "block_min": block,
+        "price_fen": draw(st.integers(0, 3000)),
+        "steps": steps,
+        "cap_fen": draw(st.integers(0, 20000)),
+        "applies_to": ["fuel_car", "ev_overstay", "ev_parked"],
+    }
 
 
 def brute_force_fee(t: dict, seconds: int) -> int:
@@ -247,8 +268,7 @@ def brute_force_fee(t: dict, seconds: int) -> int:
 
 @settings(max_examples=150, deadline=None)
 @given(tariffs(), st.integers(0, 30000), st.integers(0, 5000))
-def test_fee_matches_block_pricing_never_negative_capped_and_monotonic(
-        t: dict, seconds: int, more: int) -> None:
+def test_fee_matches_block_pricing_never_negative_capped_and_monotonic(t: dict, seconds: int, more: int) -> None:
     assert validate_tariff(t) == []
     f, bd = fee(t, "fuel_car", seconds)
     assert f == brute_force_fee(t, seconds) == bd["fen"]

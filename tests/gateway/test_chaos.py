@@ -20,8 +20,10 @@ ROUNDS = 14
 def test_kill_9_and_broker_restarts_lose_nothing(sim_site, tmp_path):
     rng = random.Random(20261126)
     broker = Broker(tmp_path / "broker", persistence=True).start()
-    s = sim_site(pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666"),
-                 loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(9000, 3)})
+    s = sim_site(
+        pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666"),
+        loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(9000, 3)},
+    )
     platform = Platform(tmp_path, broker)
     site_path = write_site(s, tmp_path, broker, platform)
     data = tmp_path / "data"
@@ -32,7 +34,7 @@ def test_kill_9_and_broker_restarts_lose_nothing(sim_site, tmp_path):
         for _ in range(ROUNDS):
             time.sleep(rng.uniform(0.3, 2.0))
             if rng.random() < 0.6:
-                gw.send_signal(signal.SIGKILL)          # power cut: no clean shutdown at all
+                gw.send_signal(signal.SIGKILL)  # power cut: no clean shutdown at all
                 gw.wait(10)
                 kills += 1
                 gw = start_gateway(site_path, data)
@@ -50,8 +52,11 @@ def test_kill_9_and_broker_restarts_lose_nothing(sim_site, tmp_path):
     last, unacked, oldest_unacked = stored_last(data)
     assert unacked == 0 or oldest_unacked == last + 1
     try:
-        wait_for(lambda: platform.account() and platform.account().high >= last and not platform.account().gaps(),
-                 30, f"every seq up to {last} at the receiver")
+        wait_for(
+            lambda: platform.account() and platform.account().high >= last and not platform.account().gaps(),
+            30,
+            f"every seq up to {last} at the receiver",
+        )
     except AssertionError:
         print(platform.receiver.report()[0], "stored last", last)
         raise
@@ -61,6 +66,6 @@ def test_kill_9_and_broker_restarts_lose_nothing(sim_site, tmp_path):
     a = platform.account()
     assert kills >= 3 and restarts >= 2, (kills, restarts)
     assert clean, text
-    assert a.base == 1 and a.high >= last and not a.gaps()          # every published seq, once
+    assert a.base == 1 and a.high >= last and not a.gaps()  # every published seq, once
     assert a.messages == a.high
     assert a.bad_signatures == 0 and a.replays == 0 and a.broken_links == []

@@ -14,8 +14,13 @@ EXAMPLE = ROOT / "examples" / "site.toml"
 
 
 def run_check(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pilegate.cli", "check", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "check", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def variant(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
@@ -39,24 +44,19 @@ def test_json_output_is_the_compiled_config():
     assert compiled["board_def"]["id"] == "rpi4-usb-rs485"
     assert set(compiled["profiles"]) >= {"chint-ddsu666", "abb-b23"}
     assert compiled["bus"][0]["timeout_ms"] == 500
-    assert proc.stdout.strip() == json.dumps(compiled, sort_keys=True, separators=(",", ":"),
-                                             ensure_ascii=False)
+    assert proc.stdout.strip() == json.dumps(compiled, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def test_two_piles_on_one_address(tmp_path):
-    path = variant(tmp_path, 'address = 2, profile = "chint-ddsu666"',
-                   'address = 1, profile = "chint-ddsu666"')
+    path = variant(tmp_path, 'address = 2, profile = "chint-ddsu666"', 'address = 1, profile = "chint-ddsu666"')
     proc = run_check(path)
     assert proc.returncode == 2
-    assert f"{path}:pile[P02].meter.address: bus rs485-1 address 1 is already the meter of " \
-           "pile[P01]" in proc.stderr
+    assert f"{path}:pile[P02].meter.address: bus rs485-1 address 1 is already the meter of pile[P01]" in proc.stderr
     assert "(line " in proc.stderr
 
 
 def test_pile_with_no_meter(tmp_path):
-    path = variant(tmp_path,
-                   'meter = { bus = "rs485-1", address = 4, profile = "eastron-sdm120", serial = "" }\n',
-                   "")
+    path = variant(tmp_path, 'meter = { bus = "rs485-1", address = 4, profile = "eastron-sdm120", serial = "" }\n', "")
     proc = run_check(path)
     assert proc.returncode == 2
     assert f"{path}:pile[P04].meter: missing" in proc.stderr
@@ -87,7 +87,7 @@ def test_several_problems_are_all_listed(tmp_path):
     text = EXAMPLE.read_text()
     text = text.replace('pile = "P08"', 'pile = "P18"')
     text = text.replace('profile = "abb-b23"', 'profile = "abb-b99"')
-    text = text.replace("baud = 9600\nparity = \"N\"", "baud = 9601\nparity = \"N\"")
+    text = text.replace('baud = 9600\nparity = "N"', 'baud = 9601\nparity = "N"')
     path = tmp_path / "site.toml"
     path.write_text(text)
     proc = run_check(path)
@@ -106,6 +106,5 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--help"], ["check", "--help"]])
 def test_help(argv):
-    proc = subprocess.run([sys.executable, "-m", "pilegate.cli", *argv], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "pilegate.cli", *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage: pilegate" in proc.stdout

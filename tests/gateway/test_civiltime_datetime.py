@@ -43,8 +43,7 @@ def test_every_day_from_1900_to_2200() -> None:
 
 
 def test_parse_ocmf_time_matches_fromisoformat() -> None:
-    for text in ("2018-07-24T13:22:04,000+0200 S", "2026-01-01T00:30:00,000-0130 I",
-                 "2038-01-19T03:14:08,000+0000 U"):
+    for text in ("2018-07-24T13:22:04,000+0200 S", "2026-01-01T00:30:00,000-0130 I", "2038-01-19T03:14:08,000+0000 U"):
         t, status = ct.parse_ocmf_time(text)
         ref = datetime.fromisoformat(text[:-2].replace(",", "."))
         assert t == int((ref - EPOCH).total_seconds())

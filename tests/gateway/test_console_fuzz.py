@@ -35,14 +35,56 @@ from pilegate.console_server import ConsoleServer
 SEED = 20251126
 DURATION_S = 3.0
 TICK_S = 0.01
-MAX_LATE_S = 0.25           # generous for a loaded 2-core CI machine; typical is a few ms
+MAX_LATE_S = 0.25  # generous for a loaded 2-core CI machine; typical is a few ms
 MAX_PENDING_OUT = 32768
 MAX_GROWTH = 512 * 1024
 
-WORDS = ["status", "piles", "meter", "bays", "bay", "events", "mqtt", "bus", "mbread", "scan", "log",
-         "selftest", "keys", "login", "logout", "whoami", "help", "set", "interlock", "reboot",
-         "factory-reset", "repl", "echo", "--json", "P01", "P02", "B01", "rs485-1", "on", "off", "auto",
-         "1", "3", "0", "0x10", "125", "1-247", "1-3", "-1", "99999", PIN, "000000", "debug", "东1"]
+WORDS = [
+    "status",
+    "piles",
+    "meter",
+    "bays",
+    "bay",
+    "events",
+    "mqtt",
+    "bus",
+    "mbread",
+    "scan",
+    "log",
+    "selftest",
+    "keys",
+    "login",
+    "logout",
+    "whoami",
+    "help",
+    "set",
+    "interlock",
+    "reboot",
+    "factory-reset",
+    "repl",
+    "echo",
+    "--json",
+    "P01",
+    "P02",
+    "B01",
+    "rs485-1",
+    "on",
+    "off",
+    "auto",
+    "1",
+    "3",
+    "0",
+    "0x10",
+    "125",
+    "1-247",
+    "1-3",
+    "-1",
+    "99999",
+    PIN,
+    "000000",
+    "debug",
+    "东1",
+]
 
 
 class FuzzBackend(FakeBackend):
@@ -79,13 +121,14 @@ def random_input(rng: random.Random) -> bytes:
         end = rng.choice([b"\r", b"\n", b"\r\n", b"", b"\x03"])
         return line + end
     if kind < 0.88:
-        return b"A" * rng.randint(200, 3000) + b"\r"        # overlong
+        return b"A" * rng.randint(200, 3000) + b"\r"  # overlong
     if kind < 0.93:
-        return rng.choice([b"\x1b[A", b"\x1b[1;5C", b"\x1bOP", b"\x7f\x7f", b"\x08", b"\xff\xfe\r",
-                           b"\xc3\r", b"\x00\x01\x02\r"])
+        return rng.choice(
+            [b"\x1b[A", b"\x1b[1;5C", b"\x1bOP", b"\x7f\x7f", b"\x08", b"\xff\xfe\r", b"\xc3\r", b"\x00\x01\x02\r"]
+        )
     if kind < 0.97:
         return b"login\r" + rng.choice([PIN.encode(), b"123456", b""]) + b"\r"
-    return b"\x04"                                          # Ctrl-D: the session ends
+    return b"\x04"  # Ctrl-D: the session ends
 
 
 def test_console_server_survives_random_input_and_stays_bounded(tmp_path):
@@ -94,14 +137,31 @@ def test_console_server_survives_random_input_and_stays_bounded(tmp_path):
     master, slave = pty.openpty()
     tty_path = os.ttyname(slave)
     os.close(slave)
-    stats = {"sent": 0, "received": 0, "reconnects": 0, "ticks": 0, "max_late": 0.0, "max_line": 0,
-             "max_queue": 0, "max_backlog": 0, "dropped": 0, "stalled_disconnects": 0}
+    stats = {
+        "sent": 0,
+        "received": 0,
+        "reconnects": 0,
+        "ticks": 0,
+        "max_late": 0.0,
+        "max_line": 0,
+        "max_queue": 0,
+        "max_backlog": 0,
+        "dropped": 0,
+        "stalled_disconnects": 0,
+    }
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         b = FuzzBackend()
-        server = ConsoleServer(b, AuthState(RECORD), serial_port=tty_path, socket_path=sock_path,
-                               max_pending_out=MAX_PENDING_OUT, stall_close_s=1.0, poll_interval_s=0.05)
+        server = ConsoleServer(
+            b,
+            AuthState(RECORD),
+            serial_port=tty_path,
+            socket_path=sock_path,
+            max_pending_out=MAX_PENDING_OUT,
+            stall_close_s=1.0,
+            poll_interval_s=0.05,
+        )
         await server.start()
         done = asyncio.Event()
 
@@ -129,7 +189,7 @@ def test_console_server_survives_random_input_and_stays_bounded(tmp_path):
                     while True:
                         try:
                             chunk = await r.read(65536)
-                        except ConnectionError:     # the server hung up (Ctrl-D) on unread input
+                        except ConnectionError:  # the server hung up (Ctrl-D) on unread input
                             return
                         if not chunk:
                             return
@@ -177,15 +237,16 @@ def test_console_server_survives_random_input_and_stays_bounded(tmp_path):
                             stats["sent"] += raw.send(b"help\r" * 20)
                         except BlockingIOError:
                             pass
-                        except OSError:         # disconnected by the server for not reading
+                        except OSError:  # disconnected by the server for not reading
                             stats["stalled_disconnects"] += 1
                             break
                         await asyncio.sleep(0.005)
                 finally:
                     raw.close()
 
-        tasks = [asyncio.create_task(t()) for t in (ticker, reading_socket_client, serial_terminal,
-                                                    silent_socket_client)]
+        tasks = [
+            asyncio.create_task(t()) for t in (ticker, reading_socket_client, serial_terminal, silent_socket_client)
+        ]
         await asyncio.sleep(DURATION_S)
         done.set()
         await asyncio.gather(*tasks)
@@ -219,7 +280,7 @@ def test_console_server_survives_random_input_and_stays_bounded(tmp_path):
 
     tracemalloc.start()
     try:
-        asyncio.run(_warm_up(tmp_path))             # imports, caches, first-use tables
+        asyncio.run(_warm_up(tmp_path))  # imports, caches, first-use tables
         gc.collect()
         before = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
@@ -230,18 +291,20 @@ def test_console_server_survives_random_input_and_stays_bounded(tmp_path):
         tracemalloc.stop()
         os.close(master)
 
-    print(f"\nconsole fuzz (seed {SEED}, {DURATION_S} s): sent {stats['sent']} B, received "
-          f"{stats['received']} B, {stats['reconnects']} socket sessions, "
-          f"{stats['stalled_disconnects']} silent clients cut off, {stats['dropped']} B dropped; "
-          f"ticks {stats['ticks']}, max tick lateness {stats['max_late'] * 1000:.1f} ms; max pending line "
-          f"{stats['max_line']} B, max poll queue {stats['max_queue']} chars, max output backlog "
-          f"{stats['max_backlog']} B; tracemalloc: peak {peak - before} B above the start, "
-          f"{after - before} B still allocated after")
+    print(
+        f"\nconsole fuzz (seed {SEED}, {DURATION_S} s): sent {stats['sent']} B, received "
+        f"{stats['received']} B, {stats['reconnects']} socket sessions, "
+        f"{stats['stalled_disconnects']} silent clients cut off, {stats['dropped']} B dropped; "
+        f"ticks {stats['ticks']}, max tick lateness {stats['max_late'] * 1000:.1f} ms; max pending line "
+        f"{stats['max_line']} B, max poll queue {stats['max_queue']} chars, max output backlog "
+        f"{stats['max_backlog']} B; tracemalloc: peak {peak - before} B above the start, "
+        f"{after - before} B still allocated after"
+    )
     assert stats["sent"] > 50000 and stats["ticks"] > 50
     assert stats["max_late"] < MAX_LATE_S
     assert stats["max_line"] <= 256
     assert stats["max_queue"] <= 4096 + 16384
-    assert stats["max_backlog"] <= MAX_PENDING_OUT + 2 * 16384 + 1024     # + one chunk's answers
+    assert stats["max_backlog"] <= MAX_PENDING_OUT + 2 * 16384 + 1024  # + one chunk's answers
     assert stats["stalled_disconnects"] >= 1 and stats["dropped"] > 0
     assert after - before < MAX_GROWTH
 

@@ -33,7 +33,7 @@ class Terminal:
         self.master, slave = os.openpty()
         tty.setraw(slave)
         self.path = os.ttyname(slave)
-        self._slave = slave                      # kept open so the pty survives until the gateway opens it
+        self._slave = slave  # kept open so the pty survives until the gateway opens it
         self.buf = b""
 
     def send(self, text: str | bytes) -> None:
@@ -46,8 +46,8 @@ class Terminal:
             text = self.buf.decode(errors="replace")
             m = rx.search(text)
             if m:
-                self.buf = self.buf[len(text[:m.end()].encode()):]
-                return text[:m.end()]
+                self.buf = self.buf[len(text[: m.end()].encode()) :]
+                return text[: m.end()]
             r, _, _ = select.select([self.master], [], [], 0.1)
             if r:
                 try:
@@ -80,17 +80,34 @@ def rss_kb(pid: int) -> int:
 
 @pytest.fixture
 def running(sim_site, broker, tmp_path):
-    s = sim_site(pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"),
-                 loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(5000, 1)})
+    s = sim_site(
+        pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"),
+        loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(5000, 1)},
+    )
     s.clock.advance(3600)
     term = Terminal()
     platform = Platform(tmp_path, broker)
     sock = tmp_path / "run" / "console.sock"
-    site_path = write_site(s, tmp_path, broker, platform,
-                           f'\n[console]\nserial_port = "{term.path}"\nsocket = "{sock}"\n')
+    site_path = write_site(
+        s, tmp_path, broker, platform, f'\n[console]\nserial_port = "{term.path}"\nsocket = "{sock}"\n'
+    )
     data = tmp_path / "data"
-    prov = subprocess.run([sys.executable, "-m", "pilegate.cli", "provision", str(site_path), "--data-dir",
-                           str(data), "--console-pin", "--iterations", "2000"], capture_output=True, text=True)
+    prov = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pilegate.cli",
+            "provision",
+            str(site_path),
+            "--data-dir",
+            str(data),
+            "--console-pin",
+            "--iterations",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert prov.returncode == 0, prov.stderr
     pin = re.search(r"technician PIN for GW-T1: (\d+)", prov.stdout).group(1)
     assert (data / "console-pin").stat().st_mode & 0o777 == 0o600
@@ -146,10 +163,15 @@ def test_login_lockout_privileged_command_and_audit_event(running):
     out = term.command("login")
     assert "wait" in out.lower() or "locked" in out.lower()
     assert pin not in out
+
     # the privileged command reached the platform as a signed, verified audit event
     def audited():
-        return [e for e in platform.events() if e.get("type") == "console.audit" and e.get("cmd") == "set"
-                and e.get("result") == "ok"]
+        return [
+            e
+            for e in platform.events()
+            if e.get("type") == "console.audit" and e.get("cmd") == "set" and e.get("result") == "ok"
+        ]
+
     wait_for(lambda: audited(), 20, "a verified audit event")
     ev = audited()[0]
     assert ev["args"][0] == "telemetry.interval_s" and pin not in json.dumps(platform.events())
@@ -184,7 +206,7 @@ def test_fuzzing_the_console_leaves_the_gateway_working(running):
         if choice < 0.4:
             chunk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
         elif choice < 0.7:
-            chunk = ("x" * rng.randrange(200, 3000)).encode()                   # overlong line
+            chunk = ("x" * rng.randrange(200, 3000)).encode()  # overlong line
         elif choice < 0.9:
             chunk = rng.choice([b"piles\r", b"status --json\r", b"help\r", b"\x03", b"\x1b[A", b"\x7f\x7f"])
         else:

@@ -52,7 +52,7 @@ class AsyncBackend(FakeBackend):
 
     def mbread(self, d):
         super().mbread(d)
-        asyncio.get_running_loop().call_soon(d.complete, {"values": [0x00FF, 0x8000][:d.request[5]]})
+        asyncio.get_running_loop().call_soon(d.complete, {"values": [0x00FF, 0x8000][: d.request[5]]})
 
     def scan(self, d):
         super().scan(d)
@@ -155,7 +155,7 @@ class SocketTerminal:
 def _pty_pair() -> tuple[int, str]:
     master, slave = pty.openpty()
     path = os.ttyname(slave)
-    os.close(slave)     # the server opens it by name, as it would /dev/serial0
+    os.close(slave)  # the server opens it by name, as it would /dev/serial0
     return master, path
 
 
@@ -239,8 +239,9 @@ def test_serial_output_is_bounded_when_the_terminal_does_not_read():
     async def main() -> None:
         master, path = _pty_pair()
         b = FakeBackend()
-        server = ConsoleServer(b, AuthState(RECORD), serial_port=path, clock=Clock(),
-                               max_pending_out=8192, poll_interval_s=0.05)
+        server = ConsoleServer(
+            b, AuthState(RECORD), serial_port=path, clock=Clock(), max_pending_out=8192, poll_interval_s=0.05
+        )
         await server.start()
         term = PtyTerminal(master)
         loop = asyncio.get_running_loop()
@@ -250,11 +251,11 @@ def test_serial_output_is_bounded_when_the_terminal_does_not_read():
             # server's own buffer; the rest is dropped.  Ten at a time: the interpreter skips
             # lines beyond max_output of answers per chunk of input (tested in the core).
             deadline = loop.time() + 10
-            base = b.calls.count("status")          # the greeting asked once
+            base = b.calls.count("status")  # the greeting asked once
             for i in range(1, 41):
                 term.send(b"status\r" * 10)
                 while b.calls.count("status") < base + 10 * i and loop.time() < deadline:
-                    await asyncio.sleep(0)          # yield to the server's reader
+                    await asyncio.sleep(0)  # yield to the server's reader
             assert b.calls.count("status") == base + 400
             session = server.serial
             assert session.dropped_total > 0
@@ -279,8 +280,13 @@ def test_serial_output_is_bounded_when_the_terminal_does_not_read():
 
 def test_serial_device_that_is_missing_does_not_stop_the_server(tmp_path, caplog):
     async def main() -> None:
-        server = ConsoleServer(FakeBackend(), AuthState(RECORD), serial_port=str(tmp_path / "ttyNONE"),
-                               socket_path=tmp_path / "run" / "c.sock", reopen_s=0.05)
+        server = ConsoleServer(
+            FakeBackend(),
+            AuthState(RECORD),
+            serial_port=str(tmp_path / "ttyNONE"),
+            socket_path=tmp_path / "run" / "c.sock",
+            reopen_s=0.05,
+        )
         await server.start()
         try:
             term = await SocketTerminal.connect(tmp_path / "run" / "c.sock")
@@ -317,7 +323,7 @@ def test_socket_sessions_are_separate_but_share_the_lockout(tmp_path):
             assert out.startswith(b"{") and json.loads(out.split(b"\r\n")[0])["gateway"] == "LY-0001"
             one.send(b"whoami\n")
             out = await one.expect(b"pilegate> ")
-            assert b"whoami" not in out                     # no echo on the socket
+            assert b"whoami" not in out  # no echo on the socket
             assert f"uid={os.getuid()}(".encode() in out
             one.send(b"login\n" + PIN.encode() + b"\n")
             assert b"logged in" in await one.expect(b"pilegate# ")
@@ -349,8 +355,15 @@ def test_socket_client_that_does_not_read_is_cut_off(tmp_path):
 
     async def main() -> None:
         clock = Clock()
-        server = ConsoleServer(FakeBackend(), AuthState(RECORD), socket_path=sock, clock=clock,
-                               max_pending_out=16384, stall_close_s=30, poll_interval_s=0.05)
+        server = ConsoleServer(
+            FakeBackend(),
+            AuthState(RECORD),
+            socket_path=sock,
+            clock=clock,
+            max_pending_out=16384,
+            stall_close_s=30,
+            poll_interval_s=0.05,
+        )
         await server.start()
         try:
             raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -359,7 +372,7 @@ def test_socket_client_that_does_not_read_is_cut_off(tmp_path):
             raw.setblocking(False)
             loop = asyncio.get_running_loop()
             session = None
-            for _ in range(300):        # flood with commands and never read an answer
+            for _ in range(300):  # flood with commands and never read an answer
                 with contextlib.suppress(BlockingIOError):
                     raw.send(b"help\n" * 20)
                 await asyncio.sleep(0)
@@ -367,7 +380,7 @@ def test_socket_client_that_does_not_read_is_cut_off(tmp_path):
                 if session is not None and session.dropped_total:
                     break
             assert session is not None and session.dropped_total > 0
-            assert session.backlog() <= 16384 + 2 * 16384 + 1024     # + one chunk's answers
+            assert session.backlog() <= 16384 + 2 * 16384 + 1024  # + one chunk's answers
             clock.t += 31
             server.wake_all()
             deadline = loop.time() + 5
@@ -390,7 +403,7 @@ def test_socket_path_safety(tmp_path):
         stale = tmp_path / "stale.sock"
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(str(stale))
-        s.close()                       # a crash leaves the file behind: it is replaced
+        s.close()  # a crash leaves the file behind: it is replaced
         server = ConsoleServer(FakeBackend(), AuthState(RECORD), socket_path=stale)
         await server.start()
         try:
@@ -457,8 +470,9 @@ def test_client_script_over_the_socket(tmp_path, monkeypatch, capsys):
     log = tmp_path / "session.log"
     st = ServerThread(AsyncBackend(), socket_path=sock)
     try:
-        script = (f"status\nlogin\n{PIN}\nwhoami\nset mqtt.password topsecret\nmbread rs485-1 1 3 0 1\n"
-                  "scan rs485-1 1-8\n")
+        script = (
+            f"status\nlogin\n{PIN}\nwhoami\nset mqtt.password topsecret\nmbread rs485-1 1 3 0 1\nscan rs485-1 1-8\n"
+        )
         monkeypatch.setattr(sys, "stdin", io.StringIO(script))
         rc = console_client.main(["--socket", str(sock), "--log", str(log)])
     finally:
@@ -472,7 +486,7 @@ def test_client_script_over_the_socket(tmp_path, monkeypatch, capsys):
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert "pilegate> status\n" in text and "[PIN not logged]" in text
     assert PIN not in text and "topsecret" not in text and "set mqtt.password ****" in text
-    assert '{"commands"' not in text                     # the handshake is not logged
+    assert '{"commands"' not in text  # the handshake is not logged
     # leaving logs out
     assert [a["result"] for a in st.backend.audits if a["cmd"] == "logout"] == ["ok"]
 
@@ -481,7 +495,7 @@ def test_client_leaving_at_the_pin_prompt_is_not_a_failed_login(tmp_path, monkey
     sock = tmp_path / "c.sock"
     st = ServerThread(FakeBackend(), socket_path=sock)
     try:
-        monkeypatch.setattr(sys, "stdin", io.StringIO("login\n"))   # script ends at "PIN:"
+        monkeypatch.setattr(sys, "stdin", io.StringIO("login\n"))  # script ends at "PIN:"
         rc = console_client.main(["--socket", str(sock), "--log", str(tmp_path / "l.log")])
         assert rc == 0
         deadline = time.monotonic() + 5
@@ -524,12 +538,12 @@ def test_client_over_a_serial_line(tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
         assert rc == 0
         assert "anonymous (read-only) on serial" in out and "DDSU-0002" in out
-        assert "whoami\n" not in out        # the client turned the gateway's echo off
+        assert "whoami\n" not in out  # the client turned the gateway's echo off
         session = st.server.serial
         deadline = time.monotonic() + 5
         while not session.console.echo and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert session.console.echo         # ... and back on when it left
+        assert session.console.echo  # ... and back on when it left
     finally:
         st.stop()
         stop.set()
@@ -544,7 +558,7 @@ def test_client_explains_missing_busy_and_forbidden_ports(tmp_path, capsys):
     assert rc == 1 and "no such serial port" in err and "Traceback" not in err
 
     master, path = _pty_pair()
-    holder = serial.Serial(path, 115200, exclusive=True)        # screen/minicom has it
+    holder = serial.Serial(path, 115200, exclusive=True)  # screen/minicom has it
     try:
         rc = console_client.main(["--port", path, "--log", str(tmp_path / "l.log")])
         err = capsys.readouterr().err
@@ -567,7 +581,7 @@ def test_client_explains_missing_busy_and_forbidden_ports(tmp_path, capsys):
 
 
 def test_client_when_the_gateway_does_not_answer(tmp_path, capsys):
-    master, path = _pty_pair()        # a port with nothing behind it
+    master, path = _pty_pair()  # a port with nothing behind it
     slave_keepalive = os.open(path, os.O_RDWR | os.O_NOCTTY)
     try:
         rc = console_client.main(["--port", path, "--log", str(tmp_path / "l.log")])
@@ -589,19 +603,25 @@ def test_interactive_client_completion_history_and_hidden_pin(tmp_path):
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen([sys.executable, "-m", "piletools.console_client", "--socket", str(sock)],
-                            stdin=slave, stdout=slave, stderr=slave, env=env, preexec_fn=controlling_tty,
-                            close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piletools.console_client", "--socket", str(sock)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        preexec_fn=controlling_tty,
+        close_fds=True,
+    )
     os.close(slave)
     term = PtyTerminal(master)
 
     async def drive() -> bytes:
         seen = await term.expect(b"pilegate> ", timeout=15)
-        term.send(b"who\t")                     # Tab completes the command name
+        term.send(b"who\t")  # Tab completes the command name
         await term.expect(b"whoami ")
         term.send(b"\r")
         seen += await term.expect(b"pilegate> ")
-        term.send(b"\x1b[A")                    # Up arrow: the previous command again
+        term.send(b"\x1b[A")  # Up arrow: the previous command again
         await term.expect(b"whoami")
         term.send(b"\r")
         seen += await term.expect(b"pilegate> ")
@@ -609,7 +629,7 @@ def test_interactive_client_completion_history_and_hidden_pin(tmp_path):
         await term.expect(b"PIN: ")
         term.send(PIN.encode() + b"\r")
         seen += await term.expect(b"pilegate# ")
-        term.send(b"\x04")                      # Ctrl-D at the prompt: log out and quit
+        term.send(b"\x04")  # Ctrl-D at the prompt: log out and quit
         seen += await term.expect(b"session log: ")
         return seen
 

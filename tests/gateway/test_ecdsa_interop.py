@@ -120,19 +120,13 @@ def test_rare_x_of_r_above_n_case_agrees_with_cryptography() -> None:
 def test_spki_matches_cryptography(d: int) -> None:
     pub = ecdsa.public_key(d)
     crypto = crypto_key(d).public_key()
-    der = crypto.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    pem = crypto.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = crypto.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = crypto.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert ecdsa.spki_der(pub) == der
     assert ecdsa.spki_pem(pub) == pem.decode()
     assert ecdsa.parse_spki_der(der) == pub
     assert ecdsa.parse_spki_pem(pem.decode()) == pub
-    point = crypto.public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
+    point = crypto.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     assert ecdsa.point_bytes(pub) == point
     assert ecdsa.parse_point(point) == pub
 
@@ -152,8 +146,10 @@ def test_private_key_bytes_match_cryptography() -> None:
 
 
 def test_compressed_spki_from_cryptography_is_refused() -> None:
-    compressed = crypto_key(KEYS[4]).public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    compressed = (
+        crypto_key(KEYS[4])
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
     )
     with pytest.raises(ValueError):
         ecdsa.parse_point(compressed)
@@ -225,11 +221,10 @@ def test_jsonc_fast_path_matches_the_portable_encoder():
 
     from pilecore import jsonc
 
-    leaves = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-              | st.text())
-    values = st.recursive(leaves,
-                          lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
-                          max_leaves=20)
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+    values = st.recursive(
+        leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4), max_leaves=20
+    )
 
     @settings(max_examples=200, deadline=None)
     @given(values)
@@ -237,4 +232,5 @@ def test_jsonc_fast_path_matches_the_portable_encoder():
         out = []
         jsonc._enc(v, out)
         assert "".join(out) == jsonc.dumps(v)
+
     check()

@@ -59,8 +59,9 @@ class FakeHw:
         return time.time()
 
     def uart(self, uart_id, baud, parity, stop, tx, rx):
-        return machine.UART(uart_id, baudrate=baud, bits=8, parity={"N": None, "E": 0, "O": 1}[parity],
-                            stop=stop, tx=tx, rx=rx)
+        return machine.UART(
+            uart_id, baudrate=baud, bits=8, parity={"N": None, "E": 0, "O": 1}[parity], stop=stop, tx=tx, rx=rx
+        )
 
     def pin(self, n, out):
         return machine.Pin(n, machine.Pin.OUT if out else machine.Pin.IN)
@@ -110,7 +111,7 @@ def esp32_site(s, tmp_path, broker, platform: Platform):
     site, problems = siteconfig.load_site(path)
     assert site is not None, "\n".join(map(str, problems))
     cfg_file = tmp_path / "config.json"
-    cfg_file.write_bytes(site.json_bytes + b"\n")          # what `pilegate check --json` prints
+    cfg_file.write_bytes(site.json_bytes + b"\n")  # what `pilegate check --json` prints
     return site, cfg_file
 
 
@@ -153,7 +154,7 @@ def rig(sim_site, broker, tmp_path):
 def test_the_esp32_app_meters_signs_publishes_answers_commands_and_continues_after_restart(rig, tmp_path):
     s, platform, site, cfg_file, term = rig
     cfg, digest = load_config_file(str(cfg_file))
-    assert digest == site.config_hash                   # the same config hash the Pi reports
+    assert digest == site.config_hash  # the same config hash the Pi reports
     hw = FakeHw(tmp_path / "data", term.path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "console.pin").write_text(pinhash.make_record("482916", b"saltsalt", 1000))
@@ -161,18 +162,19 @@ def test_the_esp32_app_meters_signs_publishes_answers_commands_and_continues_aft
     key_file = tmp_path / "data" / "device.key"
     assert key_file.stat().st_size == 32 and key_file.stat().st_mode & 0o777 == 0o600
     assert "PRIVATE" not in app.keys.pem and app.keys.kid[:16] in repr(app.keys)
-    assert app.epoch == 1 and app.chain.seq == 1        # the birth is stored before anything is sent
+    assert app.epoch == 1 and app.chain.seq == 1  # the birth is stored before anything is sent
     platform.listen(app.keys.pem)
     acct = platform.account
 
     def telemetry_with_readings() -> bool:
         a = acct()
         return bool(a and a.last_telemetry and all("energy_wh" in p for p in a.last_telemetry["data"]["piles"]))
+
     wait_for(telemetry_with_readings, 20, "telemetry with readings", step=0.005, tick=app.step)
     piles = {p["pile"]: p for p in acct().last_telemetry["data"]["piles"]}
     assert piles["P1"]["power_w"] == pytest.approx(3500, abs=2)
     assert piles["P2"]["power_w"] == pytest.approx(9900, abs=2) and len(piles["P2"]["voltage_v"]) == 3
-    assert piles["P1"]["energy_wh"] == s.meter(1).energy_wh     # the simulator's clock stands still
+    assert piles["P1"]["energy_wh"] == s.meter(1).energy_wh  # the simulator's clock stands still
     assert piles["P2"]["energy_wh"] == s.meter(2).energy_wh
     assert acct().last_telemetry["tsync"] == "ntp"
     # the pile with a relay is switched on once its meter is verified (fail-safe off before)
@@ -182,7 +184,7 @@ def test_the_esp32_app_meters_signs_publishes_answers_commands_and_continues_aft
     assert active_high and pin.id == 26 and pin.history[0] == 0 and pin.value() == 1
     # a signed command, and a forged one
     platform.send(platform.command("c-1", "set_interval", {"interval_s": 3}))
-    platform.send(platform.command("c-1", "set_interval", {"interval_s": 9}))      # replayed id
+    platform.send(platform.command("c-1", "set_interval", {"interval_s": 9}))  # replayed id
     wait_for(lambda: len(platform.acks) >= 2, 15, "two acks", step=0.005, tick=app.step)
     assert platform.acks[0] == {"cmd_id": "c-1", "cmd": "set_interval", "ok": True, "result": {"interval_s": 3}}
     assert platform.acks[1]["ok"] is False and platform.acks[1]["reason"].startswith("replayed")
@@ -207,14 +209,14 @@ def test_the_esp32_app_meters_signs_publishes_answers_commands_and_continues_aft
     term.send(b"set telemetry.interval_s 4\r")
     wait_for(lambda: b"(applied)" in term.read(), 5, "the setting", step=0.005, tick=app.step)
     assert app.interval_s == 4 and app.state.load("settings")["interval_s"] == 4
-    assert b"482916" not in term.read()                     # the PIN is never echoed
+    assert b"482916" not in term.read()  # the PIN is never echoed
     audits = [ev for ev in app.recent if ev.get("type") == "console.audit"]
     assert [a["cmd"] for a in audits] == ["login", "set"] and audits[1]["result"] == "ok"
-    term.send(b"mbread bus1 1 4 0x0c 2 --json\r")          # a raw read through the scheduler
+    term.send(b"mbread bus1 1 4 0x0c 2 --json\r")  # a raw read through the scheduler
     wait_for(lambda: b'"values":' in term.read(), 10, "the mbread answer", step=0.005, tick=app.step)
     line = next(ln for ln in term.read().decode().splitlines() if '"values":' in ln)
     hi, lo = json.loads(line)["values"]
-    assert struct.unpack(">f", struct.pack(">HH", hi, lo))[0] == pytest.approx(3500, abs=2)   # P1's power
+    assert struct.unpack(">f", struct.pack(">HH", hi, lo))[0] == pytest.approx(3500, abs=2)  # P1's power
     assert hw.dog is not None and hw.dog.feeds > 50 and hw.dog.timeout_ms == 60000
     # restart: a new App over the same flash continues the chain (epoch 2, next seq)
     wait_for(lambda: app.outbox.depth() == 0, 10, "the backlog to drain", step=0.005, tick=app.step)
@@ -222,7 +224,7 @@ def test_the_esp32_app_meters_signs_publishes_answers_commands_and_continues_aft
     last_seq = app.chain.seq
     app2 = App(cfg, FakeHw(tmp_path / "data"), digest)
     assert app2.epoch == 2 and app2.chain.seq == last_seq + 1 and app2.keys.kid == app.keys.kid
-    assert app2.interval_s == 4                            # the console's setting survived
+    assert app2.interval_s == 4  # the console's setting survived
     wait_for(lambda: acct().high >= last_seq + 3, 20, "messages of the second run", step=0.005, tick=app2.step)
     app2.close()
     wait_for(lambda: acct().high == app2.chain.seq and not acct().gaps(), 10, "the last messages")
@@ -236,8 +238,8 @@ def test_the_esp32_app_meters_signs_publishes_answers_commands_and_continues_aft
 def test_a_bad_configuration_is_refused_with_every_problem(rig, tmp_path):
     _, _, _, cfg_file, _ = rig
     cfg = json.loads(cfg_file.read_bytes())
-    cfg["pile"][1]["meter"]["address"] = 1                  # two piles on one meter
-    cfg["bus"][0]["port"] = "uart0"                         # meters on the console UART
+    cfg["pile"][1]["meter"]["address"] = 1  # two piles on one meter
+    cfg["bus"][0]["port"] = "uart0"  # meters on the console UART
     with pytest.raises(ConfigError) as e:
         App(cfg, FakeHw(tmp_path / "bad"))
     keys = [k for k, _ in e.value.problems]

@@ -33,7 +33,7 @@ class Listener:
 
     def __init__(self, broker, topic: str = PREFIX + "/#") -> None:
         self.msgs: list[tuple[str, bytes, bool]] = []
-        self.subscribed = threading.Event()        # set on SUBACK, cleared on disconnect
+        self.subscribed = threading.Event()  # set on SUBACK, cleared on disconnect
         self.lock = threading.Lock()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"listener-{id(self) & 0xFFFF:x}")
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
@@ -79,10 +79,18 @@ class Device:
 
 def make_link(broker, outbox, commands=None, timeout_ms=1000, **kw) -> Link:
     dev = Device()
-    return Link(lambda: simple.MQTTClient("GW-T1", "127.0.0.1", broker.port), outbox, PREFIX,
-                will=lambda: dev.state("offline", "connection lost"), online=lambda: dev.state("online"),
-                on_command=(commands.append if commands is not None else None), timeout_ms=timeout_ms,
-                backoff_min_ms=200, backoff_max_ms=2000, **kw)
+    return Link(
+        lambda: simple.MQTTClient("GW-T1", "127.0.0.1", broker.port),
+        outbox,
+        PREFIX,
+        will=lambda: dev.state("offline", "connection lost"),
+        online=lambda: dev.state("online"),
+        on_command=(commands.append if commands is not None else None),
+        timeout_ms=timeout_ms,
+        backoff_min_ms=200,
+        backoff_max_ms=2000,
+        **kw,
+    )
 
 
 def fill(outbox: Outbox, n: int, first: int = 1) -> None:
@@ -98,6 +106,7 @@ def seqs_seen(listener: Listener) -> list[int]:
 
 def body(jws: bytes) -> dict:
     import json
+
     return json.loads(envelope.b64url_decode(jws.split(b".")[1]))
 
 
@@ -105,6 +114,7 @@ def run_until(link: Link, pred, now: list[int], timeout_s: float = 10.0, step_ms
     def tick() -> None:
         now[0] += step_ms
         link.step(now[0])
+
     wait_for(pred, timeout_s, "the link", step=0.005, tick=tick)
 
 
@@ -114,13 +124,13 @@ def test_backlog_goes_out_in_order_with_qos1_and_is_acked_after_the_puback(broke
     fill(ob, 12)
     link = make_link(broker, ob)
     now = [0]
-    link.step(now[0])                               # connect: will, online, subscribe
+    link.step(now[0])  # connect: will, online, subscribe
     assert link.connected and link.connects == 1
-    link.step(now[0])                               # one bounded step: `batch` records, no more
+    link.step(now[0])  # one bounded step: `batch` records, no more
     assert ob.depth() == 12 - link.batch
     run_until(link, lambda: ob.depth() == 0, now)
     wait_for(lambda: len(seqs_seen(listener)) >= 12, 5, "every message at the listener")
-    assert seqs_seen(listener) == list(range(1, 13))        # oldest first, each once
+    assert seqs_seen(listener) == list(range(1, 13))  # oldest first, each once
     online = listener.payloads("state")
     assert online and body(online[-1])["data"]["state"] == "online" and "seq" not in body(online[-1])
     # a broker that stops answering: the next publish is written but its PUBACK never comes,
@@ -152,13 +162,13 @@ def test_broker_restart_mid_drain_loses_nothing_and_resubscribes(broker, tmp_pat
     link.step(now[0])
     link.step(now[0])
     link.step(now[0])
-    assert 0 < ob.depth() < 30                      # mid-drain
+    assert 0 < ob.depth() < 30  # mid-drain
     broker.stop()
     now[0] += 50
-    link.step(now[0])                               # the publish fails: link down, backoff
+    link.step(now[0])  # the publish fails: link down, backoff
     assert not link.connected and link.failures == 1
     depth = ob.depth()
-    for _ in range(3):                              # reconnects refused while the broker is away
+    for _ in range(3):  # reconnects refused while the broker is away
         now[0] = link.next_try_ms
         link.step(now[0])
     assert not link.connected and link.failures == 4 and ob.depth() == depth
@@ -168,8 +178,8 @@ def test_broker_restart_mid_drain_loses_nothing_and_resubscribes(broker, tmp_pat
     run_until(link, lambda: ob.depth() == 0, now)
     assert link.connects == 2 and link.failures == 0
     wait_for(lambda: set(seqs_seen(listener)) >= set(range(1, 31)), 5, "every seq at the listener")
-    firsts = list(dict.fromkeys(seqs_seen(listener)))       # duplicates (QoS 1) aside
-    assert firsts == list(range(1, 31))                        # oldest first, across the restart
+    firsts = list(dict.fromkeys(seqs_seen(listener)))  # duplicates (QoS 1) aside
+    assert firsts == list(range(1, 31))  # oldest first, across the restart
     # the subscription came back with the reconnect: a command sent now arrives
     sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     sender.connect("127.0.0.1", broker.port)
@@ -194,22 +204,23 @@ def test_will_is_published_retained_when_the_connection_is_cut(broker, tmp_path)
     def offline(listener: Listener) -> list[tuple[dict, bool]]:
         with listener.lock:
             return [(body(p), r) for t, p, r in listener.msgs if body(p)["data"]["state"] == "offline"]
+
     # the device vanishes (power cut): its socket closes without an MQTT DISCONNECT
     link.sock.raw.close()
     wait_for(lambda: offline(early), 10, "the will")
     will, _ = offline(early)[-1]
     assert will["data"]["reason"] == "connection lost" and will["kind"] == "state"
-    assert "seq" not in will and "prev" not in will                 # outside the chain
-    late = Listener(broker, f"{PREFIX}/state")      # a platform that connects afterwards
+    assert "seq" not in will and "prev" not in will  # outside the chain
+    late = Listener(broker, f"{PREFIX}/state")  # a platform that connects afterwards
     wait_for(lambda: offline(late), 5, "the retained offline state")
-    assert offline(late)[0] == (will, True)          # delivered as the retained message
+    assert offline(late)[0] == (will, True)  # delivered as the retained message
     early.stop()
     late.stop()
 
 
 def test_reconnect_backoff_grows_with_jitter_against_a_refusing_port(broker, tmp_path):
     ob = Outbox(str(tmp_path / "ob"))
-    broker.stop()                                   # nothing listens: every connect is refused
+    broker.stop()  # nothing listens: every connect is refused
     draws = iter([b"\x00\x00", b"\xff\xff", b"\x00\x00", b"\x80\x00", b"\xff\xff", b"\xff\xff"])
     link = make_link(broker, ob, rand=lambda n: next(draws))
     now = 0

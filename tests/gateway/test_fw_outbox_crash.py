@@ -31,13 +31,14 @@ D = "/ob"
 class MemFS:
     """An in-memory fs for Outbox(fs=...) whose mutations are logged unit by unit."""
 
-    def __init__(self, files: dict[str, bytearray] | None = None, dirs: set[str] | None = None,
-                 limit: int | None = None):
+    def __init__(
+        self, files: dict[str, bytearray] | None = None, dirs: set[str] | None = None, limit: int | None = None
+    ):
         self.files = {k: bytearray(v) for k, v in (files or {}).items()}
         self.dirs = set(dirs or ())
         self.log: list[tuple] = []
-        self.limit = limit          # a flash partition of this many bytes: writes beyond fail
-        self.dirty: set[str] = set()    # files written since their last sync
+        self.limit = limit  # a flash partition of this many bytes: writes beyond fail
+        self.dirty: set[str] = set()  # files written since their last sync
 
     def snapshot(self) -> tuple[dict[str, bytearray], set[str]]:
         return {k: bytearray(v) for k, v in self.files.items()}, set(self.dirs)
@@ -55,7 +56,7 @@ class MemFS:
     def listdir(self, path: str) -> list[str]:
         if path not in self.dirs:
             raise FileNotFoundError(path)
-        return [p[len(path) + 1:] for p in self.files if p.rsplit("/", 1)[0] == path]
+        return [p[len(path) + 1 :] for p in self.files if p.rsplit("/", 1)[0] == path]
 
     def remove(self, path: str) -> None:
         # POSIX may persist a deletion before unsynced data: nothing may be pending then.
@@ -130,10 +131,10 @@ class Run:
     where it started and returned."""
 
     def __init__(self, **kw: Any):
-        self.fs = MemFS(limit=kw["max_bytes"])     # the bound holds at every instant
+        self.fs = MemFS(limit=kw["max_bytes"])  # the bound holds at every instant
         self.kw = kw
         self.ob = Outbox(D, fs=self.fs, **kw)
-        self.calls: list[tuple] = []        # (op, arg, start, end, result)
+        self.calls: list[tuple] = []  # (op, arg, start, end, result)
         self.kinds: dict[int, str] = {}
         self.seq = 0
 
@@ -166,7 +167,7 @@ class Run:
 
     def take(self) -> list[tuple[int, str]]:
         got = self._call("take", None, self.ob.take_dropped)
-        if got:                              # declare them, as the caller must
+        if got:  # declare them, as the caller must
             self.put("event")
         return got
 
@@ -232,7 +233,7 @@ def sweep(run: Run, continue_every: int = 7) -> int:
         state = MemFS(*fs.snapshot())
         ob = check_state(run, k, state)
         if k % continue_every == 0:
-            for p in ob.pending(10_000):       # the link is back: everything gets its PUBACK
+            for p in ob.pending(10_000):  # the link is back: everything gets its PUBACK
                 ob.ack(p[0])
             last = ob.last()
             nxt = (last[0] if last else 0) + 100
@@ -272,7 +273,7 @@ def workload_full() -> Run:
     for i in range(40):
         r.put("billing" if i % 6 == 5 else "telemetry")
         r.take()
-        if i % 3 == 2:          # the link comes and goes: some older records get their PUBACK
+        if i % 3 == 2:  # the link comes and goes: some older records get their PUBACK
             for p in r.ob.pending(100):
                 if p[0] < r.seq - 3 and (p[1] != "telemetry" or p[0] % 2):
                     r.ack(p[0])
@@ -287,14 +288,14 @@ def test_cut_at_every_unit_of_a_plain_workload() -> None:
     run = workload_plain()
     units = sweep(run)
     assert units > 500
-    assert len({u[1] for u in run.fs.log if u[0] == "create"}) >= 4   # it did rotate
+    assert len({u[1] for u in run.fs.log if u[0] == "create"}) >= 4  # it did rotate
 
 
 def test_cut_at_every_unit_while_full_thinning_and_declaring() -> None:
     run = workload_full()
     ops = {u[0] for u in run.fs.log}
     assert {"byte", "create", "remove"} <= ops
-    assert sum(1 for c in run.calls if c[0] == "take" and c[4]) >= 3   # thinned, declared
+    assert sum(1 for c in run.calls if c[0] == "take" and c[4]) >= 3  # thinned, declared
     assert sum(1 for c in run.calls if c[0] == "ack") >= 10
     sweep(run, continue_every=11)
 
@@ -327,8 +328,15 @@ def test_truncating_the_newest_file_on_a_real_fs(tmp_path: Path) -> None:
     """The default OsFS path: after each call, cut the file it appended to at every offset."""
     d = tmp_path / "ob"
     ob = Outbox(str(d), max_bytes=64 * 1024, segment_bytes=256)
-    plan = [("put", 1, "billing"), ("put", 2, "telemetry"), ("ack", 1, None),
-            ("put", 3, "event"), ("put", 4, "telemetry"), ("ack", 2, None), ("put", 5, "billing")]
+    plan = [
+        ("put", 1, "billing"),
+        ("put", 2, "telemetry"),
+        ("ack", 1, None),
+        ("put", 3, "event"),
+        ("put", 4, "telemetry"),
+        ("ack", 2, None),
+        ("put", 5, "billing"),
+    ]
     snaps = []
     for op, s, kind in plan:
         before = {p.name: p.stat().st_size for p in d.iterdir()}
@@ -366,9 +374,9 @@ def test_truncating_the_newest_file_on_a_real_fs(tmp_path: Path) -> None:
             assert (ob.last() or (None,))[0] == newest
             assert not any(n.endswith(".tmp") for n in os.listdir(work))
             if a:
-                assert (work / name).stat().st_size == a            # cut back to the last record
+                assert (work / name).stat().st_size == a  # cut back to the last record
             else:
-                assert not (work / name).exists() or cut == 0      # nothing valid: removed
+                assert not (work / name).exists() or cut == 0  # nothing valid: removed
             ob.close()
             cases += 1
     assert cases > 300
@@ -393,8 +401,9 @@ def _fresh_memfs_outbox() -> tuple[MemFS, dict[int, tuple]]:
 def test_damage_is_never_served_and_never_crashes_open(data: Any) -> None:
     fs, recs = _fresh_memfs_outbox()
     names = sorted(fs.files)
-    flips = data.draw(st.dictionaries(
-        st.tuples(st.sampled_from(names), st.integers(0, 299)), st.integers(1, 255), max_size=6))
+    flips = data.draw(
+        st.dictionaries(st.tuples(st.sampled_from(names), st.integers(0, 299)), st.integers(1, 255), max_size=6)
+    )
     changed = False
     for (name, off), mask in flips.items():
         buf = fs.files[name]
@@ -417,8 +426,7 @@ def test_damage_is_never_served_and_never_crashes_open(data: Any) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.text("tk.", min_size=1, max_size=1), st.binary(max_size=400)),
-                max_size=4))
+@given(st.lists(st.tuples(st.text("tk.", min_size=1, max_size=1), st.binary(max_size=400)), max_size=4))
 def test_open_never_crashes_on_arbitrary_files(files: list[tuple[str, bytes]]) -> None:
     fs = MemFS(dirs={D})
     for i, (prefix, content) in enumerate(files):
@@ -429,12 +437,15 @@ def test_open_never_crashes_on_arbitrary_files(files: list[tuple[str, bytes]]) -
     assert Outbox(D, fs=fs).last() == (1 << 40, b"x")
 
 
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("put"), st.sampled_from(["telemetry"] * 4 + ["billing", "event"]),
-              st.integers(10, 120)),
-    st.tuples(st.just("ack"), st.integers(0, 6), st.just(0)),
-    st.tuples(st.just("reopen"), st.just(""), st.just(0)),
-), min_size=1, max_size=120)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.sampled_from(["telemetry"] * 4 + ["billing", "event"]), st.integers(10, 120)),
+        st.tuples(st.just("ack"), st.integers(0, 6), st.just(0)),
+        st.tuples(st.just("reopen"), st.just(""), st.just(0)),
+    ),
+    min_size=1,
+    max_size=120,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -499,7 +510,7 @@ def test_budget_holds_at_every_instant_with_large_segments() -> None:
         if got:
             assert [g[0] for g in got] == list(range(got[0][0], got[0][0] + len(got)))
         if s % 10 == 0 and s > 30:
-            ob.ack(s - 30)                       # a trickle of PUBACKs, out of order
+            ob.ack(s - 30)  # a trickle of PUBACKs, out of order
     assert drops > 100
 
 
@@ -528,7 +539,9 @@ def test_throughput_put_ack_2k_payloads_on_tmpfs(capsys: Any) -> None:
         stored = sum(len(m) for m in ob._meta)
         ob.close()
         with capsys.disabled():
-            print(f"\nfw outbox: {n / dt:.0f} put+ack/s of 2 KiB payloads (tmpfs, fsync each), "
-                  f"open of {stored} records ({HDR}-byte headers) in {dt_open * 1000:.1f} ms")
+            print(
+                f"\nfw outbox: {n / dt:.0f} put+ack/s of 2 KiB payloads (tmpfs, fsync each), "
+                f"open of {stored} records ({HDR}-byte headers) in {dt_open * 1000:.1f} ms"
+            )
     finally:
         shutil.rmtree(d, ignore_errors=True)

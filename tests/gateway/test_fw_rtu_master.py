@@ -54,8 +54,8 @@ def make_sched(s):
 
 
 def test_frame_gap():
-    assert rtu.frame_gap_us(9600) == 3645        # 3.5 chars of 10 bits at 9600 baud
-    assert rtu.frame_gap_us(115200) == 1750      # fixed by the spec above 19200 baud
+    assert rtu.frame_gap_us(9600) == 3645  # 3.5 chars of 10 bits at 9600 baud
+    assert rtu.frame_gap_us(115200) == 1750  # fixed by the spec above 19200 baud
 
 
 def test_reads_every_meter_and_decodes_what_the_simulator_serves(site):
@@ -76,13 +76,13 @@ def test_direction_pin_is_high_only_while_transmitting(site):
     sched = make_sched(site)
     drive(site, master, sched, 1500)
     ev = [e for e in machine.EVENTS if e[0] in ("pin", "write", "flush")]
-    assert ev[0] == ("pin", (4, 0))                 # receive mode from the start
+    assert ev[0] == ("pin", (4, 0))  # receive mode from the start
     body = ev[1:]
     assert len(body) % 4 == 0 and body
     for i in range(0, len(body), 4):
-        pin_hi, write, flush, pin_lo = body[i:i + 4]
+        pin_hi, write, flush, pin_lo = body[i : i + 4]
         assert pin_hi == ("pin", (4, 1)) and write[0] == "write" and flush == ("flush", None)
-        assert pin_lo == ("pin", (4, 0))            # released only after flush()
+        assert pin_lo == ("pin", (4, 0))  # released only after flush()
     uart.deinit()
 
 

@@ -31,7 +31,7 @@ def close(a: float, b: float, tol: float) -> bool:
 def test_every_profile_reads_what_the_simulator_serves(sim_site, profile):
     phases = 3 if profile in ("chint-dtsu666", "eastron-sdm630", "acrel-adl400", "abb-b23") else 1
     s = sim_site(pile_block("P1", 7, profile), loads={7: ConstantLoad(6900 if phases == 1 else 11040, phases)})
-    s.clock.advance(3600)                       # an hour of charging: energy has moved
+    s.clock.advance(3600)  # an hour of charging: energy has moved
     truth = s.meter(7)
     meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
     m = meters["P1"]
@@ -60,8 +60,12 @@ def test_pilegate_read_json_against_the_simulator(sim_site):
     body = pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666")
     s = sim_site(body, loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(9000, 3)})
     s.clock.advance(600)
-    proc = subprocess.run([sys.executable, "-m", "pilegate.cli", "read", str(s.path), "--json"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "read", str(s.path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = {r["pile"]: r for r in json.loads(proc.stdout)}
     assert set(rows) == {"P1", "P2"}
@@ -69,15 +73,25 @@ def test_pilegate_read_json_against_the_simulator(sim_site):
     assert abs(rows["P1"]["energy_kwh"] - s.meter(1).energy_wh / 1000) < 0.002
     assert rows["P2"]["power_w"] == pytest.approx(9000, abs=1)
     assert len(rows["P2"]["voltage_v"]) == 3 and rows["P2"]["error"] is None
-    assert set(rows["P1"]) >= {"pile", "serial", "energy_kwh", "power_w", "voltage_v", "current_a",
-                               "frequency_hz", "power_factor", "error"}
+    assert set(rows["P1"]) >= {
+        "pile",
+        "serial",
+        "energy_kwh",
+        "power_w",
+        "voltage_v",
+        "current_a",
+        "frequency_hz",
+        "power_factor",
+        "error",
+    }
 
 
 def test_pilegate_read_exits_1_when_a_meter_fails(sim_site):
     s = sim_site(pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"))
     s.meter(2).set_no_reply()
-    proc = subprocess.run([sys.executable, "-m", "pilegate.cli", "read", str(s.path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "read", str(s.path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert "FAILED: timeout" in proc.stdout and "1 failed" in proc.stdout
 
@@ -96,8 +110,9 @@ class Runner:
         return [e["type"] for e in self.events if pile is None or e.get("pile") == pile]
 
     async def run(self, steps, step=None, dt=1.0):
-        svc = Metering(self.s.cfg, on_event=self.events.append, relays=self.relays, wall=lambda: self.wall,
-                       poll_s=self.poll_s)
+        svc = Metering(
+            self.s.cfg, on_event=self.events.append, relays=self.relays, wall=lambda: self.wall, poll_s=self.poll_s
+        )
         self.svc = svc
         stop = asyncio.Event()
         tasks = [asyncio.create_task(svc.run_bus(n, stop)) for n in svc.buses]
@@ -116,7 +131,6 @@ class Runner:
             await asyncio.gather(*tasks)
         return svc
 
-
     @staticmethod
     async def settle(svc, deadline_s=10.0):
         """Wait until every meter that is not backing off has finished one more poll cycle (a
@@ -125,8 +139,11 @@ class Runner:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             now = svc.now_ms()
-            waiting = [k for k in before if svc.cycles_done[k] <= before[k]
-                       and svc.scheds[svc.meters[k].bus].device(k).backoff_until <= now]
+            waiting = [
+                k
+                for k in before
+                if svc.cycles_done[k] <= before[k] and svc.scheds[svc.meters[k].bus].device(k).backoff_until <= now
+            ]
             if not waiting:
                 return
             await asyncio.sleep(0.005)
@@ -143,8 +160,9 @@ class Relays:
         self.history.append((name, on))
 
 
-RELAY_SITE = (pile_block("P1", 1, "eastron-sdm120", 'interlock = "relay"\nrelay = "K1"\n')
-              + pile_block("P2", 2, "eastron-sdm120", 'interlock = "relay"\nrelay = "K2"\n'))
+RELAY_SITE = pile_block("P1", 1, "eastron-sdm120", 'interlock = "relay"\nrelay = "K1"\n') + pile_block(
+    "P2", 2, "eastron-sdm120", 'interlock = "relay"\nrelay = "K2"\n'
+)
 
 
 def test_start_binds_serials_and_closes_interlocks(sim_site):
@@ -153,8 +171,7 @@ def test_start_binds_serials_and_closes_interlocks(sim_site):
     r = Runner(s, relays)
     svc = asyncio.run(r.run(15))
     # fail-safe: off first, then on once the meter is bound and verified
-    assert r.types("P1")[:5] == ["interlock.off", "meter.bound", "meter.verified", "pile.metered",
-                                 "interlock.on"]
+    assert r.types("P1")[:5] == ["interlock.off", "meter.bound", "meter.verified", "pile.metered", "interlock.on"]
     assert svc.guard.piles["P1"].bound == s.meter(1).serial
     assert relays.history[:2] == [("K1", False), ("K2", False)]
     assert relays.state == {"K1": True, "K2": True}
@@ -167,7 +184,8 @@ def test_swapped_meter_is_tamper_and_opens_the_relay(sim_site):
 
     def step(i, svc):
         if i == 10:
-            s.meter(1).swap("99999999", energy_wh=5)     # new meter, counting from nearly zero
+            s.meter(1).swap("99999999", energy_wh=5)  # new meter, counting from nearly zero
+
     asyncio.run(r.run(25, step))
     t = r.types("P1")
     assert "meter.energy_backwards" in t and "meter.swapped" in t
@@ -184,13 +202,20 @@ def test_energy_reset_raises_its_event_and_recovers_after_verification(sim_site)
     def step(i, svc):
         if i == 10:
             s.meter(2).reset_energy()
+
     svc = asyncio.run(r.run(25, step))
     t = r.types("P2")
     i = t.index("meter.energy_backwards")
-    assert t[i:] == ["meter.energy_backwards", "pile.unmetered", "interlock.off", "meter.verified",
-                     "pile.metered", "interlock.on"]
+    assert t[i:] == [
+        "meter.energy_backwards",
+        "pile.unmetered",
+        "interlock.off",
+        "meter.verified",
+        "pile.metered",
+        "interlock.on",
+    ]
     assert ("K2", False) in relays.history and relays.state["K2"] is True
-    assert svc.meters["P2"].reading["energy_wh"] < 100       # counting again from zero
+    assert svc.meters["P2"].reading["energy_wh"] < 100  # counting again from zero
 
 
 def test_faults_give_events_and_never_a_bad_reading(sim_site):
@@ -203,13 +228,13 @@ def test_faults_give_events_and_never_a_bad_reading(sim_site):
         if i == 5:
             s.meter(1).set_no_reply()
             s.meter(2).set_corrupt_crc()
-            s.meter(3).add_exception(4)                 # server device failure on every read
-            s.meter(4).set_block_limit(4)               # refuses reads longer than 4 registers
+            s.meter(3).add_exception(4)  # server device failure on every read
+            s.meter(4).set_block_limit(4)  # refuses reads longer than 4 registers
         for p in seen:
             if svc.meters[p].reading is not None:
                 seen[p].append(svc.meters[p].reading)
 
-    svc = asyncio.run(r.run(40, step))              # offline_after_s is 30 steps
+    svc = asyncio.run(r.run(40, step))  # offline_after_s is 30 steps
     assert "meter.comm_error" in r.types("P1") and "meter.offline" in r.types("P1")
     assert any(e["type"] == "meter.comm_error" and e["reason"] == "CRC error" for e in r.events)
     assert "meter.exception" in r.types("P3")
@@ -230,7 +255,7 @@ def test_a_dead_meter_does_not_stall_the_others(sim_site):
     body = "".join(pile_block(f"P{a}", a, "eastron-sdm120") for a in (1, 2, 3))
     s = sim_site(body)
     s.meter(2).set_no_reply()
-    log: list[tuple[str, str]] = []          # (device, "txn" | "cycle") in bus order
+    log: list[tuple[str, str]] = []  # (device, "txn" | "cycle") in bus order
 
     async def main():
         svc = Metering(s.cfg, poll_s=0.5)
@@ -242,6 +267,7 @@ def test_a_dead_meter_does_not_stall_the_others(sim_site):
             results = complete(txn, now_ms, code, payload, elapsed_ms)
             log.extend((r[1], "cycle") for r in results if r[0] == "poll" and r[2]["ok"])
             return results
+
         sched.complete = spy
         stop = asyncio.Event()
         task = asyncio.create_task(svc.run_bus("bus1", stop))
@@ -276,8 +302,9 @@ def test_swapped_wiring_raises_its_event_and_opens_both_relays(sim_site):
 
     def step(i, svc):
         if i == 5:
-            svc.guard.charging("P1", True)       # pile 1's contactor says it is charging ...
-            svc.guard.charging("P2", False)      # ... pile 2's says idle, but meter 2 draws 7 kW
+            svc.guard.charging("P1", True)  # pile 1's contactor says it is charging ...
+            svc.guard.charging("P2", False)  # ... pile 2's says idle, but meter 2 draws 7 kW
+
     asyncio.run(r.run(30, step))
     assert "meter.wiring_swapped" in r.types("P1")
     assert relays.state == {"K1": False, "K2": False}

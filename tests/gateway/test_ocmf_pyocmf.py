@@ -20,16 +20,14 @@ from pilecore import ecdsa, ocmf
 from pilecore.sessions import SessionTracker
 
 T0 = 1795691815  # 2026-11-26T11:16:55Z
-CTX = {"GI": "pilegate RPi", "GS": "PG-000123", "GV": "0.1.0", "PG": 42, "MV": "Acrel",
-       "MM": "ADL400", "MF": "1.02"}
+CTX = {"GI": "pilegate RPi", "GS": "PG-000123", "GV": "0.1.0", "PG": 42, "MV": "Acrel", "MM": "ADL400", "MF": "1.02"}
 
 
 def _session(unmetered=None, sync=True, clock_back=False):
     """A session from the tracker: plug in, charge 29.549 kWh, unplug."""
     tr = SessionTracker("P-07")
     tr.step(T0, 2935600, power_w=0.0, plug=True, sync=sync, serial="2301-0457")
-    tr.step(T0 + 3600, 2950000, power_w=7000.0, plug=True, sync=sync, serial="2301-0457",
-            unmetered=unmetered)
+    tr.step(T0 + 3600, 2950000, power_w=7000.0, plug=True, sync=sync, serial="2301-0457", unmetered=unmetered)
     end_t = T0 - 600 if clock_back else T0 + 14400
     done = tr.step(end_t, 2965149, power_w=0.0, plug=False, sync=sync, serial="2301-0457")
     assert done is not None
@@ -50,8 +48,7 @@ def crypto_key():
     def sign(msg: bytes) -> bytes:
         return key.sign(msg, ec.ECDSA(hashes.SHA256()))
 
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return sign, der.hex()
 
 
@@ -78,7 +75,7 @@ def test_clean_record_parses_strictly_and_verifies(signer):
     assert (p.FV, p.GS, p.PG, p.MS) == ("1.0", "PG-000123", "T42", "2301-0457")
     begin, end = p.RD
     assert (str(begin.TX), str(end.TX)) == ("B", "E")
-    assert str(begin.RV) == "2935.600" and str(end.RV) == "2965.149"   # decimals preserved
+    assert str(begin.RV) == "2935.600" and str(end.RV) == "2965.149"  # decimals preserved
     assert str(begin.RI) == "1-b:1.8.0" and begin.RI.is_law_relevant
     assert (str(begin.RU), str(begin.RT), str(begin.ST)) == ("kWh", "AC", "G")
     assert str(begin.time_status) == "S"
@@ -118,8 +115,11 @@ def test_tampered_records_are_rejected(signer):
     flipped = "OCMF|" + payload + '|{"SA":"ECDSA-secp256r1-SHA256","SD":"' + sd + '"}'
     assert _strict(flipped).verify_signature(key_hex) is False
     # A key of another curve is refused outright.
-    other = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    other = (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(PyOCMFError):
         _strict(text).verify_signature(other.hex())
 
@@ -144,13 +144,13 @@ def test_unsynchronised_clock_is_a_warning_only(core_key):
     rec = _strict(ocmf.build(_session(sync=False), CTX, sign))
     assert rec.verify_signature(key_hex)
     assert _issues(rec) == {(IssueCode.TIME_SYNC.value, IssueSeverity.WARNING.value, "TM")}
-    assert rec.is_eichrecht_compliant            # warnings do not fail the check
+    assert rec.is_eichrecht_compliant  # warnings do not fail the check
 
 
 def test_unmetered_session_fails_the_eichrecht_check(core_key):
     sign, key_hex = core_key
     rec = _strict(ocmf.build(_session(unmetered=["offline", "unverified"]), CTX, sign))
-    assert rec.verify_signature(key_hex)         # authentic, but not billable
+    assert rec.verify_signature(key_hex)  # authentic, but not billable
     assert _issues(rec) == {
         (IssueCode.METER_STATUS.value, IssueSeverity.ERROR.value, "ST"),
         (IssueCode.ERROR_FLAGS.value, IssueSeverity.ERROR.value, "EF"),
@@ -164,7 +164,7 @@ def test_clock_stepping_back_is_reported(core_key):
     sign, _key_hex = core_key
     rec = _strict(ocmf.build(_session(clock_back=True), CTX, sign))
     codes = _issues(rec)
-    assert (IssueCode.ERROR_FLAGS.value, IssueSeverity.WARNING.value, "EF") in codes   # EF "t"
+    assert (IssueCode.ERROR_FLAGS.value, IssueSeverity.WARNING.value, "EF") in codes  # EF "t"
     assert (IssueCode.TIME_REGRESSION.value, IssueSeverity.ERROR.value, "TM") in codes
 
 

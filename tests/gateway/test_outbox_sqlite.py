@@ -27,7 +27,7 @@ def test_put_pending_ack_oldest_first(tmp_path):
     assert [m[0] for m in ob.pending(10)] == [2, 4, 5]
     assert [m[0] for m in ob.pending(10, after=2)] == [4, 5]
     assert ob.depth() == 3 and ob.oldest() == 2
-    assert ob.get(1) is not None            # acked, kept for resend
+    assert ob.get(1) is not None  # acked, kept for resend
     assert ob.last()[0] == 5 and ob.chain() == (5, "h5")
     with pytest.raises(ValueError):
         ob.put(5, "event", "t/event", jws(5))
@@ -47,10 +47,10 @@ def test_thinning_drops_acked_then_oldest_telemetry_never_billing(tmp_path):
     ob.ack(3)
     for s in range(5, 25):
         ob.put(s, "telemetry", "t/telemetry", jws(s))
-    assert ob.get(3) is None                       # acked went first
-    assert ob.get(1) is not None                   # billing never dropped
+    assert ob.get(3) is None  # acked went first
+    assert ob.get(1) is not None  # billing never dropped
     dropped = ob.take_dropped()
-    assert [d[0] for d in dropped][:2] == [2, 4]    # oldest telemetry next
+    assert [d[0] for d in dropped][:2] == [2, 4]  # oldest telemetry next
     assert dropped[0][1] == hashlib.sha256(b"hdr." + b"p" * 100 + b"2").hexdigest()
     assert ob.take_dropped() == []
     assert ob.bytes_used() <= 10 * 200
@@ -115,9 +115,12 @@ def test_a_group_commit_stores_the_longest_prefix_that_fits(tmp_path):
     ob = Outbox(tmp_path / "o.db", max_bytes=3 * 200)
     ob.put(1, "billing", "t/billing", jws(1))
     ob.put(2, "billing", "t/billing", jws(2))
-    batch = [(3, "telemetry", "t/telemetry", jws(3), "h3"), (4, "telemetry", "t/telemetry", jws(4), "h4"),
-             (5, "event", "t/event", jws(5), "h5")]
-    assert ob.put_many(batch) == 1                   # seq 4 does not fit: 4 and 5 wait, no hole
+    batch = [
+        (3, "telemetry", "t/telemetry", jws(3), "h3"),
+        (4, "telemetry", "t/telemetry", jws(4), "h4"),
+        (5, "event", "t/event", jws(5), "h5"),
+    ]
+    assert ob.put_many(batch) == 1  # seq 4 does not fit: 4 and 5 wait, no hole
     assert ob.chain() == (3, "h3") and ob.last()[0] == 3
     ob.ack(1)
     ob.ack(2)

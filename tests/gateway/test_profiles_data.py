@@ -83,13 +83,11 @@ def spans(p: dict[str, Any]) -> list[tuple[int, int, int, str]]:
         regs = spec["register"] if isinstance(spec["register"], list) else [spec["register"]]
         width = WIDTH[spec["type"]]
         for i, reg in enumerate(regs):
-            out.append((spec.get("function", p["function"]), reg, reg + width - 1,
-                        f"{name}[{i}]"))
+            out.append((spec.get("function", p["function"]), reg, reg + width - 1, f"{name}[{i}]"))
     ident = p["identity"]
     if ident["kind"] == "serial":
         width = WIDTH.get(ident["type"], ident.get("count"))
-        out.append((ident.get("function", p["function"]), ident["register"],
-                    ident["register"] + width - 1, "identity"))
+        out.append((ident.get("function", p["function"]), ident["register"], ident["register"] + width - 1, "identity"))
     return out
 
 
@@ -97,7 +95,7 @@ def spans(p: dict[str, Any]) -> list[tuple[int, int, int, str]]:
 def test_no_two_entries_share_a_register(path: Path) -> None:
     entries = spans(load(path))
     for i, (fa, a0, a1, wa) in enumerate(entries):
-        for fb, b0, b1, wb in entries[i + 1:]:
+        for fb, b0, b1, wb in entries[i + 1 :]:
             assert fa != fb or a1 < b0 or b1 < a0, f"{wa} and {wb} overlap"
 
 
@@ -152,8 +150,7 @@ def test_identity(path: Path) -> None:
     ident = load(path)["identity"]
     if path.stem in SERIAL_IDENTITY:
         assert ident["kind"] == "serial"
-        assert (ident["register"], ident["type"], ident.get("function")) == (
-            SERIAL_IDENTITY[path.stem], "u32", 3)
+        assert (ident["register"], ident["type"], ident.get("function")) == (SERIAL_IDENTITY[path.stem], "u32", 3)
     else:
         assert ident == {"kind": "address", "note": ident["note"]}
     assert len(ident["note"]) > 40  # says what it can and cannot catch
@@ -176,8 +173,7 @@ def test_plain_data_round_trips_through_json(path: Path) -> None:
 
 
 def decode(raw: bytes, vtype: str) -> float:
-    fmt = {"u16": ">H", "s16": ">h", "u32": ">I", "s32": ">i", "f32": ">f", "u64": ">Q",
-           "s64": ">q"}[vtype]
+    fmt = {"u16": ">H", "s16": ">h", "u32": ">I", "s32": ">i", "f32": ">f", "u64": ">Q", "s64": ">q"}[vtype]
     return struct.unpack(fmt, raw)[0]
 
 
@@ -199,8 +195,7 @@ EXAMPLES = [
 
 
 @pytest.mark.parametrize(("meter", "name", "raw", "expected"), EXAMPLES)
-def test_scales_turn_raw_replies_into_canonical_units(meter: str, name: str, raw: bytes,
-                                                      expected: float) -> None:
+def test_scales_turn_raw_replies_into_canonical_units(meter: str, name: str, raw: bytes, expected: float) -> None:
     p = load(METERS / f"{meter}.toml")
     spec = p["values"][name]
     assert len(raw) == 2 * WIDTH[spec["type"]]

@@ -46,13 +46,13 @@ def test_duplicates_gaps_and_late_arrivals():
     key, reg = device()
     rx = Receiver(reg, PREFIX)
     _, msgs = messages(key, 6)
-    for i in (0, 1, 1, 4, 5):                      # seq 3 and 4 missing, seq 2 twice
+    for i in (0, 1, 1, 4, 5):  # seq 3 and 4 missing, seq 2 twice
         rx.accept(*msgs[i])
     a = rx.accounts["GW-1"]
     assert a.duplicates == 1 and a.gaps() == [(3, 4)]
     assert not rx.report()[1]
     rx.accept(*msgs[3])
-    rx.accept(*msgs[2])                            # backlog drains; chain checked both sides
+    rx.accept(*msgs[2])  # backlog drains; chain checked both sides
     assert a.gaps() == [] and a.broken_links == [] and rx.report()[1]
 
 
@@ -61,7 +61,7 @@ def test_replay_with_a_used_seq_is_an_alarm():
     rx = Receiver(reg, PREFIX)
     _, msgs = messages(key, 2)
     rx.accept(*msgs[0])
-    other = Chain("GW-1", "S1", key.kid, key.sign_raw, 9)      # e.g. restored old storage
+    other = Chain("GW-1", "S1", key.kid, key.sign_raw, 9)  # e.g. restored old storage
     p = other.prepare("telemetry", {"forged": True}, 5, "ntp")
     v = rx.accept(f"{PREFIX}/S1/GW-1/telemetry", p.jws.encode())
     assert v.status == "replay" and rx.accounts["GW-1"].replays == 1
@@ -98,7 +98,7 @@ def test_broken_chain_link_is_reported():
     chain = Chain("GW-1", "S1", key.kid, key.sign_raw, 1)
     p1 = chain.prepare("telemetry", {}, 1, "ntp")
     chain.commit(p1)
-    chain.head = "ab" * 32                         # a gateway that lost its chain head
+    chain.head = "ab" * 32  # a gateway that lost its chain head
     p2 = chain.prepare("telemetry", {}, 2, "ntp")
     rx.accept(f"{PREFIX}/S1/GW-1/telemetry", p1.jws.encode())
     v = rx.accept(f"{PREFIX}/S1/GW-1/telemetry", p2.jws.encode())
@@ -111,8 +111,9 @@ def test_declared_loss_closes_the_gap_and_keeps_the_chain_checkable():
     rx = Receiver(reg, PREFIX)
     chain, msgs = messages(key, 3)
     dropped_hash = hashlib.sha256(msgs[1][1].rsplit(b".", 1)[0]).hexdigest()
-    p = chain.prepare("event", {"events": [{"type": "outbox.dropped", "dropped": [{"seq": 2, "hash": dropped_hash}]}]},
-                      10, "ntp")
+    p = chain.prepare(
+        "event", {"events": [{"type": "outbox.dropped", "dropped": [{"seq": 2, "hash": dropped_hash}]}]}, 10, "ntp"
+    )
     chain.commit(p)
     for i in (0, 2):
         rx.accept(*msgs[i])

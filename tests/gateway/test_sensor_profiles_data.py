@@ -32,8 +32,7 @@ ANCHORS = {
 
 # Example frames printed in the makers' documents: (request, reply or None, mm in the reply).
 FRAMES = {
-    "benewake-tf02-i": [("01 03 00 00 00 01 84 0A", None, None),
-                        ("01 03 00 00 00 02 C4 0B", None, None)],
+    "benewake-tf02-i": [("01 03 00 00 00 01 84 0A", None, None), ("01 03 00 00 00 02 C4 0B", None, None)],
     "dfrobot-sen0492": [("50 03 00 34 00 01 C8 45", "50 03 02 07 0B 06 7F", 1803)],
 }
 

@@ -36,8 +36,7 @@ def test_signed_telemetry_commands_and_billing_over_plain_mqtt(sim_site, broker,
     body = pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666")
     s = sim_site(body, loads={1: OneSession(3, 13), 2: ConstantLoad(11000, 3)})
     platform = Platform(tmp_path, broker)
-    site_path = write_site(s, tmp_path, broker, platform,
-                           "\n[sessions]\nstart_after_s = 0\nstop_after_s = 0\n")
+    site_path = write_site(s, tmp_path, broker, platform, "\n[sessions]\nstart_after_s = 0\nstop_after_s = 0\n")
     data = tmp_path / "data"
     pem = device_pem(site_path, data)
     assert (data / "device-key.pem").stat().st_mode & 0o777 == 0o600
@@ -45,35 +44,42 @@ def test_signed_telemetry_commands_and_billing_over_plain_mqtt(sim_site, broker,
     platform.listen(pem)
     gw = start_gateway(site_path, data)
     try:
-        acct = lambda: platform.account()          # noqa: E731
-        wait_for(lambda: acct() and acct().last_telemetry and all(
-            "energy_wh" in p for p in acct().last_telemetry["data"]["piles"]), 30, "telemetry with readings")
+        acct = lambda: platform.account()  # noqa: E731
+        wait_for(
+            lambda: (
+                acct()
+                and acct().last_telemetry
+                and all("energy_wh" in p for p in acct().last_telemetry["data"]["piles"])
+            ),
+            30,
+            "telemetry with readings",
+        )
         # a car charges on pile 1 for ten seconds (the simulator's clock now runs at real
         # speed, so energy rises as fast as a real 7 kW charge): a billing record follows
-        wait_for(lambda: any(b for b in billing(platform)), 40, "a billing record",
-                 tick=lambda: s.clock.advance(0.05))
+        wait_for(lambda: any(b for b in billing(platform)), 40, "a billing record", tick=lambda: s.clock.advance(0.05))
         # commands: one good, and every kind of bad one
         platform.send(platform.command("c-good", "set_interval", {"interval_s": 2}))
         stranger = DeviceKey(ec.generate_private_key(ec.SECP256R1()))
         platform.send(platform.command("c-wrongkey", "reboot", {}, key=stranger))
-        platform.send(platform.command("c-good", "set_interval", {"interval_s": 3}))   # replayed id
-        platform.send(platform.command("c-old", "reboot", {}, iat=int(time.time()) - 900,
-                                       exp=int(time.time()) - 800))
+        platform.send(platform.command("c-good", "set_interval", {"interval_s": 3}))  # replayed id
+        platform.send(platform.command("c-old", "reboot", {}, iat=int(time.time()) - 900, exp=int(time.time()) - 800))
         h, p, sig = platform.command("c-tamper", "set_interval", {"interval_s": 5}).split(".")
-        platform.send(".".join((h, envelope.b64url(envelope.b64url_decode(p).replace(b'"interval_s":5',
-                                                                                      b'"interval_s":9')), sig)))
+        platform.send(
+            ".".join((h, envelope.b64url(envelope.b64url_decode(p).replace(b'"interval_s":5', b'"interval_s":9')), sig))
+        )
         platform.send(envelope.b64url(b'{"alg":"none"}') + "." + envelope.b64url(b'{"v":1}') + ".")
         wait_for(lambda: len(platform.acks) >= 6, 20, "six acks")
     finally:
         out = stop(gw)
     # everything the gateway had acknowledged by the broker reaches the platform
     acked = stored_last(data)[0]
-    wait_for(lambda: platform.account().high >= acked and not platform.account().gaps(), 20,
-             f"seq 1-{acked} at the receiver")
+    wait_for(
+        lambda: platform.account().high >= acked and not platform.account().gaps(), 20, f"seq 1-{acked} at the receiver"
+    )
     platform.sub.stop()
     acks: dict = {}
     for a in platform.acks:
-        acks.setdefault(a.get("cmd_id"), a)          # the first answer per id
+        acks.setdefault(a.get("cmd_id"), a)  # the first answer per id
     assert acks["c-good"]["ok"] and acks["c-good"]["result"] == {"interval_s": 2}
     reasons = [a["reason"] for a in platform.acks if not a["ok"]]
     assert any(r.startswith("unknown key id") for r in reasons)
@@ -112,6 +118,7 @@ def test_tls_is_verified_and_never_falls_back(sim_site, tls_broker, tmp_path):
     # the same gateway with a CA that did not sign the broker: no connection, no plain fallback
     other_ca = tmp_path / "other-ca.pem"
     from pilehil.broker import make_pki
+
     other_ca.write_bytes(make_pki(tmp_path / "other").ca.read_bytes())
     bad = site_path.read_text().replace(str(tls_broker.pki.ca), str(other_ca))
     bad_path = tmp_path / "bad-site.toml"
@@ -125,4 +132,3 @@ def test_tls_is_verified_and_never_falls_back(sim_site, tls_broker, tmp_path):
     platform.sub.stop()
     # only the retained birth of the first run arrives; nothing new crossed without TLS
     assert platform.account().high <= first_run_high
-

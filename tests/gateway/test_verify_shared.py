@@ -33,8 +33,12 @@ def publish_chain(broker, key, n, skip=()):
 
 
 def report(store, tmp_path, keys_file):
-    return subprocess.run([sys.executable, "-m", "pilegate.cli", "verify", "--report", "--store", str(store),
-                           "--keys", str(keys_file)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "verify", "--report", "--store", str(store), "--keys", str(keys_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_two_verifiers_share_the_work_and_the_store_accounts_for_all(broker, tmp_path):
@@ -42,8 +46,16 @@ def test_two_verifiers_share_the_work_and_the_store_accounts_for_all(broker, tmp
     reg = KeyRegister()
     reg.add("GW-S", key.public_pem)
     store = tmp_path / "verify.db"
-    subs = [Subscriber(Receiver(reg, store=store, from_first_seen=False), broker.url, "pilegate/v1/+/+/+",
-                       share="platform", client_id=f"verifier-{i}").start() for i in range(2)]
+    subs = [
+        Subscriber(
+            Receiver(reg, store=store, from_first_seen=False),
+            broker.url,
+            "pilegate/v1/+/+/+",
+            share="platform",
+            client_id=f"verifier-{i}",
+        ).start()
+        for i in range(2)
+    ]
     for s in subs:
         wait_for(s.subscribed.is_set, 10, "verifier subscribed")
     publish_chain(broker, key, N)

@@ -70,8 +70,10 @@ class Platform:
                 self.event_log.extend(v.body["data"].get("events", []))
             if v.status == "accepted" and v.kind == "billing":
                 self.bills.append(v.body["data"])
-        self.sub = Subscriber(self.receiver, self.broker.url, "pilegate/v1/+/+/+", ca_file=ca,
-                              on_verdict=on_verdict).start()
+
+        self.sub = Subscriber(
+            self.receiver, self.broker.url, "pilegate/v1/+/+/+", ca_file=ca, on_verdict=on_verdict
+        ).start()
         wait_for(self.sub.subscribed.is_set, 10, "the verifier's subscription")
 
     def send(self, jws: str) -> None:
@@ -112,18 +114,37 @@ def write_site(s, tmp: Path, broker, platform: Platform, extra: str = "") -> Pat
 def start_gateway(site_path: Path, data: Path, interval: int = 1, log: Path | None = None) -> subprocess.Popen:
     """`pilegate run` as a process; its output is piped (read by stop()) or written to `log`."""
     out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, "-m", "pilegate.cli", "run", str(site_path), "--data-dir", str(data),
-                             "--interval", str(interval), "--poll", "0.5"],
-                            stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pilegate.cli",
+            "run",
+            str(site_path),
+            "--data-dir",
+            str(data),
+            "--interval",
+            str(interval),
+            "--poll",
+            "0.5",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if log is not None:
         out.close()
     return proc
 
 
 def device_pem(site_path: Path, data: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "pilegate.cli", "keys", str(site_path), "--data-dir", str(data)],
-                         capture_output=True, text=True, check=True).stdout
-    return out[out.index("-----BEGIN"):]
+    out = subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "keys", str(site_path), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out[out.index("-----BEGIN") :]
 
 
 def stop(proc: subprocess.Popen) -> str:

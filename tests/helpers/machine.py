@@ -12,7 +12,7 @@ import serial
 
 # Tests map UART ids to device paths before the firmware opens them.
 UART_DEVICES: dict[int, str] = {}
-EVENTS: list[tuple[str, object]] = []          # ("pin", (id, value)) / ("write", n) / ("flush", None)
+EVENTS: list[tuple[str, object]] = []  # ("pin", (id, value)) / ("write", n) / ("flush", None)
 
 
 class Pin:
@@ -42,12 +42,23 @@ class Pin:
 
 
 class UART:
-    def __init__(self, uart_id: int, baudrate: int = 9600, bits: int = 8, parity: int | None = None,
-                 stop: int = 1, tx: int | None = None, rx: int | None = None, timeout: int = 0,
-                 timeout_char: int = 0, rxbuf: int = 256):
+    def __init__(
+        self,
+        uart_id: int,
+        baudrate: int = 9600,
+        bits: int = 8,
+        parity: int | None = None,
+        stop: int = 1,
+        tx: int | None = None,
+        rx: int | None = None,
+        timeout: int = 0,
+        timeout_char: int = 0,
+        rxbuf: int = 256,
+    ):
         par = {None: serial.PARITY_NONE, 0: serial.PARITY_EVEN, 1: serial.PARITY_ODD}[parity]
-        self.port = serial.Serial(UART_DEVICES[uart_id], baudrate=baudrate, bytesize=bits, parity=par,
-                                  stopbits=stop, timeout=0)
+        self.port = serial.Serial(
+            UART_DEVICES[uart_id], baudrate=baudrate, bytesize=bits, parity=par, stopbits=stop, timeout=0
+        )
 
     def write(self, buf) -> int:
         n = self.port.write(bytes(buf))

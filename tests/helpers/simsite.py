@@ -32,11 +32,14 @@ baud = 9600
 
 
 def pile_block(pid: str, address: int, profile: str, extra: str = "") -> str:
-    return textwrap.dedent(f"""
+    return (
+        textwrap.dedent(f"""
         [[pile]]
         id = "{pid}"
         meter = {{ bus = "bus1", address = {address}, profile = "{profile}", serial = "" }}
-        """) + extra
+        """)
+        + extra
+    )
 
 
 @dataclass
@@ -55,8 +58,13 @@ class SimSite:
         return self.meters[(bus, address)]
 
 
-def make_sim_site(tmp_path: Path, body: str, base: str = BASE_SITE, loads: dict[int, Any] | None = None,
-                  clock: ManualClock | None = None) -> SimSite:
+def make_sim_site(
+    tmp_path: Path,
+    body: str,
+    base: str = BASE_SITE,
+    loads: dict[int, Any] | None = None,
+    clock: ManualClock | None = None,
+) -> SimSite:
     """Write a site file, simulate it, and return the simulator and the site pointing at it."""
     src = tmp_path / "site.toml"
     src.write_text(base + body)
@@ -72,5 +80,3 @@ def make_sim_site(tmp_path: Path, body: str, base: str = BASE_SITE, loads: dict[
     site2, problems = siteconfig.load_site(dst)
     assert site2 is not None, "\n".join(map(str, problems))
     return SimSite(sim, meters, clock, dst, site2)
-
-

@@ -39,9 +39,9 @@ class Socket:
         while len(buf) < n:
             try:
                 chunk = self._s.recv(n - len(buf))
-            except BlockingIOError:              # non-blocking and nothing (more) yet
+            except BlockingIOError:  # non-blocking and nothing (more) yet
                 return bytes(buf) if buf else None
-            if not chunk:                        # end of stream
+            if not chunk:  # end of stream
                 break
             buf += chunk
         return bytes(buf)

@@ -23,11 +23,29 @@ QUICK = 0.3  # client timeout (s) where no reply is the expected outcome
 
 # A sensor that reports presence itself (function 4, 1 = vehicle), and a distance sensor with a
 # 32-bit register, 0.1 mm per count and its low word first: both test-only, not shipped.
-PRESENCE = {"id": "test-presence", "kind": "presence", "measures": "presence", "function": 4,
-            "register": 0x0200, "type": "u16", "present_values": [1], "response_ms": 10}
-WIDE = {"id": "test-wide", "kind": "presence", "measures": "distance", "function": 4,
-        "register": 0x0010, "type": "u32", "scale": 0.1, "min_mm": 20, "max_mm": 6000,
-        "word_order": "little", "response_ms": 10}
+PRESENCE = {
+    "id": "test-presence",
+    "kind": "presence",
+    "measures": "presence",
+    "function": 4,
+    "register": 0x0200,
+    "type": "u16",
+    "present_values": [1],
+    "response_ms": 10,
+}
+WIDE = {
+    "id": "test-wide",
+    "kind": "presence",
+    "measures": "distance",
+    "function": 4,
+    "register": 0x0010,
+    "type": "u32",
+    "scale": 0.1,
+    "min_mm": 20,
+    "max_mm": 6000,
+    "word_order": "little",
+    "response_ms": 10,
+}
 
 
 def sensor_profile(name: str) -> dict:
@@ -54,8 +72,9 @@ def rig():
     bay.add_vehicle(Vehicle.fuel(100, 600, clearance_mm=200, height_mm=1500))
     r = SimpleNamespace(clock=clock, site=site, bay=bay)
     r.lidar = site.add_device("b", SimSensor(sensor_profile("benewake-tf02-i"), 31, bay))
-    r.laser = site.add_device("b", SimSensor(sensor_profile("dfrobot-sen0492"), 32, bay,
-                                             mount="ceiling", empty_mm=2500, inset_s=30))
+    r.laser = site.add_device(
+        "b", SimSensor(sensor_profile("dfrobot-sen0492"), 32, bay, mount="ceiling", empty_mm=2500, inset_s=30)
+    )
     r.pres = site.add_device("b", SimSensor(PRESENCE, 33, bay))
     r.wide = site.add_device("b", SimSensor(WIDE, 34, bay))
     endpoint = site.start()["b"]
@@ -81,15 +100,15 @@ def read_all(r: SimpleNamespace) -> tuple[int, int, int, int]:
 
 def test_sensors_read_the_empty_bay_and_the_vehicle(rig):
     at(rig, 50)
-    assert read_all(rig) == (2800, 2500, 0, 2800)          # ceiling above; floor below
-    at(rig, 110)                                           # the back sensor (inset 30 s) ...
-    assert read_all(rig) == (200, 2500, 1, 200)            # ... does not see it yet
+    assert read_all(rig) == (2800, 2500, 0, 2800)  # ceiling above; floor below
+    at(rig, 110)  # the back sensor (inset 30 s) ...
+    assert read_all(rig) == (200, 2500, 1, 200)  # ... does not see it yet
     at(rig, 150)
-    assert read_all(rig) == (200, 1000, 1, 200)            # underbody; 2500 - 1500 roof
+    assert read_all(rig) == (200, 1000, 1, 200)  # underbody; 2500 - 1500 roof
     at(rig, 699)
-    assert read_all(rig) == (200, 2500, 1, 200)            # the back sensor lost it already
+    assert read_all(rig) == (200, 2500, 1, 200)  # the back sensor lost it already
     at(rig, 700)
-    assert read_all(rig) == (2800, 2500, 0, 2800)          # gone
+    assert read_all(rig) == (2800, 2500, 0, 2800)  # gone
     assert rig.laser.value(T0 + 129) == 2500 and rig.laser.value(T0 + 130) == 1000
     assert rig.laser.value(T0 + 669) == 1000 and rig.laser.value(T0 + 670) == 2500
 
@@ -106,18 +125,16 @@ def test_noise_is_bounded_visible_and_deterministic(rig):
     rig.laser.set_noise(jitter_mm=50)
     seen = set()
     for _ in range(40):
-        rig.clock.advance(0.1)                              # one measurement period each
+        rig.clock.advance(0.1)  # one measurement period each
         mm = read_registers(rig.client, 3, 0x0034, 1, 32)[0]
         assert 2450 <= mm <= 2550
-        assert rig.laser.value() == mm                     # same period, same value
+        assert rig.laser.value() == mm  # same period, same value
         seen.add(mm)
     assert len(seen) > 10
-    twin = SimSensor(sensor_profile("dfrobot-sen0492"), 32, rig.bay, mount="ceiling",
-                     empty_mm=2500, inset_s=30)
+    twin = SimSensor(sensor_profile("dfrobot-sen0492"), 32, rig.bay, mount="ceiling", empty_mm=2500, inset_s=30)
     twin.set_noise(jitter_mm=50)
-    assert twin.value() == rig.laser.value()              # a function of seed and time only
-    other = SimSensor(sensor_profile("dfrobot-sen0492"), 32, rig.bay, mount="ceiling",
-                      empty_mm=2500, seed=9)
+    assert twin.value() == rig.laser.value()  # a function of seed and time only
+    other = SimSensor(sensor_profile("dfrobot-sen0492"), 32, rig.bay, mount="ceiling", empty_mm=2500, seed=9)
     other.set_noise(jitter_mm=50)
     assert [other.value(T0 + k) for k in range(20)] != [twin.value(T0 + k) for k in range(20)]
 
@@ -128,7 +145,7 @@ def test_spikes_are_stray_readings_at_the_given_rate(rig):
     spikes = [v for v in values if v != 2500]
     assert 60 <= len(spikes) <= 140
     assert all(300 <= v <= 600 for v in spikes)
-    rig.pres.set_noise(spike_prob=1.0)                     # a presence sensor flips
+    rig.pres.set_noise(spike_prob=1.0)  # a presence sensor flips
     at(rig, 50)
     assert read_registers(rig.client, 4, 0x0200, 1, 33) == [1]
     rig.laser.set_noise(0)
@@ -138,7 +155,7 @@ def test_spikes_are_stray_readings_at_the_given_rate(rig):
 def test_a_stuck_sensor_keeps_its_value(rig):
     at(rig, 50)
     rig.lidar.freeze()
-    at(rig, 150)                                           # the car is there ...
+    at(rig, 150)  # the car is there ...
     assert read_registers(rig.client, 3, 0, 1, 31) == [280]  # ... the sensor still says floor
     assert rig.lidar.frozen and rig.lidar.true_mm() == 200
     rig.lidar.freeze(False)
@@ -147,15 +164,15 @@ def test_a_stuck_sensor_keeps_its_value(rig):
 
 def test_out_of_range_readings(rig):
     prof = rig.lidar.profile
-    rig.lidar.out_of_range("high")                         # no echo
+    rig.lidar.out_of_range("high")  # no echo
     assert read_registers(rig.client, 3, 0, 1, 31)[0] * 10 > prof["max_mm"]
-    rig.lidar.out_of_range("low")                          # covered
+    rig.lidar.out_of_range("low")  # covered
     assert read_registers(rig.client, 3, 0, 1, 31)[0] * 10 < prof["min_mm"]
-    rig.lidar.force_mm(45000)                              # TF02's "weak signal" distance
+    rig.lidar.force_mm(45000)  # TF02's "weak signal" distance
     assert read_registers(rig.client, 3, 0, 1, 31) == [4500]
     rig.lidar.out_of_range(None)
     assert read_registers(rig.client, 3, 0, 1, 31) == [280]
-    rig.wide.force_mm(1e9)                                 # saturates at the type's maximum
+    rig.wide.force_mm(1e9)  # saturates at the type's maximum
     assert read_registers(rig.client, 4, 0x0010, 2, 34) == [0xFFFF, 0xFFFF]
 
 
@@ -164,13 +181,13 @@ def test_no_reply_and_exception_codes(rig):
     with pytest.raises(ModbusIOException):
         read_registers(rig.client, 3, 0x0034, 1, 32)
     rig.laser.set_no_reply(False)
-    rig.laser.add_exception(4)                             # slave device failure
+    rig.laser.add_exception(4)  # slave device failure
     with pytest.raises(ReadError) as e:
         read_registers(rig.client, 3, 0x0034, 1, 32)
     assert e.value.code == 4
     rig.laser.clear_faults()
     assert read_registers(rig.client, 3, 0x0034, 1, 32) == [2500]
-    rr = rig.client.read_coils(0, count=1, device_id=32)   # no coils on a sensor
+    rr = rig.client.read_coils(0, count=1, device_id=32)  # no coils on a sensor
     assert rr.isError() and rr.exception_code == 1
     stats = rig.site.bus_stats("b")
     assert stats.unanswered == 1 and stats.exceptions >= 1
@@ -180,12 +197,13 @@ def test_pile_controller_follows_the_plug():
     clock = ManualClock(T0)
     bay = BaySim("B1", "P1", clock)
     # arrives 100, plugs 220, charges 230..830, unplugs 1130, leaves 1190
-    bay.add_vehicle(Vehicle.ev(100, plug_after_s=120, charge_after_s=10, charge_s=600,
-                               unplug_after_s=300, leave_after_s=60))
+    bay.add_vehicle(
+        Vehicle.ev(100, plug_after_s=120, charge_after_s=10, charge_s=600, unplug_after_s=300, leave_after_s=60)
+    )
     ctl = SimPileController(51, clock)
     ctl.add_connector(bay, 3, 0x0010, [1, 2])
-    ctl.add_connector(bay, 4, 0x0020, [0, 5])              # 0 means plugged: idle reads 1
-    ctl.add_connector(bay, 1, 0x0005)                      # a coil
+    ctl.add_connector(bay, 4, 0x0020, [0, 5])  # 0 means plugged: idle reads 1
+    ctl.add_connector(bay, 1, 0x0005)  # a coil
     with pytest.raises(ValueError):
         ctl.add_connector(bay, 3, 0x0010)
     with Site(clock=clock) as site:
@@ -198,14 +216,26 @@ def test_pile_controller_follows_the_plug():
                 clock.set(T0 + s)
                 coils = c.read_coils(0, count=8, device_id=51)
                 assert not coils.isError()
-                seen.append((read_registers(c, 3, 0x0010, 1, 51)[0],
-                             read_registers(c, 4, 0x0020, 1, 51)[0], int(coils.bits[5]),
-                             int(coils.bits[4])))
-            assert seen == [(0, 1, 0, 0), (0, 1, 0, 0), (1, 0, 1, 0), (2, 5, 1, 0),
-                            (1, 0, 1, 0), (0, 1, 0, 0), (0, 1, 0, 0)]
+                seen.append(
+                    (
+                        read_registers(c, 3, 0x0010, 1, 51)[0],
+                        read_registers(c, 4, 0x0020, 1, 51)[0],
+                        int(coils.bits[5]),
+                        int(coils.bits[4]),
+                    )
+                )
+            assert seen == [
+                (0, 1, 0, 0),
+                (0, 1, 0, 0),
+                (1, 0, 1, 0),
+                (2, 5, 1, 0),
+                (1, 0, 1, 0),
+                (0, 1, 0, 0),
+                (0, 1, 0, 0),
+            ]
             assert read_registers(c, 3, 0x000E, 4, 51) == [0, 0, 0, 0]  # neighbours read 0
             clock.set(T0 + 1400)
-            ctl.force(3, 0x0010, 1)                        # stuck at "plugged"
+            ctl.force(3, 0x0010, 1)  # stuck at "plugged"
             assert read_registers(c, 3, 0x0010, 1, 51) == [1]
             ctl.force(3, 0x0010, None)
             assert read_registers(c, 3, 0x0010, 1, 51) == [0]
@@ -220,8 +250,8 @@ def test_fake_inputs_give_levels_not_meanings():
     bay = BaySim("B1", "P1", clock)
     bay.add_vehicle(Vehicle.ev(100, plug_after_s=60, charge_s=600))
     inputs = FakeInputs(clock, names=["DI1", "DI2", "DI3"])
-    inputs.bind("DI1", bay.present, "low")                 # loop detector pulls low
-    inputs.bind("DI2", bay.plugged, "high")                # contactor auxiliary contact
+    inputs.bind("DI1", bay.present, "low")  # loop detector pulls low
+    inputs.bind("DI2", bay.plugged, "high")  # contactor auxiliary contact
     with pytest.raises(ValueError):
         inputs.bind("DI1", bay.present)
     assert [inputs.read(n) for n in ("DI1", "DI2", "DI3")] == [1, 0, 1]
@@ -229,7 +259,7 @@ def test_fake_inputs_give_levels_not_meanings():
     assert [inputs.read(n) for n in ("DI1", "DI2", "DI3")] == [0, 0, 1]
     clock.set(T0 + 200)
     assert [inputs.read(n) for n in ("DI1", "DI2", "DI3")] == [0, 1, 1]
-    inputs.set("DI1", 1)                                   # stuck open
+    inputs.set("DI1", 1)  # stuck open
     assert inputs.read("DI1") == 1
     inputs.release("DI1")
     assert inputs.read("DI1") == 0
@@ -241,7 +271,7 @@ def test_fake_inputs_give_levels_not_meanings():
 def test_plate_feed_delivers_each_read_once_in_order():
     clock = ManualClock(T0)
     cam = BaySim("B1", "P1", clock, camera="cam-01")
-    blind = BaySim("B2", "P2", clock)                      # no camera
+    blind = BaySim("B2", "P2", clock)  # no camera
     cam.add_vehicle(Vehicle.fuel(100, 600, plate="豫C12345", plate_delay_s=4))
     cam.add_vehicle(Vehicle.ev(1000, plate="豫CD12345", plate_delay_s=6))
     cam.add_vehicle(Vehicle.fuel(9000, 600, plate="豫CXXXXX", plate_shown=False))
@@ -255,11 +285,13 @@ def test_plate_feed_delivers_each_read_once_in_order():
     clock.set(T0 + 104)
     assert feed.poll() == [{"camera": "cam-01", "plate": "豫C12345", "colour": "blue", "t": 1104}]
     assert feed.poll() == []
-    feed.inject("cam-01", "豫C12345", "yellow", t=T0 + 500)   # a misread, later
+    feed.inject("cam-01", "豫C12345", "yellow", t=T0 + 500)  # a misread, later
     clock.set(T0 + 20000)
     reads = feed.poll()
     assert [(r["t"], r["plate"], r["colour"]) for r in reads] == [
-        (1500, "豫C12345", "yellow"), (2006, "豫CD12345", "green")]
+        (1500, "豫C12345", "yellow"),
+        (2006, "豫CD12345", "green"),
+    ]
     assert heard == [{"camera": "cam-01", "plate": "豫C12345", "colour": "blue", "t": 1104}, *reads]
     assert feed.reads(T0, T0 + 20000) == heard
 
@@ -270,7 +302,7 @@ def test_vehicles_are_checked():
     with pytest.raises(ValueError):
         Vehicle(0, 100, "fuel", plug_s=10)
     with pytest.raises(ValueError):
-        Vehicle(0, 100, plug_s=10, charge_start_s=20, charge_end_s=50)   # a 30-s charge
+        Vehicle(0, 100, plug_s=10, charge_start_s=20, charge_end_s=50)  # a 30-s charge
     with pytest.raises(ValueError):
         Vehicle(0, 1000, plug_s=10, unplug_s=5)
     with pytest.raises(ValueError):
@@ -279,9 +311,9 @@ def test_vehicles_are_checked():
     assert v.unplug_s == 1000 and not v.charges
     bay = BaySim("B1", "P1", ManualClock(0.0))
     bay.add_vehicle(Vehicle.fuel(100, 600))
-    with pytest.raises(ValueError):                        # overlaps the first
+    with pytest.raises(ValueError):  # overlaps the first
         bay.add_vehicle(Vehicle.fuel(600, 600))
-    bay.present(800)                                       # the timeline is read up to 800 s
-    with pytest.raises(ValueError):                        # cannot change what was seen
+    bay.present(800)  # the timeline is read up to 800 s
+    with pytest.raises(ValueError):  # cannot change what was seen
         bay.add_vehicle(Vehicle.fuel(750, 600))
     bay.add_vehicle(Vehicle.fuel(800, 600))

@@ -46,8 +46,11 @@ def match(recs: list[dict], truth: list[dict], slack: int) -> list[tuple[dict, d
     """Pair each record with the truth vehicle whose arrival and departure it reports."""
     pairs = []
     for t in truth:
-        near = [r for r in recs if abs(r["arrival"] - t["arrival"]) <= slack
-                and abs(r["departure"] - t["departure"]) <= slack]
+        near = [
+            r
+            for r in recs
+            if abs(r["arrival"] - t["arrival"]) <= slack and abs(r["departure"] - t["departure"]) <= slack
+        ]
         assert len(near) == 1, (t, recs)
         pairs.append((near[0], t))
     return pairs
@@ -63,8 +66,15 @@ def test_machine_over_modbus_classifies_as_the_truth_says():
         bay = BaySim("B01", "P01", meter=meter, camera="cam-01", params={"plug_source": "modbus"})
         for v in (
             # an EV that charges an hour and leaves 6 min after the end
-            Vehicle.ev(300, plug_after_s=120, charge_after_s=10, charge_s=3600,
-                       unplug_after_s=300, leave_after_s=60, plate="豫CD10001"),
+            Vehicle.ev(
+                300,
+                plug_after_s=120,
+                charge_after_s=10,
+                charge_s=3600,
+                unplug_after_s=300,
+                leave_after_s=60,
+                plate="豫CD10001",
+            ),
             # a fuel car that parks 40 minutes, its blue plate read by the camera
             Vehicle.fuel(5000, 2400, plate="豫C20002", colour="blue"),
             # an EV that parks 40 minutes and never plugs in; the camera misses its plate
@@ -91,8 +101,10 @@ def test_machine_over_modbus_classifies_as_the_truth_says():
             while clock() < T0 + 14_000:
                 clock.advance(STEP)
                 now = int(clock())
-                mm = [read_registers(client, 3, 0x0000, 1, 31)[0] * lidar_p["scale"],
-                      read_registers(client, 3, 0x0034, 1, 32)[0] * laser_p["scale"]]
+                mm = [
+                    read_registers(client, 3, 0x0000, 1, 31)[0] * lidar_p["scale"],
+                    read_registers(client, 3, 0x0034, 1, 32)[0] * laser_p["scale"],
+                ]
                 samples = []
                 for f, d in zip(filters, mm, strict=True):
                     presence, events = f.feed(now, d)
@@ -112,7 +124,7 @@ def test_machine_over_modbus_classifies_as_the_truth_says():
     assert [t["confirmed"] for t in truth] == [False, True, False, False]
     recs = records(out)
     assert len(recs) == 4
-    for rec, t in match(recs, truth, slack=STEP + 20):   # the back sensor sees the car 20 s late
+    for rec, t in match(recs, truth, slack=STEP + 20):  # the back sensor sees the car 20 s late
         assert (rec["classification"], rec["confirmed"]) == (t["expected"], t["confirmed"]), t
         assert rec["unknown_s"] == 0 and rec["evidence"]["sensors"] == [0, 1]
     ev, fuel, hidden, green = recs
@@ -125,7 +137,7 @@ def test_machine_over_modbus_classifies_as_the_truth_says():
     assert fuel["evidence"]["plates"][0][1:] == ["豫C20002", "blue"]
     assert hidden["evidence"]["plates"] == [] and hidden["evidence"]["suspected_t"] is not None
     assert green["evidence"]["nev_plate"] is True
-    assert not [o for o in out if o["type"].startswith("sensor.")]   # jitter is not a fault
+    assert not [o for o in out if o["type"].startswith("sensor.")]  # jitter is not a fault
 
 
 def test_machine_over_a_day_of_scenario_traffic():
@@ -133,8 +145,7 @@ def test_machine_over_a_day_of_scenario_traffic():
     clock = ManualClock(T0)
     meter = SimMeter(load_profile("chint-ddsu666"), 1, "1", clock=clock)
     params = {"plug_source": "modbus", "overstay_s": 900}
-    bay = BaySim("B01", "P01", meter=meter, camera="cam-01", params=params,
-                 scenario=Scenario(21, overstay_s=900))
+    bay = BaySim("B01", "P01", meter=meter, camera="cam-01", params=params, scenario=Scenario(21, overstay_s=900))
     sensor = SimSensor(sensor_profile("benewake-tf02-i"), 31, bay, seed=3)
     sensor.set_noise(jitter_mm=20)
     ctl = SimPileController(51, clock)
@@ -152,7 +163,7 @@ def test_machine_over_a_day_of_scenario_traffic():
         out += machine.step(now, [presence], ctl.value(3, 0x0010) in (1, 2), meter.power_w)
         for read in plates.poll(now):
             out += machine.plate(read["t"], read["plate"], read["colour"])
-    truth = bay.truth(T0 + 86_400 - 120)      # stays the machine has had time to close
+    truth = bay.truth(T0 + 86_400 - 120)  # stays the machine has had time to close
     recs = [r for r in records(out) if r["departure"] <= T0 + 86_400 - 120]
     assert len(truth) >= 12
     assert {t["label"] for t in truth} == {"ev_charge", "ev_overstay", "fuel", "ev_no_plug"}

@@ -63,7 +63,7 @@ def test_expected_classification_follows_the_bay_rules():
     nev = Vehicle.parked_ev(0, 2400, plate="豫CD12345")
     plugged = Vehicle.parked_ev(0, 2400, plugged=True)
     hidden = Vehicle.parked_ev(0, 2400, plate="豫CD12345", plate_shown=False)
-    blank = Vehicle.parked_ev(0, 2400)                               # no plate to read
+    blank = Vehicle.parked_ev(0, 2400)  # no plate to read
     yellow_nev = Vehicle.parked_ev(0, 2400, plate="豫CD12345", colour="yellow")
     blip = Vehicle.fuel(0, 10)
     assert expected_classification(ev) == ("ev_charging", False)
@@ -73,12 +73,12 @@ def test_expected_classification_follows_the_bay_rules():
     assert expected_classification(fuel, camera=True) == ("fuel_car", True)
     assert expected_classification(quick) == ("unknown", False)
     assert expected_classification(quick, camera=True) == ("fuel_car", True)
-    assert expected_classification(nev) == ("fuel_car", False)       # no plate, no plug: suspect
+    assert expected_classification(nev) == ("fuel_car", False)  # no plate, no plug: suspect
     assert expected_classification(nev, camera=True) == ("ev_parked", False)
     assert expected_classification(hidden, camera=True) == ("fuel_car", False)
     assert expected_classification(blank, camera=True) == ("fuel_car", False)
     assert expected_classification(yellow_nev, camera=True) == ("ev_parked", False)  # 8 chars
-    assert expected_classification(plugged) == ("fuel_car", False)   # plug unseen with "power"
+    assert expected_classification(plugged) == ("fuel_car", False)  # plug unseen with "power"
     assert expected_classification(plugged, {"plug_source": "modbus"}) == ("ev_parked", False)
     assert expected_classification(blip) == (None, False)
 
@@ -88,20 +88,23 @@ def test_charging_draws_exact_energy_from_the_pile_meter():
     meter = SimMeter(load_profile("eastron-sdm120"), 1, "10000001", clock=clock)
     bay = BaySim("B1", "P1", meter=meter)
     assert meter.load is bay.load and bay.clock is clock and bay.t0 == T0
-    v = bay.add_vehicle(Vehicle.ev(100, plug_after_s=60, charge_after_s=10, charge_s=1800,
-                                   power_w=7000, seed=5))
+    v = bay.add_vehicle(Vehicle.ev(100, plug_after_s=60, charge_after_s=10, charge_s=1800, power_w=7000, seed=5))
     # power second by second, integrated independently: segments start on whole seconds
     watts = [meter.load.power_w(1000 * s) for s in range(0, v.leave_s + 100)]
     assert watts[v.charge_start_s - 1] == 0 and 0 < watts[v.charge_start_s] < 300
-    assert all(6930 <= w <= 7070 for w in watts[v.charge_start_s + 30:v.charge_end_s - 4])
+    assert all(6930 <= w <= 7070 for w in watts[v.charge_start_s + 30 : v.charge_end_s - 4])
     assert watts[v.charge_end_s - 1] == 1400 and watts[v.charge_end_s] == 0
     clock.set(T0 + v.leave_s + 100)
     assert meter.delivered_mj == 1000 * sum(watts)
     [truth] = bay.truth()
     assert truth["energy_mj"] == 1000 * sum(watts) and truth["energy_wh"] == meter.delivered_wh
-    assert meter.energy_wh == meter.delivered_wh            # register total started at 0
+    assert meter.energy_wh == meter.delivered_wh  # register total started at 0
     assert (truth["arrival"], truth["charge_start"], truth["charge_end"], truth["departure"]) == (
-        1100, 1170, 2970, int(T0) + v.leave_s)
+        1100,
+        1170,
+        2970,
+        int(T0) + v.leave_s,
+    )
     assert truth["expected"] == "ev_charging"
 
 
@@ -203,12 +206,12 @@ def test_site_bays_from_a_site_file(sim_cfg):
     sb = sitesim.bays_of(site)
     assert set(sb.bays) == {"B01", "B02", "B03", "B04"}
     assert set(sb.sensors) == {("bus1", 31), ("bus1", 32), ("bus2", 33)}
-    assert set(sb.controllers) == {("bus1", 51), ("bus2", 51)}    # B03 and B04 share one
+    assert set(sb.controllers) == {("bus1", 51), ("bus2", 51)}  # B03 and B04 share one
     assert site.device("bus2", 51) is sb.controllers[("bus2", 51)]
     assert sb.controllers[("bus2", 51)].mapped == {(3, 0x0010), (3, 0x0011)}
     assert meters[("bus1", 1)].load is sb.bay("B01").load
-    assert meters[("bus2", 4)].load.__class__.__name__ == "EvSessions"     # a pile without a bay
-    p03 = meters[("bus2", 3)].load                                        # two bays, one meter
+    assert meters[("bus2", 4)].load.__class__.__name__ == "EvSessions"  # a pile without a bay
+    p03 = meters[("bus2", 3)].load  # two bays, one meter
     assert [ld for ld in p03.loads] == [sb.bay("B03").load, sb.bay("B04").load]
     assert sb.bay("B01").params["plug_source"] == "modbus"
     assert sb.bay("B01").params["overstay_s"] == 1200
@@ -243,8 +246,9 @@ def test_site_scenario_devices_agree_with_the_truth(sim_cfg):
         p1 = meters[("bus1", 1)].power_w
         assert (p1 > 0) == b01.charging()
         assert meters[("bus2", 3)].power_w == b03.load.power_w(b03.load_ms()) + b04.load.power_w(b04.load_ms())
-        assert main.power_w == 400 + sum(meters[(b, a)].power_w for b, a in
-                                         (("bus1", 1), ("bus1", 2), ("bus2", 3), ("bus2", 4)))
+        assert main.power_w == 400 + sum(
+            meters[(b, a)].power_w for b, a in (("bus1", 1), ("bus1", 2), ("bus2", 3), ("bus2", 4))
+        )
         reads += sb.plates.poll()
         assert clock() == t
     truth = sb.truth()
@@ -260,9 +264,9 @@ def test_site_scenario_devices_agree_with_the_truth(sim_cfg):
             assert r["energy_wh"] > 1000
         else:
             assert r["energy_mj"] == 0 and r["plug"] is None
-        if r["bay"] == "B01" and r["label"] == "fuel":     # camera + modbus plug
+        if r["bay"] == "B01" and r["label"] == "fuel":  # camera + modbus plug
             assert r["expected"] == "fuel_car" and r["confirmed"] == r["plate_read"]
-        if r["bay"] == "B02" and r["label"] == "ev_no_plug":    # no camera: suspected
+        if r["bay"] == "B02" and r["label"] == "ev_no_plug":  # no camera: suspected
             assert (r["expected"], r["confirmed"]) == ("fuel_car", False)
     # every plate read the cameras delivered belongs to a vehicle of the truth (or one still
     # parked), at its arrival + delay, and none came from the bays without a camera

@@ -58,18 +58,31 @@ def profile_file(tmp_path):
 
 def test_parse_meter():
     assert parse_meter("b1:3:eastron-sdm120:42") == ("b1", 3, "eastron-sdm120", "42", None)
-    assert parse_meter("b1:3:x.toml:42:constant:7000") == (
-        "b1", 3, "x.toml", "42", "constant:7000")
+    assert parse_meter("b1:3:x.toml:42:constant:7000") == ("b1", 3, "x.toml", "42", "constant:7000")
     for bad in ("b1:3:x.toml", "b1:three:x.toml:42", "b1::x.toml:42"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_meter(bad)
 
 
 def test_build_site_from_arguments(profile_file):
-    args = build_parser().parse_args([
-        "--meter", f"a:1:{profile_file}:100", "--meter", f"a:2:{profile_file}:200:constant:500",
-        "--meter", f"b:1:{profile_file}:300:idle", "--transport", "rtu+tcp", "--baud", "19200",
-        "--parity", "E", "--speed", "50"])
+    args = build_parser().parse_args(
+        [
+            "--meter",
+            f"a:1:{profile_file}:100",
+            "--meter",
+            f"a:2:{profile_file}:200:constant:500",
+            "--meter",
+            f"b:1:{profile_file}:300:idle",
+            "--transport",
+            "rtu+tcp",
+            "--baud",
+            "19200",
+            "--parity",
+            "E",
+            "--speed",
+            "50",
+        ]
+    )
     site = build_site(args)
     assert sorted(site.buses) == ["a", "b"]
     assert site.bus("a").transport == "rtu+tcp" and site.bus("a").baud == 19200
@@ -77,8 +90,10 @@ def test_build_site_from_arguments(profile_file):
     assert isinstance(site.meter("a", 1).load, EvSessions)
     assert isinstance(site.meter("a", 2).load, ConstantLoad)
     assert site.meter("a", 2).power_w == 500 and site.meter("b", 1).power_w == 0
-    assert site.meter("a", 1).load.seed != build_site(build_parser().parse_args(
-        ["--meter", f"a:2:{profile_file}:100"])).meter("a", 2).load.seed
+    assert (
+        site.meter("a", 1).load.seed
+        != build_site(build_parser().parse_args(["--meter", f"a:2:{profile_file}:100"])).meter("a", 2).load.seed
+    )
     assert site.clock.speed == 50
 
 
@@ -125,11 +140,21 @@ def read_lines(stream, n, deadline_s=20.0):
 
 @pytest.mark.parametrize("transport", ["pty", "tcp"])
 def test_cli_serves_until_ctrl_c(profile_file, transport):
-    cmd = [sys.executable, "-m", "pilehil", "--meter", f"bus1:5:{profile_file}:4242:constant:3600",
-           "--meter", f"bus2:1:{profile_file}:7", "--transport", transport, "--speed", "3600"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pilehil",
+        "--meter",
+        f"bus1:5:{profile_file}:4242:constant:3600",
+        "--meter",
+        f"bus2:1:{profile_file}:7",
+        "--transport",
+        transport,
+        "--speed",
+        "3600",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         endpoints = dict(line.split() for line in read_lines(proc.stdout, 2))
         assert sorted(endpoints) == ["bus1", "bus2"]

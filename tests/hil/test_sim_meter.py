@@ -13,7 +13,11 @@ from pilehil.registers import decode_identity, decode_value
 
 def profile_1p():
     return {
-        "id": "test-1p", "phases": 1, "function": 4, "byte_order": "big", "word_order": "big",
+        "id": "test-1p",
+        "phases": 1,
+        "function": 4,
+        "byte_order": "big",
+        "word_order": "big",
         "response_ms": 40,
         "values": {
             "energy_import": {"register": 0x0100, "type": "u32", "scale": 0.01, "unit": "kWh"},
@@ -21,26 +25,26 @@ def profile_1p():
             "voltage": {"register": [0x0000], "type": "u16", "scale": 0.1, "unit": "V"},
             "current": {"register": [0x0001], "type": "u16", "scale": 0.01, "unit": "A"},
         },
-        "identity": {"kind": "serial", "register": 0x4000, "type": "u32", "count": 2,
-                     "function": 3},
+        "identity": {"kind": "serial", "register": 0x4000, "type": "u32", "count": 2, "function": 3},
     }
 
 
 def profile_3p():
     return {
-        "id": "test-3p", "phases": 3, "function": 3, "byte_order": "big", "word_order": "little",
+        "id": "test-3p",
+        "phases": 3,
+        "function": 3,
+        "byte_order": "big",
+        "word_order": "little",
         "values": {
             "energy_import": {"register": 0x0040, "type": "f32", "scale": 1.0, "unit": "kWh"},
             "power": {"register": 0x0020, "type": "f32", "scale": 1.0, "unit": "W"},
-            "voltage": {"register": [0x0000, 0x0002, 0x0004], "type": "f32", "scale": 1.0,
-                        "unit": "V"},
-            "current": {"register": [0x0006, 0x0008, 0x000A], "type": "f32", "scale": 1.0,
-                        "unit": "A"},
+            "voltage": {"register": [0x0000, 0x0002, 0x0004], "type": "f32", "scale": 1.0, "unit": "V"},
+            "current": {"register": [0x0006, 0x0008, 0x000A], "type": "f32", "scale": 1.0, "unit": "A"},
             "frequency": {"register": 0x0030, "type": "f32", "scale": 1.0, "unit": "Hz"},
             "power_factor": {"register": 0x0032, "type": "f32", "scale": 1.0, "unit": ""},
         },
-        "identity": {"kind": "serial", "register": 0x1000, "type": "ascii", "count": 4,
-                     "function": 3},
+        "identity": {"kind": "serial", "register": 0x1000, "type": "ascii", "count": 4, "function": 3},
     }
 
 
@@ -57,8 +61,7 @@ def test_energy_is_exact_integer_wh_whatever_the_sampling():
 
 def test_energy_counts_whole_wh_only():
     clock = ManualClock()
-    m = SimMeter(profile_1p(), 1, "1", load=ConstantLoad(1, phases=1), clock=clock,
-                 energy_wh=500)
+    m = SimMeter(profile_1p(), 1, "1", load=ConstantLoad(1, phases=1), clock=clock, energy_wh=500)
     clock.advance(3599.999)
     assert m.energy_wh == 500
     clock.advance(0.001)
@@ -70,8 +73,9 @@ def test_electrical_values_are_consistent_with_power():
     m = SimMeter(profile_3p(), 1, "SN1", load=ConstantLoad(11000, phases=3), clock=clock)
     v = m.values()
     assert v["power"] == 11000
-    assert sum(u * i * v["power_factor"] for u, i in zip(v["voltage"], v["current"],
-                                                          strict=True)) == pytest.approx(11000)
+    assert sum(u * i * v["power_factor"] for u, i in zip(v["voltage"], v["current"], strict=True)) == pytest.approx(
+        11000
+    )
     assert all(200 < u < 240 for u in v["voltage"]) and len(set(v["voltage"])) == 3
     one = SimMeter(profile_3p(), 2, "SN2", load=ConstantLoad(7000, phases=1), clock=clock)
     v = one.values()
@@ -82,8 +86,7 @@ def test_electrical_values_are_consistent_with_power():
 
 def test_image_decodes_to_truth():
     clock = ManualClock()
-    m = SimMeter(profile_3p(), 1, "SN-42", load=ConstantLoad(22000), clock=clock,
-                 energy_wh=123_456)
+    m = SimMeter(profile_3p(), 1, "SN-42", load=ConstantLoad(22000), clock=clock, energy_wh=123_456)
     clock.advance(1800)
     image = m.image()
     p = profile_3p()
@@ -104,8 +107,8 @@ def test_ev_sessions_are_deterministic_and_exact():
     assert len(sessions) >= 3
     for s in sessions:
         assert (s.power_w, s.phases) in a.options
-        assert a.power_w(s.plug_ms - 1) == 0            # idle before plug-in
-        assert 0 < a.power_w(s.plug_ms) < s.power_w     # ramp starts low
+        assert a.power_w(s.plug_ms - 1) == 0  # idle before plug-in
+        assert 0 < a.power_w(s.plug_ms) < s.power_w  # ramp starts low
         mid = s.plug_ms + 600_000
         assert abs(a.power_w(mid) - s.power_w) <= s.power_w * 0.01 + 1
         assert a.power_w(s.unplug_ms) == 0
@@ -131,14 +134,14 @@ def test_datastore_faults_in_order():
     clock = ManualClock()
     m = SimMeter(profile_1p(), 1, "1", load=ConstantLoad(100), clock=clock)
     assert m.read(4, 0x0100, 2) == [0, 0]
-    assert m.read(4, 0x00FF, 4)[0] == 0 and m.read(4, 0x00FF, 4)[3] == 0   # unmapped: zeros
+    assert m.read(4, 0x00FF, 4)[0] == 0 and m.read(4, 0x00FF, 4)[3] == 0  # unmapped: zeros
     m.set_block_limit(3, code=3)
     assert m.read(4, 0x0100, 4) == 3
     assert m.read(4, 0x0100, 3) != 3
     m.add_exception(4, start=0x0101, end=0x0101)
-    assert m.read(4, 0x0100, 2) == 4            # touches 0x0101
-    assert m.read(4, 0x0102, 1) == [0]          # does not
-    assert m.read(4, 0x0100, 9) == 4            # injected exceptions come before the limit
+    assert m.read(4, 0x0100, 2) == 4  # touches 0x0101
+    assert m.read(4, 0x0102, 1) == [0]  # does not
+    assert m.read(4, 0x0100, 9) == 4  # injected exceptions come before the limit
     m.clear_faults()
     assert isinstance(m.read(4, 0x0100, 9), list)
     m.unmapped = "exception"
@@ -150,8 +153,7 @@ def test_datastore_faults_in_order():
 
 def test_swap_reset_freeze():
     clock = ManualClock()
-    m = SimMeter(profile_1p(), 1, "111", load=ConstantLoad(3600, phases=1), clock=clock,
-                 energy_wh=1000)
+    m = SimMeter(profile_1p(), 1, "111", load=ConstantLoad(3600, phases=1), clock=clock, energy_wh=1000)
     clock.advance(3600)
     assert m.energy_wh == 4600
     m.reset_energy()
@@ -161,7 +163,7 @@ def test_swap_reset_freeze():
     m.swap("222", energy_wh=50)
     assert m.serial == "222" and m.energy_wh == 50
     assert decode_identity(profile_1p(), m.image()) == "222"
-    assert m.delivered_wh == 3600 + 1800             # the pile's truth is unaffected
+    assert m.delivered_wh == 3600 + 1800  # the pile's truth is unaffected
     m.freeze()
     frozen = m.image()
     clock.advance(3600)

@@ -54,8 +54,7 @@ def test_profile_round_trip_through_pymodbus(path, transport):
     power = 7000 if profile["phases"] == 1 else 11000
     with Site(clock=clock) as site:
         site.add_bus("b", transport)
-        meter = site.add_meter("b", 7, profile, SERIAL, load=ConstantLoad(power),
-                               energy_wh=123_456)
+        meter = site.add_meter("b", 7, profile, SERIAL, load=ConstantLoad(power), energy_wh=123_456)
         client = client_for(site.start()["b"], timeout=2.0)
         try:
             clock.advance(5 * 3600 + 0.5)
@@ -79,8 +78,7 @@ def test_profile_round_trip_through_pymodbus(path, transport):
         assert all(lo <= v <= hi for v in values), f"{name} {values} outside [{lo}, {hi}]"
     expected_wh = 123_456 + power * 36_001 // 7_200  # power x 5 h 0.5 s, whole Wh
     assert meter.energy_wh == expected_wh
-    assert read["energy_import"] == pytest.approx(
-        expected_wh / 1000, **tolerance(profile["values"]["energy_import"]))
+    assert read["energy_import"] == pytest.approx(expected_wh / 1000, **tolerance(profile["values"]["energy_import"]))
     assert block == [image.get((fn, first + i), 0) for i in range(len(block))]
     if identity_span(profile) is None:
         assert read["serial"] is None

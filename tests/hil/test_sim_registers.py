@@ -23,7 +23,11 @@ from pilehil.registers import (
 def profile(**over):
     """A minimal 1-phase profile; keyword arguments replace top-level keys."""
     p = {
-        "id": "test-1p", "phases": 1, "function": 4, "byte_order": "big", "word_order": "big",
+        "id": "test-1p",
+        "phases": 1,
+        "function": 4,
+        "byte_order": "big",
+        "word_order": "big",
         "values": {
             "energy_import": {"register": 0x0100, "type": "u32", "scale": 0.01, "unit": "kWh"},
             "power": {"register": 0x0010, "type": "s32", "scale": 1, "unit": "W"},
@@ -32,8 +36,7 @@ def profile(**over):
             "frequency": {"register": 0x0002, "type": "u16", "scale": 0.01, "unit": "Hz"},
             "power_factor": {"register": 0x0003, "type": "s16", "scale": 0.001, "unit": ""},
         },
-        "identity": {"kind": "serial", "register": 0x4000, "type": "u32", "count": 2,
-                     "function": 3},
+        "identity": {"kind": "serial", "register": 0x4000, "type": "u32", "count": 2, "function": 3},
     }
     p.update(over)
     return p
@@ -41,20 +44,17 @@ def profile(**over):
 
 def test_u32_big_big_scaled():
     # 1234.56 kWh at 0.01 kWh per unit = 123456 = 0x0001E240
-    assert encode_value(profile(), "energy_import", 1234.56) == {
-        (4, 0x0100): 0x0001, (4, 0x0101): 0xE240}
+    assert encode_value(profile(), "energy_import", 1234.56) == {(4, 0x0100): 0x0001, (4, 0x0101): 0xE240}
 
 
 def test_word_order_little_puts_low_word_first():
     p = profile(word_order="little")
-    assert encode_value(p, "energy_import", Fraction(123456, 100)) == {
-        (4, 0x0100): 0xE240, (4, 0x0101): 0x0001}
+    assert encode_value(p, "energy_import", Fraction(123456, 100)) == {(4, 0x0100): 0xE240, (4, 0x0101): 0x0001}
 
 
 def test_byte_order_little_swaps_bytes_in_each_register():
     p = profile(byte_order="little")
-    assert encode_value(p, "energy_import", 1234.56) == {
-        (4, 0x0100): 0x0100, (4, 0x0101): 0x40E2}
+    assert encode_value(p, "energy_import", 1234.56) == {(4, 0x0100): 0x0100, (4, 0x0101): 0x40E2}
 
 
 def test_signed_types_are_twos_complement():
@@ -65,20 +65,22 @@ def test_signed_types_are_twos_complement():
 def test_f32_and_u64_s64():
     p = profile()
     p["values"]["power"] = {"register": 0x20, "type": "f32", "scale": 1, "unit": "W"}
-    p["values"]["energy_import"] = {"register": 0x30, "type": "s64", "scale": 0.001,
-                                    "unit": "kWh"}
+    p["values"]["energy_import"] = {"register": 0x30, "type": "s64", "scale": 0.001, "unit": "kWh"}
     hi, lo = struct.unpack(">HH", struct.pack(">f", 7000.5))
     assert encode_value(p, "power", 7000.5) == {(4, 0x20): hi, (4, 0x21): lo}
     assert encode_value(p, "energy_import", Fraction(0x0102030405, 1000)) == {
-        (4, 0x30): 0x0000, (4, 0x31): 0x0001, (4, 0x32): 0x0203, (4, 0x33): 0x0405}
-    assert raw_to_words(0x0102030405060708, "u64", "big", "little") == [
-        0x0708, 0x0506, 0x0304, 0x0102]
+        (4, 0x30): 0x0000,
+        (4, 0x31): 0x0001,
+        (4, 0x32): 0x0203,
+        (4, 0x33): 0x0405,
+    }
+    assert raw_to_words(0x0102030405060708, "u64", "big", "little") == [0x0708, 0x0506, 0x0304, 0x0102]
 
 
 def test_scale_uses_exact_decimals_and_rounds_half_to_even():
-    assert to_raw(12.345, 0.01, "u32") == 1234   # 1234.5 -> even
-    assert to_raw(12.355, 0.01, "u32") == 1236   # 1235.5 -> even
-    assert to_raw(0.29, 0.01, "u16") == 29       # 0.29/0.01 is 28.999999999999996 in floats
+    assert to_raw(12.345, 0.01, "u32") == 1234  # 1234.5 -> even
+    assert to_raw(12.355, 0.01, "u32") == 1236  # 1235.5 -> even
+    assert to_raw(0.29, 0.01, "u16") == 29  # 0.29/0.01 is 28.999999999999996 in floats
     assert to_raw(Fraction(1, 3), 1, "f32") == pytest.approx(1 / 3)
 
 
@@ -91,8 +93,7 @@ def test_raw_out_of_range_is_an_error():
 
 def test_per_phase_registers():
     p = profile(phases=3)
-    p["values"]["voltage"] = {"register": [0x0000, 0x0002, 0x0004], "type": "u16",
-                              "scale": 0.1, "unit": "V"}
+    p["values"]["voltage"] = {"register": [0x0000, 0x0002, 0x0004], "type": "u16", "scale": 0.1, "unit": "V"}
     image = encode_value(p, "voltage", [230.0, 231.5, 229.9])
     assert image == {(4, 0): 2300, (4, 2): 2315, (4, 4): 2299}
     assert decode_value(p, "voltage", image) == pytest.approx([230.0, 231.5, 229.9])
@@ -108,12 +109,10 @@ def test_value_function_override():
 
 def test_identity_integer_ascii_bcd():
     assert encode_identity(profile(), "305419896") == {(3, 0x4000): 0x1234, (3, 0x4001): 0x5678}
-    p = profile(identity={"kind": "serial", "register": 0x10, "type": "ascii", "count": 3,
-                          "function": 3})
+    p = profile(identity={"kind": "serial", "register": 0x10, "type": "ascii", "count": 3, "function": 3})
     assert encode_identity(p, "AB1") == {(3, 0x10): 0x4142, (3, 0x11): 0x3100, (3, 0x12): 0}
     assert decode_identity(p, encode_identity(p, "AB1")) == "AB1"
-    p = profile(identity={"kind": "serial", "register": 0x10, "type": "bcd", "count": 2,
-                          "function": 4})
+    p = profile(identity={"kind": "serial", "register": 0x10, "type": "bcd", "count": 2, "function": 4})
     assert encode_identity(p, "123456") == {(4, 0x10): 0x0012, (4, 0x11): 0x3456}
     assert decode_identity(p, encode_identity(p, "123456")) == "123456"
     with pytest.raises(ValueError):
@@ -133,12 +132,19 @@ def test_mapped_registers_cover_values_and_identity():
     assert len(mapped) == 2 + 2 + 1 + 1 + 1 + 1 + 2
 
 
-TYPES = {"u16": (0, 2**16 - 1), "s16": (-(2**15), 2**15 - 1), "u32": (0, 2**32 - 1),
-         "s32": (-(2**31), 2**31 - 1), "u64": (0, 2**64 - 1), "s64": (-(2**63), 2**63 - 1)}
+TYPES = {
+    "u16": (0, 2**16 - 1),
+    "s16": (-(2**15), 2**15 - 1),
+    "u32": (0, 2**32 - 1),
+    "s32": (-(2**31), 2**31 - 1),
+    "u64": (0, 2**64 - 1),
+    "s64": (-(2**63), 2**63 - 1),
+}
 
 
-@given(st.sampled_from(sorted(TYPES)), st.data(), st.sampled_from(["big", "little"]),
-       st.sampled_from(["big", "little"]))
+@given(
+    st.sampled_from(sorted(TYPES)), st.data(), st.sampled_from(["big", "little"]), st.sampled_from(["big", "little"])
+)
 def test_integer_round_trip(type_, data, byte_order, word_order):
     lo, hi = TYPES[type_]
     raw = data.draw(st.integers(lo, hi))
@@ -147,8 +153,10 @@ def test_integer_round_trip(type_, data, byte_order, word_order):
     assert words_to_raw(words, type_, byte_order, word_order) == raw
 
 
-@given(st.floats(width=32, allow_nan=False, allow_infinity=False),
-       st.sampled_from(["big", "little"]), st.sampled_from(["big", "little"]))
+@given(
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.sampled_from(["big", "little"]),
+    st.sampled_from(["big", "little"]),
+)
 def test_f32_round_trip(value, byte_order, word_order):
-    assert words_to_raw(raw_to_words(value, "f32", byte_order, word_order), "f32", byte_order,
-                        word_order) == value
+    assert words_to_raw(raw_to_words(value, "f32", byte_order, word_order), "f32", byte_order, word_order) == value

@@ -35,7 +35,11 @@ QUICK = 0.3  # client timeout (s) where no reply is the expected outcome
 def profile_1p():
     """DDSU666-like: holding registers, u32/s32/u16 with scales, BCD serial."""
     return {
-        "id": "test-1p", "phases": 1, "function": 3, "byte_order": "big", "word_order": "big",
+        "id": "test-1p",
+        "phases": 1,
+        "function": 3,
+        "byte_order": "big",
+        "word_order": "big",
         "response_ms": 20,
         "values": {
             "energy_import": {"register": 0x0100, "type": "u32", "scale": 0.01, "unit": "kWh"},
@@ -45,28 +49,28 @@ def profile_1p():
             "frequency": {"register": 0x0002, "type": "u16", "scale": 0.01, "unit": "Hz"},
             "power_factor": {"register": 0x0003, "type": "s16", "scale": 0.001, "unit": ""},
         },
-        "identity": {"kind": "serial", "register": 0x4000, "type": "bcd", "count": 2,
-                     "function": 3},
+        "identity": {"kind": "serial", "register": 0x4000, "type": "bcd", "count": 2, "function": 3},
     }
 
 
 def profile_3p():
     """SDM630-like: input registers of f32 with swapped words, u32 serial in holding."""
     return {
-        "id": "test-3p", "phases": 3, "function": 4, "byte_order": "big", "word_order": "little",
+        "id": "test-3p",
+        "phases": 3,
+        "function": 4,
+        "byte_order": "big",
+        "word_order": "little",
         "response_ms": 50,
         "values": {
             "energy_import": {"register": 0x0048, "type": "f32", "scale": 1.0, "unit": "kWh"},
             "power": {"register": 0x0034, "type": "f32", "scale": 1.0, "unit": "W"},
-            "voltage": {"register": [0x0000, 0x0002, 0x0004], "type": "f32", "scale": 1.0,
-                        "unit": "V"},
-            "current": {"register": [0x0006, 0x0008, 0x000A], "type": "f32", "scale": 1.0,
-                        "unit": "A"},
+            "voltage": {"register": [0x0000, 0x0002, 0x0004], "type": "f32", "scale": 1.0, "unit": "V"},
+            "current": {"register": [0x0006, 0x0008, 0x000A], "type": "f32", "scale": 1.0, "unit": "A"},
             "frequency": {"register": 0x0046, "type": "f32", "scale": 1.0, "unit": "Hz"},
             "power_factor": {"register": 0x003E, "type": "f32", "scale": 1.0, "unit": ""},
         },
-        "identity": {"kind": "serial", "register": 0xFC00, "type": "u32", "count": 2,
-                     "function": 3},
+        "identity": {"kind": "serial", "register": 0xFC00, "type": "u32", "count": 2, "function": 3},
     }
 
 
@@ -93,10 +97,8 @@ def site(clock):
     s.add_bus("tcp", "tcp")
     s.add_bus("rtutcp", "rtu+tcp")
     for bus in ("rtu", "tcp", "rtutcp"):
-        s.add_meter(bus, 1, profile_1p(), "12345678", load=ConstantLoad(7000, phases=1),
-                    energy_wh=1_000)
-        s.add_meter(bus, 2, profile_3p(), "87654321", load=ConstantLoad(11000, phases=3),
-                    energy_wh=250_000)
+        s.add_meter(bus, 1, profile_1p(), "12345678", load=ConstantLoad(7000, phases=1), energy_wh=1_000)
+        s.add_meter(bus, 2, profile_3p(), "87654321", load=ConstantLoad(11000, phases=3), energy_wh=250_000)
     s.start()
     yield s
     s.stop()
@@ -198,7 +200,7 @@ def test_corrupted_crc_reaches_the_master(site):
     assert not crc_ok(reply) and crc_ok(reply[:7] + bytes(b ^ 0xFF for b in reply[7:]))
     c = client_for(site.endpoints["rtu"], timeout=QUICK)
     try:
-        with pytest.raises(ModbusIOException):   # pymodbus drops the frame
+        with pytest.raises(ModbusIOException):  # pymodbus drops the frame
             read_registers(c, 3, 0x4000, 2, 1)
         site.meter("rtu", 1).set_corrupt_crc(False)
         assert read_registers(c, 3, 0x4000, 2, 1) == [0x1234, 0x5678]
@@ -256,7 +258,7 @@ def test_late_reply(site):
 def test_exception_faults(site, clients, bus):
     c = clients[bus]
     meter = site.meter(bus, 2)
-    meter.add_exception(4)   # every read
+    meter.add_exception(4)  # every read
     with pytest.raises(ReadError) as e:
         read_registers(c, 3, 0xFC00, 2, 2)
     assert e.value.code == 4
@@ -265,8 +267,8 @@ def test_exception_faults(site, clients, bus):
     with pytest.raises(ReadError) as e:
         read_registers(c, 4, 0x0040, 10, 2)
     assert e.value.code == 6
-    assert len(read_registers(c, 4, 0x0034, 2, 2)) == 2   # outside the range
-    assert len(read_registers(c, 3, 0xFC00, 2, 2)) == 2   # other function
+    assert len(read_registers(c, 4, 0x0034, 2, 2)) == 2  # outside the range
+    assert len(read_registers(c, 3, 0xFC00, 2, 2)) == 2  # other function
     meter.clear_exceptions()
     assert len(read_registers(c, 4, 0x0040, 10, 2)) == 10
 
@@ -314,8 +316,8 @@ def test_bus_stats_are_exact(clock):
         ep = site.start()["b"]
         c = client_for(ep, timeout=QUICK)  # ptys take no parity setting: see docs
         try:
-            read_registers(c, 3, 0x0100, 2, 1)      # request 8 bytes, reply 3+4+2 = 9
-            read_registers(c, 4, 0x0000, 12, 2)     # request 8, reply 3+24+2 = 29
+            read_registers(c, 3, 0x0100, 2, 1)  # request 8 bytes, reply 3+4+2 = 9
+            read_registers(c, 4, 0x0000, 12, 2)  # request 8, reply 3+24+2 = 29
             with pytest.raises(ReadError):
                 read_registers(c, 4, 0x2000, 1, 2)  # request 8, exception reply 5
             with pytest.raises(ModbusIOException):
@@ -345,7 +347,7 @@ def test_bus_stats_behind_tcp_gateway(clock):
             c.close()
         s = site.bus_stats("g")
     assert (s.requests, s.replies, s.bytes) == (1, 1, 8 + 9)
-    assert s.link_bytes == (7 + 5) + (7 + 6)   # MBAP header + PDU each way
+    assert s.link_bytes == (7 + 5) + (7 + 6)  # MBAP header + PDU each way
     assert s.wire_time == Fraction(10, 19200) * (17 + 7)
 
 

@@ -46,6 +46,7 @@ def _wanted(prof: dict[str, Any]) -> list[tuple[int, int, int]]:
     for name in planner.READING_KEYS:
         if name in prof["values"]:
             from pilecore import profile as _p
+
             for fc, reg, typ in _p.value_registers(prof, name):
                 out.append((fc, reg, reg + TYPE_WIDTH[typ]))
     return out
@@ -88,9 +89,11 @@ def min_bus_time(prof: dict[str, Any], char_s: Fraction) -> Fraction:
 
 
 def _site_text(endpoint: str, profiles: list[str]) -> str:
-    lines = ['[gateway]\nid = "BENCH"\nsite = "bench"\nboard = "rpi4-usb-rs485"\n',
-             '[mqtt]\nurl = "mqtt://127.0.0.1:1"\nallow_insecure = true\n',
-             f'[[bus]]\nname = "bus1"\nport = "{endpoint}"\nbaud = {BAUD}\n']
+    lines = [
+        '[gateway]\nid = "BENCH"\nsite = "bench"\nboard = "rpi4-usb-rs485"\n',
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\nallow_insecure = true\n',
+        f'[[bus]]\nname = "bus1"\nport = "{endpoint}"\nbaud = {BAUD}\n',
+    ]
     for i, prof in enumerate(profiles, start=1):
         lines.append(f'[[pile]]\nid = "P{i:02d}"\nmeter = {{ bus = "bus1", address = {i}, profile = "{prof}" }}\n')
     return "\n".join(lines)
@@ -99,6 +102,7 @@ def _site_text(endpoint: str, profiles: list[str]) -> str:
 def bench_bus(seconds: float = 6.0, tmpdir: str = "/tmp") -> dict[str, float]:
     """Run the bus benchmark; print and return its figures."""
     from pathlib import Path
+
     profiles = [PROFILES[i % len(PROFILES)] for i in range(METERS)]
     all_profiles, _ = siteconfig.load_profiles()
     sim = Site(clock=ManualClock(1000.0))
@@ -137,14 +141,26 @@ def bench_bus(seconds: float = 6.0, tmpdir: str = "/tmp") -> dict[str, float]:
     c = gw_tps / bare_tps
     print(f"bench bus: {METERS} meters ({len(set(profiles))} models) on one RS-485 bus at {BAUD} baud")
     print(f"  theoretical minimum bus time per poll cycle : {float(minimum) * 1000:8.1f} ms")
-    print(f"  (a) gateway poll cycle: {n_gw} reads, {float(gw_wire) * 1000:8.1f} ms -> {a:.3f} x minimum"
-          f"   [target <= 1.10]")
-    print(f"  (b) one read per value: {n_naive} reads, {float(naive_wire) * 1000:8.1f} ms -> {b:.3f} x minimum"
-          f" ({b / a:.2f} x the gateway's bus time)")
-    print(f"  (c) throughput: gateway {gw_tps:.1f} transactions/s, bare pymodbus loop {bare_tps:.1f}/s"
-          f" -> {c:.3f}   [target >= 0.80]")
-    return {"bus_cycle_vs_min": a, "per_value_vs_min": b, "per_value_vs_gateway": b / a,
-            "throughput_vs_pymodbus": c, "gateway_tps": gw_tps, "pymodbus_tps": bare_tps}
+    print(
+        f"  (a) gateway poll cycle: {n_gw} reads, {float(gw_wire) * 1000:8.1f} ms -> {a:.3f} x minimum"
+        f"   [target <= 1.10]"
+    )
+    print(
+        f"  (b) one read per value: {n_naive} reads, {float(naive_wire) * 1000:8.1f} ms -> {b:.3f} x minimum"
+        f" ({b / a:.2f} x the gateway's bus time)"
+    )
+    print(
+        f"  (c) throughput: gateway {gw_tps:.1f} transactions/s, bare pymodbus loop {bare_tps:.1f}/s"
+        f" -> {c:.3f}   [target >= 0.80]"
+    )
+    return {
+        "bus_cycle_vs_min": a,
+        "per_value_vs_min": b,
+        "per_value_vs_gateway": b / a,
+        "throughput_vs_pymodbus": c,
+        "gateway_tps": gw_tps,
+        "pymodbus_tps": bare_tps,
+    }
 
 
 @contextlib.contextmanager
@@ -203,10 +219,10 @@ async def _per_value_cycle(endpoint: str, profiles: list[dict[str, Any]]) -> int
 
 
 async def _gateway_tps(cfg: dict[str, Any], seconds: float) -> float:
-    svc = Metering(cfg, poll_s=0.001)        # continuous polling: the bus never idles
+    svc = Metering(cfg, poll_s=0.001)  # continuous polling: the bus never idles
     stop = asyncio.Event()
     task = asyncio.create_task(svc.run_bus("bus1", stop))
-    await asyncio.sleep(0.5)                 # warm up (connect, first cycle)
+    await asyncio.sleep(0.5)  # warm up (connect, first cycle)
     n0, t0 = svc.scheds["bus1"].stats["requests"], time.monotonic()
     await asyncio.sleep(seconds)
     n1, t1 = svc.scheds["bus1"].stats["requests"], time.monotonic()
@@ -249,5 +265,6 @@ def main(args: Any) -> int:
         bench_bus(args.seconds)
     if which in ("telemetry", "all"):
         from piletools import bench_telemetry
+
         bench_telemetry.run(args)
     return 0

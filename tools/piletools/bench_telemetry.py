@@ -40,10 +40,24 @@ DISK_BYTES_PER_MSG = 0.0
 
 def telemetry_data(piles: int = 16) -> dict[str, Any]:
     """A realistic telemetry body: 16 three-phase piles."""
-    return {"interval_s": 30, "piles": [
-        {"pile": f"P{i:02d}", "serial": str(20260000 + i), "metered": True, "t": 1764150000,
-         "energy_wh": 1234567 + i, "power_w": 7012.5, "voltage_v": [230.1, 229.8, 231.0],
-         "current_a": [10.2, 10.1, 10.3], "frequency_hz": 50.01, "power_factor": 0.99} for i in range(piles)]}
+    return {
+        "interval_s": 30,
+        "piles": [
+            {
+                "pile": f"P{i:02d}",
+                "serial": str(20260000 + i),
+                "metered": True,
+                "t": 1764150000,
+                "energy_wh": 1234567 + i,
+                "power_w": 7012.5,
+                "voltage_v": [230.1, 229.8, 231.0],
+                "current_a": [10.2, 10.1, 10.3],
+                "frequency_hz": 50.01,
+                "power_factor": 0.99,
+            }
+            for i in range(piles)
+        ],
+    }
 
 
 def bare_paho(url: str, size: int, n: int) -> float:
@@ -56,6 +70,7 @@ def bare_paho(url: str, size: int, n: int) -> float:
         acked[0] += 1
         if acked[0] == n:
             done.set()
+
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare")
     c.max_inflight_messages_set(WINDOW)
     c.max_queued_messages_set(0)
@@ -91,8 +106,7 @@ def lockstep_paho(url: str, size: int, n: int) -> float:
 
 def _link(url: str, outbox: Outbox, prefix: str) -> MqttLink:
     cfg = {"url": url, "allow_insecure": True, "keepalive_s": 30}
-    return MqttLink(cfg, "bench-gw", prefix, outbox, will=lambda: "offline", online=lambda: "online",
-                    window=WINDOW)
+    return MqttLink(cfg, "bench-gw", prefix, outbox, will=lambda: "offline", online=lambda: "online", window=WINDOW)
 
 
 def pipeline(url: str, work: Path, n: int, batch: int = 50) -> tuple[float, int]:
@@ -111,8 +125,7 @@ def pipeline(url: str, work: Path, n: int, batch: int = 50) -> tuple[float, int]
     for start in range(0, n, batch):
         items = [("telemetry", data)] * min(batch, n - start)
         prepared = chain.prepare_many(items, 1764150000, "ntp")
-        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH/telemetry", p.jws.encode(), p.hash)
-                     for p in prepared])
+        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH/telemetry", p.jws.encode(), p.hash) for p in prepared])
         chain.commit_many(prepared)
         size = len(prepared[-1].jws)
         link.kick()
@@ -135,8 +148,7 @@ def drain(url: str, work: Path, n: int) -> tuple[float, float]:
     t_fill = time.monotonic()
     for start in range(0, n, 1000):
         prepared = chain.prepare_many([("telemetry", data)] * min(1000, n - start), 1764150000, "ntp")
-        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH2/telemetry", p.jws.encode(), p.hash)
-                     for p in prepared])
+        ob.put_many([(p.seq, p.kind, "pilegate/v1/bench/BENCH2/telemetry", p.jws.encode(), p.hash) for p in prepared])
         chain.commit_many(prepared)
     fill = time.monotonic() - t_fill
     link = _link(url, ob, "pilegate/v1/bench/BENCH2")
@@ -194,25 +206,37 @@ def run(args: Any) -> dict[str, float]:
         shutil.rmtree(work, ignore_errors=True)
     pure, ossl = cpython_sign_ms()
     mpy = mpy_sign_ms()
-    print(f"bench telemetry: {size}-byte signed telemetry messages (16 three-phase piles), QoS 1, "
-          f"private mosquitto")
-    print(f"  (d) signed pipeline {rate:8.0f} msg/s, bare paho QoS 1 loop {base:8.0f} msg/s -> {rate / base:.3f}"
-          f"   [target >= 0.80]")
+    print(f"bench telemetry: {size}-byte signed telemetry messages (16 three-phase piles), QoS 1, private mosquitto")
+    print(
+        f"  (d) signed pipeline {rate:8.0f} msg/s, bare paho QoS 1 loop {base:8.0f} msg/s -> {rate / base:.3f}"
+        f"   [target >= 0.80]"
+    )
     print(f"      (bare paho waiting for each PUBACK before the next: {lockstep:.0f} msg/s -> {rate / lockstep:.3f})")
-    print(f"  (e) draining a {backlog:,}-message backlog {drain_rate:8.0f} msg/s, bare paho {base_drain:8.0f} msg/s"
-          f" -> {drain_rate / base_drain:.3f}   (building the backlog took {fill_s:.1f} s)")
+    print(
+        f"  (e) draining a {backlog:,}-message backlog {drain_rate:8.0f} msg/s, bare paho {base_drain:8.0f} msg/s"
+        f" -> {drain_rate / base_drain:.3f}   (building the backlog took {fill_s:.1f} s)"
+    )
     per_day = 86400 // 30
     accounted = size + len("pilegate/v1/luoyang-demo-p01/LY-0001/telemetry") + 32
     days = 256 * 1024 * 1024 / (accounted * per_day)
-    print(f"  capacity: a 16-pile telemetry message takes {accounted} bytes of the outbox budget "
-          f"({DISK_BYTES_PER_MSG:.0f} bytes on disk with SQLite's overhead); at the default 30 s interval "
-          f"the default 256 MB outbox holds {days:.1f} days of backlog")
+    print(
+        f"  capacity: a 16-pile telemetry message takes {accounted} bytes of the outbox budget "
+        f"({DISK_BYTES_PER_MSG:.0f} bytes on disk with SQLite's overhead); at the default 30 s interval "
+        f"the default 256 MB outbox holds {days:.1f} days of backlog"
+    )
     mpy_text = f"{mpy:.1f} ms" if mpy is not None else "skipped (Node.js missing)"
-    print(f"  (f) one ES256 signature: MicroPython (WebAssembly) {mpy_text}; same code on CPython "
-          f"{pure:.2f} ms; OpenSSL {ossl:.3f} ms")
-    return {"pipeline_vs_paho": rate / base, "pipeline_vs_lockstep": rate / lockstep,
-            "drain_vs_paho": drain_rate / base_drain,
-            "mpy_sign_ms": mpy or -1.0, "cpython_pure_sign_ms": pure, "openssl_sign_ms": ossl}
+    print(
+        f"  (f) one ES256 signature: MicroPython (WebAssembly) {mpy_text}; same code on CPython "
+        f"{pure:.2f} ms; OpenSSL {ossl:.3f} ms"
+    )
+    return {
+        "pipeline_vs_paho": rate / base,
+        "pipeline_vs_lockstep": rate / lockstep,
+        "drain_vs_paho": drain_rate / base_drain,
+        "mpy_sign_ms": mpy or -1.0,
+        "cpython_pure_sign_ms": pure,
+        "openssl_sign_ms": ossl,
+    }
 
 
 if __name__ == "__main__":

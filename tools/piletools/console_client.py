@@ -70,26 +70,36 @@ def serial_error_message(port: str, exc: BaseException) -> str:
     code = getattr(exc, "errno", None)
     text = str(exc)
     if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "exclusively lock" in text:
-        return (f"{port} is busy: another program has it open (screen, minicom, another "
-                f"'pilegate console', ModemManager). Close it and try again.")
+        return (
+            f"{port} is busy: another program has it open (screen, minicom, another "
+            f"'pilegate console', ModemManager). Close it and try again."
+        )
     if code in (errno.EACCES, errno.EPERM):
         g = _group_of(port)
-        return (f"{port}: permission denied. Add yourself to the '{g}' group "
-                f"(sudo usermod -aG {g} $USER, then log out and in again) or run with sudo.")
+        return (
+            f"{port}: permission denied. Add yourself to the '{g}' group "
+            f"(sudo usermod -aG {g} $USER, then log out and in again) or run with sudo."
+        )
     if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-        return (f"{port}: no such serial port. Is the USB serial cable plugged in? "
-                f"Serial ports on this computer: {_ports_here()}.")
+        return (
+            f"{port}: no such serial port. Is the USB serial cable plugged in? "
+            f"Serial ports on this computer: {_ports_here()}."
+        )
     return f"{port}: cannot open the serial port: {exc}"
 
 
 def socket_error_message(path: str, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
-        return (f"{path}: no console socket here. Is the gateway running (systemctl status "
-                f"pilegate)? Does [console] socket in site.toml name another path?")
+        return (
+            f"{path}: no console socket here. Is the gateway running (systemctl status "
+            f"pilegate)? Does [console] socket in site.toml name another path?"
+        )
     if isinstance(exc, PermissionError):
         g = _group_of(path)
-        return (f"{path}: permission denied. The socket is for group '{g}': add yourself "
-                f"(sudo usermod -aG {g} $USER, then log in again) or use sudo.")
+        return (
+            f"{path}: permission denied. The socket is for group '{g}': add yourself "
+            f"(sudo usermod -aG {g} $USER, then log in again) or use sudo."
+        )
     if isinstance(exc, ConnectionRefusedError):
         return f"{path}: nothing listens on this socket (a leftover file): is the gateway running?"
     return f"{path}: cannot connect: {exc}"
@@ -189,10 +199,10 @@ class Client:
         self.names = core.command_names()
         self._cond = threading.Condition()
         self._tail = ""
-        self._answer: list[str] = []        # text since the last prompt
-        self._answers: list[str] = []       # one entry per prompt seen
+        self._answer: list[str] = []  # text since the last prompt
+        self._answers: list[str] = []  # one entry per prompt seen
         self.prompt = core.PROMPT_USER
-        self.closed: str | None = None      # why the link ended
+        self.closed: str | None = None  # why the link ended
         self._quiet = False
         self._at_input = False
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -221,7 +231,7 @@ class Client:
             self._tail += text
             done, nl, tail = self._tail.rpartition("\n")
             shown = done + nl
-            if len(tail) > MAX_TAIL:        # no newline for too long: show it anyway
+            if len(tail) > MAX_TAIL:  # no newline for too long: show it anyway
                 shown, tail = shown + tail, ""
             self._tail = tail
             if shown:
@@ -336,7 +346,7 @@ class Client:
         import readline
 
         buf = readline.get_line_buffer()
-        words = buf[:readline.get_begidx()].split()
+        words = buf[: readline.get_begidx()].split()
         if not words:
             options = [n + " " for n in self.names if n.startswith(text)]
         elif words[0] == "help" and len(words) == 1:
@@ -354,8 +364,7 @@ class Client:
             with contextlib.suppress(OSError):
                 readline.read_history_file(HISTORY)
             readline.set_history_length(1000)
-        self.out.write(f"connected to {self.link.name}. Type help; Tab completes; Ctrl-C cancels; "
-                       f"Ctrl-D quits.\n")
+        self.out.write(f"connected to {self.link.name}. Type help; Tab completes; Ctrl-C cancels; Ctrl-D quits.\n")
         try:
             while not self.closed:
                 prompt = self.prompt
@@ -433,7 +442,7 @@ def _monotonic() -> float:
 def _readline():
     try:
         import readline
-    except ImportError:         # e.g. some Windows Pythons: plain input() still works
+    except ImportError:  # e.g. some Windows Pythons: plain input() still works
         return None
     return readline
 
@@ -445,8 +454,7 @@ def default_log_path() -> Path:
 def open_log(path: Path, link_name: str) -> IO[str]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     f = os.fdopen(fd, "w", encoding="utf-8")
-    f.write(f"# pilegate console session {datetime.datetime.now().isoformat(timespec='seconds')} "
-            f"on {link_name}\n")
+    f.write(f"# pilegate console session {datetime.datetime.now().isoformat(timespec='seconds')} on {link_name}\n")
     f.flush()
     return f
 
@@ -455,8 +463,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `pilegate console` (also used when run as a module)."""
     where = p.add_mutually_exclusive_group()
     where.add_argument("--port", help="serial port wired to the gateway's console UART, e.g. /dev/ttyUSB0")
-    where.add_argument("--socket", help=f"the gateway's local console socket (default {DEFAULT_SOCKET} "
-                                        "when no --port is given)")
+    where.add_argument(
+        "--socket", help=f"the gateway's local console socket (default {DEFAULT_SOCKET} when no --port is given)"
+    )
     p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200, 8N1)")
     p.add_argument("--log", type=Path, help="session log file (default ~/pilegate-console-YYYYmmdd-HHMMSS.log)")
 
@@ -488,8 +497,10 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     client = Client(link, log)
     try:
         if not client.handshake():
-            why = client.closed or (f"no answer from the gateway on {link.name}: check the cable, "
-                                    "the baud rate (--baud) and that the console runs on that port")
+            why = client.closed or (
+                f"no answer from the gateway on {link.name}: check the cable, "
+                "the baud rate (--baud) and that the console runs on that port"
+            )
             sys.stderr.write(f"pilegate console: {why}\n")
             return 1
         if sys.stdin.isatty():

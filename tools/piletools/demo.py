@@ -35,8 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def demo_site_text(text: str, broker_url: str, socket: Path) -> str:
     """The example site, pointed at the private broker and a private console socket."""
-    text = re.sub(r"(?ms)^\[mqtt\]\n.*?(?=^\[)", f'[mqtt]\nurl = "{broker_url}"\nallow_insecure = true   '
-                  "# demo: a private broker on this machine\n\n", text)
+    text = re.sub(
+        r"(?ms)^\[mqtt\]\n.*?(?=^\[)",
+        f'[mqtt]\nurl = "{broker_url}"\nallow_insecure = true   # demo: a private broker on this machine\n\n',
+        text,
+    )
     text = re.sub(r"(?ms)^\[signing\]\n.*?(?=^\[)", "", text)
     text = re.sub(r"(?ms)^\[console\]\n.*?(?=^\[)", f'[console]\nsocket = "{socket}"\n\n', text)
     text = re.sub(r'(?m)^plate_broker = ".*"', f'plate_broker = "{broker_url}"', text)
@@ -107,8 +110,10 @@ def main(args: Any) -> int:
         sitesim.write_site(site_file, sim_site, sim, site.config)
         demo_site = work / "demo-site.toml"
         demo_site.write_text(demo_site_text(sim_site.read_text(), broker.url, work / "console.sock"))
-        print(f"demo: simulated site {site.config['gateway']['site']}: "
-              + ", ".join(f"{n} on {ep}" for n, ep in sim.endpoints.items()))
+        print(
+            f"demo: simulated site {site.config['gateway']['site']}: "
+            + ", ".join(f"{n} on {ep}" for n, ep in sim.endpoints.items())
+        )
         data = work / "data"
         key, _ = keys.load_or_create(data)
         register = KeyRegister()
@@ -118,17 +123,33 @@ def main(args: Any) -> int:
         feed = getattr(sim, "bays", None)
         env = dict(os.environ)
         if feed is not None:
-            plates = PlatePublisher(feed.plates, broker.url, site.config.get("bays", {}).get(
-                "plate_topic", "pilegate/local/plates"))
+            plates = PlatePublisher(
+                feed.plates, broker.url, site.config.get("bays", {}).get("plate_topic", "pilegate/local/plates")
+            )
             plates.start()
             names = [i["name"] for i in site.config["board_def"].get("input", [])]
             inputs = InputsWriter(feed.inputs, names, work / "inputs.json")
             inputs.start()
             env["PILEGATE_FAKE_INPUTS"] = str(work / "inputs.json")
         with open(work / "gateway.log", "w") as log:
-            gw = subprocess.Popen([sys.executable, "-m", "pilegate.cli", "run", str(demo_site), "--data-dir",
-                                   str(data), "--interval", str(args.interval), "--poll", "2"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+            gw = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pilegate.cli",
+                    "run",
+                    str(demo_site),
+                    "--data-dir",
+                    str(data),
+                    "--interval",
+                    str(args.interval),
+                    "--poll",
+                    "2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         print(f"demo: gateway {site.config['gateway']['id']} running (kid {key.kid[:16]}...), log {work}/gateway.log")
         print(f"demo: technician console: pilegate console --socket {work}/console.sock")
         print("demo: verified readings every few seconds; Ctrl-C stops everything\n", flush=True)

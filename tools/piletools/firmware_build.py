@@ -41,8 +41,7 @@ def compile_all(src: Path = SRC, out: Path = OUT) -> tuple[list[tuple[str, int]]
         rel = py.relative_to(src)
         target = out / rel.with_suffix(".mpy")
         target.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([exe, "-s", str(rel), "-o", str(target), str(py)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([exe, "-s", str(rel), "-o", str(target), str(py)], capture_output=True, text=True)
         if proc.returncode != 0:
             errors.append(f"{rel}: {proc.stderr.strip() or proc.stdout.strip()}")
             continue
@@ -60,8 +59,7 @@ def main() -> int:
     for name, size in sizes:
         print(f"  {name:<{width}}  {size:>7,} bytes")
     total = sum(s for _, s in sizes)
-    print(f"  {'total':<{width}}  {total:>7,} bytes in {len(sizes)} modules -> "
-          f"{OUT.relative_to(ROOT)}/")
+    print(f"  {'total':<{width}}  {total:>7,} bytes in {len(sizes)} modules -> {OUT.relative_to(ROOT)}/")
     if errors:
         print(f"make firmware: {len(errors)} module(s) failed to compile", file=sys.stderr)
         return 1

@@ -65,12 +65,12 @@ class KeyRegister:
 
 @dataclass
 class Verdict:
-    status: str            # accepted | duplicate | bad_signature | misrouted | replay | malformed | ignored
+    status: str  # accepted | duplicate | bad_signature | misrouted | replay | malformed | ignored
     gw: str | None = None
     seq: int | None = None
     kind: str | None = None
     body: dict[str, Any] | None = None
-    problems: list[str] = field(default_factory=list)   # chain breaks noticed on acceptance
+    problems: list[str] = field(default_factory=list)  # chain breaks noticed on acceptance
 
 
 @dataclass
@@ -84,7 +84,7 @@ class GatewayAccount:
     hashes: dict[int, str] = field(default_factory=dict)
     prevs: dict[int, str] = field(default_factory=dict)
     high: int = 0
-    base: int = 1          # first seq this receiver is responsible for
+    base: int = 1  # first seq this receiver is responsible for
     states: int = 0
     last_telemetry: dict[str, Any] | None = None
 
@@ -107,8 +107,9 @@ class GatewayAccount:
 class Receiver:
     """Applies the receiver rules; keeps an account per gateway (optionally in SQLite)."""
 
-    def __init__(self, keys: KeyRegister, prefix: str = "pilegate/v1", store: Path | None = None,
-                 from_first_seen: bool = False):
+    def __init__(
+        self, keys: KeyRegister, prefix: str = "pilegate/v1", store: Path | None = None, from_first_seen: bool = False
+    ):
         """from_first_seen: a receiver that joins late counts gaps only from the first seq it
         sees per gateway (a platform must start at seq 1)."""
         self.keys = keys
@@ -119,11 +120,14 @@ class Receiver:
         self.db = None
         if store is not None:
             self.db = sqlite3.connect(str(store), check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = 5000")      # several verifiers may share a store
-            self.db.execute("CREATE TABLE IF NOT EXISTS msg (gw TEXT, seq INTEGER, kind TEXT, hash TEXT, "
-                            "t INTEGER, body TEXT, PRIMARY KEY (gw, seq))")
-            self.db.execute("CREATE TABLE IF NOT EXISTS rejected (gw TEXT, status TEXT, n INTEGER, "
-                            "PRIMARY KEY (gw, status))")
+            self.db.execute("PRAGMA busy_timeout = 5000")  # several verifiers may share a store
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS msg (gw TEXT, seq INTEGER, kind TEXT, hash TEXT, "
+                "t INTEGER, body TEXT, PRIMARY KEY (gw, seq))"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS rejected (gw TEXT, status TEXT, n INTEGER, PRIMARY KEY (gw, status))"
+            )
             self.db.commit()
 
     def account(self, gw: str) -> GatewayAccount:
@@ -133,7 +137,7 @@ class Receiver:
 
     def accept(self, topic: str, payload: bytes) -> Verdict:
         if topic.endswith("/cmd"):
-            return Verdict("ignored")          # downlink: the platform's own commands
+            return Verdict("ignored")  # downlink: the platform's own commands
         try:
             text = payload.decode("ascii")
             h64, p64, s64 = text.split(".")
@@ -173,14 +177,14 @@ class Receiver:
                 return Verdict("duplicate", gw=gw, seq=seq, kind=kind)
             acct.replays += 1
             self._count_rejected(gw, "replay")
-            return Verdict("replay", gw=gw, seq=seq, kind=kind,
-                           problems=[f"seq {seq} reused by a different message"])
+            return Verdict("replay", gw=gw, seq=seq, kind=kind, problems=[f"seq {seq} reused by a different message"])
         return self._accept_chained(acct, gw, seq, kind, body, digest)
 
     def _count_rejected(self, gw: str, status: str) -> None:
         if self.db is not None:
-            self.db.execute("INSERT INTO rejected VALUES (?, ?, 1) ON CONFLICT (gw, status) DO UPDATE SET n = n + 1",
-                            (gw, status))
+            self.db.execute(
+                "INSERT INTO rejected VALUES (?, ?, 1) ON CONFLICT (gw, status) DO UPDATE SET n = n + 1", (gw, status)
+            )
             self.db.commit()
 
     def _signature_ok(self, header: Any, sig: bytes, signing_input: bytes, gw: Any) -> bool:
@@ -196,8 +200,9 @@ class Receiver:
             return False
         return True
 
-    def _accept_chained(self, acct: GatewayAccount, gw: str, seq: int, kind: str,
-                        body: dict[str, Any], digest: str) -> Verdict:
+    def _accept_chained(
+        self, acct: GatewayAccount, gw: str, seq: int, kind: str, body: dict[str, Any], digest: str
+    ) -> Verdict:
         verdict = Verdict("accepted", gw=gw, seq=seq, kind=kind, body=body)
         if self.from_first_seen and acct.messages == 0:
             acct.base = seq
@@ -213,8 +218,10 @@ class Receiver:
         if kind == "telemetry":
             acct.last_telemetry = body
         if self.db is not None:
-            self.db.execute("INSERT OR REPLACE INTO msg VALUES (?,?,?,?,?,?)",
-                            (gw, seq, kind, digest, body.get("t"), json.dumps(body)))
+            self.db.execute(
+                "INSERT OR REPLACE INTO msg VALUES (?,?,?,?,?,?)",
+                (gw, seq, kind, digest, body.get("t"), json.dumps(body)),
+            )
             self.db.commit()
         return verdict
 
@@ -238,7 +245,7 @@ class Receiver:
                 s, h = item.get("seq"), item.get("hash")
                 if isinstance(s, int) and isinstance(h, str) and s not in acct.hashes:
                     acct.declared_lost.add(s)
-                    acct.hashes[s] = h          # the chain stays checkable across the loss
+                    acct.hashes[s] = h  # the chain stays checkable across the loss
                     acct.high = max(acct.high, s)
                     self._check_link(acct, s + 1, verdict)
 
@@ -254,10 +261,12 @@ class Receiver:
             ok = not gaps and not a.bad_signatures and not a.replays and not a.broken_links
             clean = clean and ok
             gap_text = ", ".join(f"{x}-{y}" if x != y else str(x) for x, y in gaps) or "none"
-            lines.append(f"{gw}: {'OK' if ok else 'PROBLEMS'}: {a.messages} messages (seq {a.base}-{a.high}), "
-                         f"{a.duplicates} duplicates, {len(a.declared_lost)} declared lost, gaps: {gap_text}, "
-                         f"{a.bad_signatures} bad signatures, {a.replays} replays, "
-                         f"{len(a.broken_links)} broken links")
+            lines.append(
+                f"{gw}: {'OK' if ok else 'PROBLEMS'}: {a.messages} messages (seq {a.base}-{a.high}), "
+                f"{a.duplicates} duplicates, {len(a.declared_lost)} declared lost, gaps: {gap_text}, "
+                f"{a.bad_signatures} bad signatures, {a.replays} replays, "
+                f"{len(a.broken_links)} broken links"
+            )
         if self.unknown_bad:
             lines.append(f"{self.unknown_bad} message(s) from unknown gateways or unreadable")
         if not self.accounts:

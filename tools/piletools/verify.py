@@ -29,6 +29,7 @@ from piletools.receiver import KeyRegister, Receiver, Verdict
 def rebuild(receiver: Receiver, store: Path) -> None:
     """Load every stored message into the receiver's accounts (for --report and restarts)."""
     import sqlite3
+
     db = sqlite3.connect(str(store))
     try:
         rows = db.execute("SELECT gw, seq, kind, hash, body FROM msg ORDER BY gw, seq").fetchall()
@@ -57,10 +58,19 @@ def rebuild(receiver: Receiver, store: Path) -> None:
 class Subscriber:
     """An MQTT 5 client feeding a Receiver."""
 
-    def __init__(self, receiver: Receiver, url: str, topic: str, ca_file: str | None = None,
-                 cert_file: str | None = None, key_file: str | None = None, insecure: bool = False,
-                 share: str | None = None, on_verdict: Callable[[Verdict], None] | None = None,
-                 client_id: str | None = None):
+    def __init__(
+        self,
+        receiver: Receiver,
+        url: str,
+        topic: str,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        insecure: bool = False,
+        share: str | None = None,
+        on_verdict: Callable[[Verdict], None] | None = None,
+        client_id: str | None = None,
+    ):
         """client_id: fixed per verifier instance so the broker keeps its session (and the
         messages queued for it) while it is disconnected; default pilegate-verify-<pid>."""
         self.receiver = receiver
@@ -71,12 +81,16 @@ class Subscriber:
         self.topic = f"$share/{share}/{topic}" if share else topic
         self.lock = threading.Lock()
         self.connected = threading.Event()
-        self.subscribed = threading.Event()     # the broker acknowledged the subscription
+        self.subscribed = threading.Event()  # the broker acknowledged the subscription
         cid = client_id or f"pilegate-verify-{os.getpid()}-{id(self) & 0xFFFF:x}"
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         if scheme == "mqtts":
-            c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file,
-                      cert_reqs=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED)
+            c.tls_set(
+                ca_certs=ca_file,
+                certfile=cert_file,
+                keyfile=key_file,
+                cert_reqs=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED,
+            )
             if insecure:
                 c.tls_insecure_set(True)
         c.on_connect = self._on_connect
@@ -114,17 +128,21 @@ def summary_lines(receiver: Receiver) -> list[str]:
     for gw in sorted(receiver.accounts):
         a = receiver.accounts[gw]
         gaps = a.gaps()
-        line = (f"{gw}: {a.messages} verified (seq {a.base}-{a.high}), {a.duplicates} dup, "
-                f"{sum(y - x + 1 for x, y in gaps)} missing, {a.bad_signatures} bad sig, {a.replays} replay, "
-                f"{len(a.broken_links)} broken")
+        line = (
+            f"{gw}: {a.messages} verified (seq {a.base}-{a.high}), {a.duplicates} dup, "
+            f"{sum(y - x + 1 for x, y in gaps)} missing, {a.bad_signatures} bad sig, {a.replays} replay, "
+            f"{len(a.broken_links)} broken"
+        )
         out.append(line)
         tele = a.last_telemetry
         if tele:
             for p in tele.get("data", {}).get("piles", []):
                 kwh = p.get("energy_wh")
-                out.append(f"    {p['pile']:<6} {('%.3f kWh' % (kwh / 1000)) if kwh is not None else '-':>14} "
-                           f"{_w(p.get('power_w')):>9} W  {'metered' if p.get('metered') else 'UNMETERED'}"
-                           f"{'  stale' if p.get('stale') else ''}")
+                out.append(
+                    f"    {p['pile']:<6} {('%.3f kWh' % (kwh / 1000)) if kwh is not None else '-':>14} "
+                    f"{_w(p.get('power_w')):>9} W  {'metered' if p.get('metered') else 'UNMETERED'}"
+                    f"{'  stale' if p.get('stale') else ''}"
+                )
             bays = tele.get("data", {}).get("bays", [])
             if bays:
                 out.append("    bays: " + "  ".join(f"{b.get('bay')}={b.get('state')}" for b in bays))
@@ -150,13 +168,13 @@ def main(args: Any) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"{args.keys}: cannot load the key register: {exc}", file=sys.stderr)
         return 2
-    receiver = Receiver(keys, args.prefix, Path(args.store) if args.store else None,
-                        from_first_seen=args.from_first_seen)
+    receiver = Receiver(
+        keys, args.prefix, Path(args.store) if args.store else None, from_first_seen=args.from_first_seen
+    )
     if args.store:
         rebuild(receiver, Path(args.store))
     topic = f"{args.prefix}/+/+/+"
-    sub = Subscriber(receiver, args.broker, topic, args.ca, args.cert, args.key, args.insecure,
-                     args.share).start()
+    sub = Subscriber(receiver, args.broker, topic, args.ca, args.cert, args.key, args.insecure, args.share).start()
     end = time.monotonic() + args.duration if args.duration else None
     try:
         while end is None or time.monotonic() < end:
