@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from pilegate import VERSION
 
 Handler = Callable[[argparse.Namespace], int]
+# Other packages add subcommands through this entry-point group (see piletools.commands): the
+# gateway never imports the platform's tools, the rig or the demo, it only lists what is installed.
+COMMAND_GROUP = "pilegate.commands"
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -40,7 +44,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(site_path: Path):
+def load_site_or_report(site_path: Path) -> Any:
     """Load a site or print its problems; returns the Site or None."""
     from pilegate import siteconfig
 
@@ -59,7 +63,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
     from pilegate import readout
     from pilegate.metering_service import poll_once
 
-    site = _load(args.site)
+    site = load_site_or_report(args.site)
     if site is None:
         return 2
     meters = asyncio.run(poll_once(site.config, timeout_s=args.timeout))
@@ -82,7 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    site = _load(args.site)
+    site = load_site_or_report(args.site)
     if site is None:
         return 2
 
@@ -106,7 +110,7 @@ def _site_and_key(args: argparse.Namespace) -> tuple[Any, Any, bool, Path] | Non
     """The site and its device key (created on first use), or None after printing why."""
     from pilegate import keys
 
-    site = _load(args.site)
+    site = load_site_or_report(args.site)
     if site is None:
         return None
     data_dir = args.data_dir or Path(site.config["gateway"]["data_dir"])
@@ -130,50 +134,6 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         print(f"gateway {gw}\nkid {key.kid}{'  (key generated now)' if created else ''}")
         print(key.public_pem, end="")
     return 0
-
-
-def _cmd_console(args: argparse.Namespace) -> int:
-    from piletools import console_client
-
-    return console_client.main(args)
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from piletools import verify
-
-    return verify.main(args)
-
-
-def _cmd_sim(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from pilehil import sitesim
-
-    site_def = _load(args.site)
-    if site_def is None:
-        return 2
-    sim, _ = sitesim.build(site_def.config, speed=args.speed, seed=args.seed, realtime=args.realtime)
-    endpoints = sim.start()
-    try:
-        for name, ep in endpoints.items():
-            print(f"bus {name}: {ep}")
-        if args.write_site:
-            sitesim.write_site(Path(args.site), Path(args.write_site), sim, site_def.config)
-            print(f"site file for the simulator: {args.write_site}  (try: pilegate read {args.write_site})", flush=True)
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        stop.wait(args.duration if args.duration else None)
-    finally:
-        sim.stop()
-    return 0
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from piletools import bench
-
-    return bench.main(args)
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
@@ -200,12 +160,6 @@ def _cmd_provision(args: argparse.Namespace) -> int:
         print("  write it down now: the gateway keeps only a salted PBKDF2 hash, it cannot be shown again;")
         print("  a running gateway picks it up at its next start")
     return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from piletools import demo
-
-    return demo.main(args)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -251,48 +205,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         help="give up on meters that have not answered after S seconds (default 30)",
     )
     handlers["read"] = _cmd_read
-
-    p = sub.add_parser(
-        "sim",
-        help="simulate a site's meters (HIL rig) until Ctrl-C",
-        description="Serve simulated meters for every pile (and the main meter) of a "
-        "site: serial buses become pseudo-terminals, tcp:// and rtu+tcp:// "
-        "buses local TCP ports. With --write-site, write a copy of the "
-        "site file whose buses point at the simulator.",
-    )
-    p.add_argument("site", type=Path, help="the site configuration (TOML)")
-    p.add_argument("--write-site", metavar="FILE", help="write the simulator's site file here")
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated charging sessions")
-    p.add_argument("--realtime", action="store_true", help="pace replies at the modelled RS-485 bus time")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    handlers["sim"] = _cmd_sim
-
-    p = sub.add_parser(
-        "bench",
-        help="benchmarks, as ratios against baselines measured in the same run",
-        description="bus: a simulated 32-meter bus (planner and scheduler against the "
-        "theoretical minimum, per-value polling and a bare pymodbus loop); "
-        "telemetry: signed publishing and backlog drain against bare paho, "
-        "and signing on MicroPython.",
-    )
-    p.add_argument("which", nargs="?", choices=("bus", "telemetry", "all"), default="all")
-    p.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
-    handlers["bench"] = _cmd_bench
-
-    p = sub.add_parser(
-        "demo",
-        help="the whole chain on this machine: broker, simulated site, gateway, verifier",
-        description="Start a private mosquitto, simulate the example 8-pile site (meters, bay "
-        "sensors, vehicles), run the gateway against it and the reference verifier "
-        "on its messages, and print live verified readings. Ctrl-C stops all.",
-    )
-    p.add_argument("--site", type=Path, help="site file to simulate (default examples/site.toml)")
-    p.add_argument("--interval", type=int, default=5, help="telemetry interval in seconds (default 5)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the simulated traffic")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
-    handlers["demo"] = _cmd_demo
 
     p = sub.add_parser(
         "run",
@@ -344,46 +256,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     )
     handlers["provision"] = _cmd_provision
 
-    p = sub.add_parser(
-        "console",
-        help="technician console over a serial cable or the gateway's local socket",
-        description="Attach to a gateway's technician console: over a USB serial cable (--port) "
-        "or, on the Pi, its local socket (--socket). Local line editing, history, "
-        "Tab completion, a session log; no traceback when the port is missing, busy "
-        "or not permitted.",
-    )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--port", help="serial port wired to the gateway's console UART, e.g. /dev/ttyUSB0")
-    where.add_argument(
-        "--socket", help="the gateway's console socket (default /run/pilegate/console.sock when no --port is given)"
-    )
-    p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200, 8N1)")
-    p.add_argument("--log", type=Path, help="session log file (default ~/pilegate-console-YYYYmmdd-HHMMSS.log)")
-    handlers["console"] = _cmd_console
-
-    p = sub.add_parser(
-        "verify",
-        help="reference receiver: verify gateways' messages",
-        description="Subscribe to gateways' topics, verify every signature against a "
-        "key register, apply the receiver rules of docs/telemetry.md and "
-        "print a live summary; --report prints the final account from a "
-        "store and exits 1 on any gap or failed check.",
-    )
-    p.add_argument("--broker", default="mqtts://localhost:8883", help="broker URL (mqtts:// or mqtt://)")
-    p.add_argument("--keys", type=Path, default=Path("keys.toml"), help="key register ([[key]] entries)")
-    p.add_argument("--prefix", default="pilegate/v1")
-    p.add_argument("--ca", help="CA file for the broker's certificate")
-    p.add_argument("--cert", help="client certificate")
-    p.add_argument("--key", help="client certificate key")
-    p.add_argument("--insecure", action="store_true", help="do not verify the broker certificate (lab)")
-    p.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription group")
-    p.add_argument("--store", help="SQLite file for accepted messages")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--every", type=float, default=5.0, help="summary interval in seconds")
-    p.add_argument("--from-first-seen", action="store_true", help="count gaps only from the first seq seen per gateway")
-    p.add_argument("--report", action="store_true", help="print the final account from --store and exit")
-    handlers["verify"] = _cmd_verify
-
+    for ep in entry_points(group=COMMAND_GROUP):
+        ep.load()(sub, handlers)
     return parser, handlers
 
 
