@@ -17,6 +17,7 @@ no two piles (nor the site main meter) share a meter by bus and address or by bo
 from pilecore import schema as _schema
 
 COMPILED_VERSION = 1
+MAX_TOPIC = 200  # bytes of a topic part we are given; the gateway adds site, gateway and kind
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 
 
@@ -38,6 +39,7 @@ def validate_site(cfg, boards, profiles, sensors=None):
     _check_tariff(out, problems)
     _check_params(out, problems)
     _check_mqtt(out.get("mqtt"), problems)
+    _check_topics(out, problems)
     if problems:
         return None, problems
     out["version"] = COMPILED_VERSION
@@ -164,6 +166,8 @@ def _scalar_problem(value, kind, extra):
     if kind in ("int", "num"):
         if isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float)):
             return "must be %s, not %s" % ("a whole number" if kind == "int" else "a number", _kind_of(value))
+        if value != value:  # NaN compares false with every bound, so test it first
+            return "nan is not a number: give a value from %s to %s" % (_fmt(extra[0]), _fmt(extra[1]))
         if value < extra[0] or value > extra[1]:
             return "%s is out of range: allowed %s to %s" % (_fmt(value), _fmt(extra[0]), _fmt(extra[1]))
         return ""
@@ -533,6 +537,56 @@ def _check_mqtt(mqtt, problems):
         )
     if ("cert_file" in mqtt) != ("key_file" in mqtt):
         problems.append(("mqtt.cert_file", "a client certificate needs both cert_file and key_file"))
+
+
+def topic_problem(value, filter_ok=False):
+    """Why `value` is not a usable MQTT topic (or, with filter_ok, subscription filter), or "".
+
+    Every level (text between '/') must be non-empty; a topic name must not contain the
+    wildcards '+' and '#' (MQTT 3.1.1 section 4.7); a filter may use '+' as a whole level and
+    '#' as the whole last level.  No NUL or other control characters, valid UTF-8, at most
+    MAX_TOPIC bytes.
+    """
+    if not isinstance(value, str) or not value:
+        return "must not be empty: a topic needs at least one level"
+    for ch in value:
+        if ch < " " or ch == "\x7f":
+            return "%r contains a control character (%r), which MQTT topics must not" % (value, ch)
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeError:
+        return "%r is not valid UTF-8" % value
+    if size > MAX_TOPIC:
+        return "is %d bytes long; at most %d" % (size, MAX_TOPIC)
+    levels = value.split("/")
+    for i in range(len(levels)):
+        lv = levels[i]
+        if not lv:
+            return "%r has an empty level (a leading, trailing or doubled '/')" % value
+        if "+" in lv or "#" in lv:
+            if not filter_ok:
+                return "%r contains the wildcard %r: a topic we publish to must name one topic" % (
+                    value,
+                    "#" if "#" in lv else "+",
+                )
+            if lv == "+" or (lv == "#" and i == len(levels) - 1):
+                continue
+            return "%r: '+' must be a whole level and '#' the whole last level" % value
+    return ""
+
+
+def _check_topics(cfg, problems):
+    """Topic parts must be valid MQTT topic levels, on both ports (the ids are by their charset)."""
+    mqtt = cfg.get("mqtt") or {}
+    if "prefix" in mqtt:
+        why = topic_problem(mqtt["prefix"])
+        if why:
+            problems.append(("mqtt.prefix", why))
+    bays = cfg.get("bays") or {}
+    if "plate_topic" in bays:
+        why = topic_problem(bays["plate_topic"], filter_ok=True)
+        if why:
+            problems.append(("bays.plate_topic", why))
 
 
 # ---------------------------------------------------------------- helpers

@@ -50,24 +50,107 @@ class Site:
     config_hash: str
 
 
+MAX_NESTING = 32  # arrays/inline tables; a real site nests 3 deep, tomllib recurses per level
+
+
 def read_toml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """Parse a TOML file; a read or syntax error becomes a problem with line and column."""
+    """Parse a TOML file; every read, encoding or syntax error becomes a problem with a place.
+
+    Syntax errors and nesting too deep are reported as `LINE:COLUMN`; bytes that are not UTF-8
+    as `LINE:COLUMN` plus their byte offset, so an editor or `xxd` finds them.
+    """
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None, [Problem(name, "(file)", "not found; check the path")]
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [Problem(name, "(file)", f"cannot be read: {exc}")]
+    except OSError as exc:
+        return None, [Problem(name, "(file)", f"cannot be read: {exc.strerror or exc}")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [_encoding_problem(name, raw, exc)]
+    deep = _too_deep(text, MAX_NESTING)
+    if deep is not None:
+        line, col = _line_col(text, deep)
+        msg = f"arrays or inline tables nested more than {MAX_NESTING} deep; a site file never needs that"
+        return None, [Problem(name, f"{line}:{col}", msg)]
     try:
         return tomllib.loads(text), []
     except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-        if m:
-            base = msg[: m.start()].strip()
-            return None, [Problem(name, f"{m.group(1)}:{m.group(2)}", f"TOML syntax error: {base}")]
-        return None, [Problem(name, "(file)", f"TOML syntax error: {msg}")]
+        return None, [_syntax_problem(name, text, str(exc))]
+    except RecursionError:  # belt and braces: _too_deep should have caught it
+        return None, [Problem(name, "(file)", "TOML nested too deeply to read")]
+
+
+def _syntax_problem(name: str, text: str, msg: str) -> Problem:
+    """A tomllib message made into `FILE:LINE:COLUMN: TOML syntax error: ...`."""
+    m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+    if m:
+        base = msg[: m.start()].strip()
+        return Problem(name, f"{m.group(1)}:{m.group(2)}", f"TOML syntax error: {base}")
+    m = re.search(r"\(at end of document\)", msg)
+    base = msg[: m.start()].strip() if m else msg
+    line, col = _line_col(text, len(text))
+    return Problem(name, f"{line}:{col}", f"TOML syntax error: {base} (at the end of the file)")
+
+
+def _encoding_problem(name: str, raw: bytes, exc: UnicodeDecodeError) -> Problem:
+    """Where the first byte that is not UTF-8 is: line, column (characters) and byte offset."""
+    good = raw[: exc.start].decode("utf-8")
+    line, col = _line_col(good, len(good))
+    bad = raw[exc.start : exc.start + 1].hex()
+    return Problem(
+        name,
+        f"{line}:{col}",
+        f"not UTF-8: byte 0x{bad} at byte offset {exc.start} ({exc.reason}); "
+        "save the file as UTF-8 (site files are UTF-8 text)",
+    )
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of character `index` in `text`."""
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _too_deep(text: str, limit: int) -> int | None:
+    """Index of the first `[` or `{` that opens a value nested deeper than `limit`, else None.
+
+    A small scan that skips strings and comments; table headers (`[x]`, `[[x]]`) stay at
+    depth 1-2 and so never reach the limit.  Malformed text is left for tomllib to report.
+    """
+    depth = 0
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if ch in "\"'":
+            i = _skip_string(text, i)
+            continue
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return i
+        elif ch in "]}" and depth:
+            depth -= 1
+        i += 1
+    return None
+
+
+def _skip_string(text: str, i: int) -> int:
+    """Index just past the TOML string that starts at `i` (or the end of the line if open)."""
+    q = text[i]
+    if text.startswith(q * 3, i):
+        j = text.find(q * 3, i + 3)
+        return len(text) if j < 0 else j + 3
+    j = i + 1
+    while j < len(text) and text[j] not in (q, "\n"):
+        j += 2 if (q == '"' and text[j] == "\\") else 1
+    return j + 1
 
 
 def load_boards(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
@@ -129,7 +212,7 @@ def load_site(path: Path | str) -> tuple[Site | None, list[Problem]]:
     sensors, sensor_problems = load_sensor_profiles()
     profile_problems += sensor_problems
     compiled, errs = core_config.validate_site(data, boards, profiles, sensors)
-    text = path.read_text(encoding="utf-8")
+    text = path.read_bytes().decode("utf-8")
     problems = [Problem(str(path), k, m, find_line(text, k)) for k, m in errs]
     if problems:
         # A broken board or profile file explains an "unknown board/profile" problem.

@@ -217,3 +217,46 @@ def test_parameter_rules_between_keys():
 def test_bad_tariff_is_reported_under_tariff():
     _, d, _ = check(site(tariff={"id": "t", "version": 1, "currency": "CNY", "free_min": -5}))
     assert any(k.startswith("tariff") for k in d), d
+
+
+def test_nan_is_refused_wherever_a_number_is_read():
+    # NaN compares false with both bounds, so a range check alone let it through (issue 9 #5).
+    nan = float("nan")
+    _, d, _ = check(site(metering={"idle_power_w": nan}))
+    assert "nan is not a number" in d["metering.idle_power_w"], d
+    cfg = site(main_meter={"bus": "bus1", "address": 9, "profile": "m1", "tolerance_pct": nan})
+    _, d, _ = check(cfg)
+    assert "nan is not a number" in d["main_meter.tolerance_pct"], d
+    _, d, _ = check(site(metering={"idle_power_w": float("inf")}))
+    assert "out of range" in d["metering.idle_power_w"], d
+
+
+def test_mqtt_prefix_must_be_a_topic_without_wildcards_or_empty_levels():
+    for bad, why in (
+        ("pilegate/#", "wildcard"),
+        ("pilegate/+/v1", "wildcard"),
+        ("", "empty"),
+        ("pile\x00gate", "control character"),
+        ("pilegate//v1", "empty level"),
+        ("/pilegate", "empty level"),
+        ("pilegate/v1/", "empty level"),
+    ):
+        _, d, _ = check(site(mqtt={"url": "mqtts://b.example", "prefix": bad}))
+        assert why in d.get("mqtt.prefix", ""), (bad, d)
+    compiled, d, _ = check(site(mqtt={"url": "mqtts://b.example", "prefix": "city/pilegate/v1"}))
+    assert d == {} and compiled["mqtt"]["prefix"] == "city/pilegate/v1"
+
+
+def test_plate_topic_may_be_a_filter_but_a_well_formed_one():
+    compiled, d, _ = check(site(bays={"plate_topic": "local/+/plates"}))
+    assert d == {}, d
+    for bad in ("local/pl+tes", "local/#/x", "local//x", ""):
+        _, d, _ = check(site(bays={"plate_topic": bad}))
+        assert "bays.plate_topic" in d, (bad, d)
+
+
+def test_topic_problem_names_the_rule():
+    assert config.topic_problem("a/b") == ""
+    assert "wildcard" in config.topic_problem("a/#")
+    assert config.topic_problem("a/#", filter_ok=True) == ""
+    assert "at most" in config.topic_problem("x" * 300)

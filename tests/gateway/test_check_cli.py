@@ -108,3 +108,53 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_help(argv):
     proc = subprocess.run([sys.executable, "-m", "pilegate.cli", *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage: pilegate" in proc.stdout
+
+
+def test_arrays_nested_1000_deep_are_a_problem_with_a_place_not_a_crash(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text(EXAMPLE.read_text() + "\nx = " + "[" * 1000 + "]" * 1000 + "\n")
+    proc = run_check(path)
+    assert proc.returncode == 2, proc.stderr
+    line = len(EXAMPLE.read_text().splitlines()) + 2
+    assert f"{path}:{line}:37: arrays or inline tables nested more than 32 deep" in proc.stderr
+    assert "internal error" not in proc.stderr and "Recursion" not in proc.stderr
+
+
+def test_unterminated_string_at_the_end_gives_line_and_column(tmp_path):
+    path = tmp_path / "site.toml"
+    text = EXAMPLE.read_text() + 'foo = "abc'
+    path.write_text(text)
+    proc = run_check(path)
+    assert proc.returncode == 2
+    assert f"{path}:{text.count(chr(10)) + 1}:11: TOML syntax error: Unterminated string" in proc.stderr
+
+
+def test_a_file_that_is_not_utf8_names_line_column_and_byte_offset(tmp_path):
+    path = tmp_path / "site.toml"
+    raw = EXAMPLE.read_bytes().replace(b'name = "', b'name = "\xff', 1)
+    path.write_bytes(raw)
+    proc = run_check(path)
+    assert proc.returncode == 2
+    off = raw.index(b"\xff")
+    line = raw[:off].count(b"\n") + 1
+    col = off - raw[:off].rfind(b"\n")
+    assert f"{path}:{line}:{col}: not UTF-8: byte 0xff at byte offset {off}" in proc.stderr
+
+
+@pytest.mark.parametrize("prefix", ["pilegate/#", "pilegate/+/v1", "", "pile\\u0000gate"])
+def test_mqtt_prefix_that_is_not_a_topic_is_refused(tmp_path, prefix):
+    path = variant(tmp_path, 'prefix = "pilegate/v1"', f'prefix = "{prefix}"')
+    proc = run_check(path)
+    assert proc.returncode == 2, proc.stdout
+    assert f"{path}:mqtt.prefix: " in proc.stderr
+
+
+@pytest.mark.parametrize("key", ["idle_power_w = 50.0", "tolerance_pct = 5.0"])
+def test_nan_in_the_site_file_is_refused(tmp_path, key):
+    text = EXAMPLE.read_text()
+    if key not in text:
+        pytest.skip(f"{key} not in the example")
+    path = variant(tmp_path, key, key.split(" = ")[0] + " = nan")
+    proc = run_check(path)
+    assert proc.returncode == 2
+    assert "nan is not a number" in proc.stderr
