@@ -5,7 +5,10 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-py test-mpy lint firmware bench demo lock clean
+.PHONY: help setup test test-fast test-py test-mpy lint firmware bench demo lock clean
+# pytest workers: the suite mostly waits on real parts (brokers, buses, processes), so more
+# workers than cores pays; override with `make test PYTEST_WORKERS=0` to run serially.
+PYTEST_WORKERS ?= 4
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -13,12 +16,15 @@ help: ## list the targets
 setup: ## install everything: system packages (apt-get), .venv with pinned deps, MicroPython runtime (npm)
 	@scripts/setup.sh
 
-test: ## run every test: pytest on CPython, then the core tests on MicroPython
-	@$(PY) -m pytest
+test: ## run every test: pytest on CPython (in parallel), then the core tests on MicroPython
+	@$(PY) -m pytest -n $(PYTEST_WORKERS)
 	@scripts/test-mpy.sh
 
+test-fast: ## the quick loop: every test that starts no broker, bus or process (CPython only)
+	@$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
+
 test-py: ## run the pytest suite only
-	@$(PY) -m pytest
+	@$(PY) -m pytest -n $(PYTEST_WORKERS)
 
 test-mpy: ## run the portable-core tests on MicroPython (official WebAssembly build under Node)
 	@scripts/test-mpy.sh
