@@ -42,11 +42,12 @@ bench: ## benchmarks, each printed as a ratio against a baseline measured in the
 demo: ## private broker + simulated 8-pile site + gateway + verifier; Ctrl-C stops all
 	@$(VENV)/bin/pilegate demo
 
-lock: ## re-resolve requirements.in into requirements.lock
-	@$(PY) -m pip install -q -r requirements.in
-	@{ echo "# Exact pins of every Python package pilegate installs (runtime, build, tests)."; \
-	   echo "# Regenerate with 'make lock' after changing requirements.in."; \
-	   $(PY) -m pip freeze | grep -v '^-e'; } > requirements.lock
+lock: ## re-resolve requirements*.in into requirements*.lock (exact pins and sha256 of every file)
+	@python3 -m venv build/lock-venv && build/lock-venv/bin/pip install -q pip-tools==7.6.2
+	@build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-header \
+	    -o requirements.lock requirements.in
+	@build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-header \
+	    -o requirements-dev.lock requirements-dev.in
 
 clean: ## remove build output and caches (keeps .venv and node_modules)
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -30,8 +30,9 @@ if [ ! -x .venv/bin/python ]; then
     say "creating virtual environment .venv"
     python3 -m venv .venv
 fi
-say "installing pinned Python packages (requirements.lock)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+say "installing pinned Python packages (requirements.lock, requirements-dev.lock; sha256 checked)"
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
+    -r requirements.lock -r requirements-dev.lock
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 say "fetching micropython-umqtt.simple 1.3.4 (pinned sha256) into build/deps/umqtt/ for the ESP32 MQTT tests"
