@@ -44,9 +44,9 @@ demo: ## private broker + simulated 8-pile site + gateway + verifier; Ctrl-C sto
 
 lock: ## re-resolve requirements*.in into requirements*.lock (exact pins and sha256 of every file)
 	@python3 -m venv build/lock-venv && build/lock-venv/bin/pip install -q pip-tools==7.6.2
-	@build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-header \
+	@build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-header --no-emit-index-url --no-emit-find-links \
 	    -o requirements.lock requirements.in
-	@build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-header \
+	@build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-header --no-emit-index-url --no-emit-find-links \
 	    -o requirements-dev.lock requirements-dev.in
 
 clean: ## remove build output and caches (keeps .venv and node_modules)
