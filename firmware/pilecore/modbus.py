@@ -11,6 +11,8 @@ a profile's `byte_order = "little"` swaps the bytes of each register before deco
 
 import struct
 
+from pilecore import crc
+
 # Result codes of parse_read_response(): 0 is success.
 OK = 0
 E_SHORT = 1  # fewer bytes than a valid frame needs
@@ -46,32 +48,7 @@ _EXCEPTIONS = {
 
 TYPE_WIDTH = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "u64": 4, "s64": 4}
 
-_crc_table = None
-
-
-def _table():
-    """The CRC-16/MODBUS lookup table, built on first use (not at import)."""
-    global _crc_table
-    if _crc_table is None:
-        t = []
-        for i in range(256):
-            c = i
-            for _ in range(8):
-                c = (c >> 1) ^ 0xA001 if c & 1 else c >> 1
-            t.append(c)
-        _crc_table = t
-    return _crc_table
-
-
-def crc16(data, end=None):
-    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF) of data[:end]."""
-    t = _table()
-    crc = 0xFFFF
-    if end is None:
-        end = len(data)
-    for i in range(end):
-        crc = (crc >> 8) ^ t[(crc ^ data[i]) & 0xFF]
-    return crc
+crc16 = crc.crc16_modbus  # CRC-16/MODBUS of data[:end]; see pilecore.crc
 
 
 def frame(pdu_with_address):

@@ -24,6 +24,8 @@ import hashlib
 import os
 import struct
 
+from pilecore.crc import crc32_ieee
+
 try:
     from binascii import crc32 as _crc32
     from binascii import hexlify as _hexlify
@@ -64,25 +66,7 @@ _DROPHI = 5  # newest drop seq written in it, -1 if none
 _F_ACK = 1  # flag bits in the low two bits of an index entry
 _F_DROP = 2
 
-_crc_table = None
-
-
-def crc32_soft(data, crc=0):
-    """CRC-32 (IEEE, as binascii.crc32), for MicroPython builds without binascii.crc32."""
-    global _crc_table
-    if _crc_table is None:
-        t = []
-        for i in range(256):
-            c = i
-            for _ in range(8):
-                c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-            t.append(c)
-        _crc_table = t
-    t = _crc_table
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+crc32_soft = crc32_ieee  # for MicroPython builds without binascii.crc32
 
 
 crc32 = _crc32 if _crc32 is not None else crc32_soft

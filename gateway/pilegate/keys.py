@@ -47,10 +47,6 @@ class DeviceKey:
         """ECDSA-SHA256 signature in DER (OCMF)."""
         return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
 
-    def public_point(self) -> tuple[int, int]:
-        nums = self._key.public_key().public_numbers()
-        return nums.x, nums.y
-
 
 def load_or_create(data_dir: Path | str) -> tuple[DeviceKey, bool]:
     """Load the device key, creating it on first start. Returns (key, created)."""

@@ -2,8 +2,8 @@
 
 A *register image* maps ``(function, register)`` to a 16-bit word, where ``function`` is the
 Modbus read function that reaches the register (3 = holding, 4 = input) and ``register`` is the
-0-based protocol address. Profiles are the plain dicts described in briefs/profile-spec.md
-(one TOML file per meter model in profiles/meters/).
+0-based protocol address. Profiles are the plain dicts of docs/meters.md ("Profile format reference"),
+one TOML file per meter model in profiles/meters/, as `pilecore.profile` loads them.
 
 Conversion rules (the contract with the gateway's decoder):
 

@@ -4,7 +4,6 @@ the bay."""
 
 from __future__ import annotations
 
-import logging
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,15 +50,6 @@ WIDE = {
 def sensor_profile(name: str) -> dict:
     with (ROOT / "profiles" / "sensors" / f"{name}.toml").open("rb") as f:
         return tomllib.load(f)
-
-
-@pytest.fixture(autouse=True)
-def quiet_pymodbus():
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.fixture

@@ -4,11 +4,8 @@ feed, on an accelerated ManualClock; its occupancy records must match the simula
 
 from __future__ import annotations
 
-import logging
 import tomllib
 from pathlib import Path
-
-import pytest
 
 from pilecore.bays import BayMachine, DistanceFilter
 from pilecore.tariff import default_tariff
@@ -27,15 +24,6 @@ STEP = 15  # seconds between two gateway polls
 def sensor_profile(name: str) -> dict:
     with (ROOT / "profiles" / "sensors" / f"{name}.toml").open("rb") as f:
         return tomllib.load(f)
-
-
-@pytest.fixture(autouse=True)
-def quiet_pymodbus():
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 def records(out: list[dict]) -> list[dict]:

@@ -1,7 +1,6 @@
 """Every real meter profile (profiles/meters/*.toml) served by the simulator and read back by
 a plain pymodbus client: values and serial round-trip through the encoder and the wire."""
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,6 @@ from pilehil.registers import (
     spec_function,
 )
 from pilehil.site import Site
-
-
-@pytest.fixture(autouse=True)
-def quiet_pymodbus():
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
-
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "meters"
 PROFILE_FILES = sorted(PROFILE_DIR.glob("*.toml"))

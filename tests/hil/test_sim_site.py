@@ -2,7 +2,6 @@
 hold, every fault is visible to a plain client, bus statistics are exact, start/stop is
 clean."""
 
-import logging
 import os
 import threading
 import time
@@ -17,17 +16,6 @@ from pilehil.load import ConstantLoad
 from pilehil.probe import ReadError, client_for, read_profile_values, read_registers
 from pilehil.site import Site
 from pilehil.wire import add_crc, crc_ok
-
-
-@pytest.fixture(autouse=True)
-def quiet_pymodbus():
-    """Expected timeouts and exceptions are not news; restore the level afterwards."""
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
-
 
 QUICK = 0.3  # client timeout (s) where no reply is the expected outcome
 
