@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from smallfs import small_fs
 
 from pilegate.outbox import Outbox, OutboxFull, signing_input_hash
 
@@ -125,3 +126,121 @@ def test_a_group_commit_stores_the_longest_prefix_that_fits(tmp_path):
     ob.ack(1)
     ob.ack(2)
     assert ob.put_many(batch[1:]) == 2 and ob.chain() == (5, "h5")
+
+
+# ---------------------------------------------------------------- a real full disk (defect #1)
+
+PAYLOAD = 3000
+
+
+def _put(ob: Outbox, seq: int, kind: str) -> bool:
+    return ob.put(seq, kind, f"t/{kind}", jws(seq, PAYLOAD), chain_head=(seq, f"h{seq}"))
+
+
+def test_disk_full_thins_refuses_and_resumes_on_a_real_small_fs(tmp_path):
+    """The defect: on a full disk SQLite rolled the group commit back by itself, the outbox's
+    ROLLBACK raised "cannot rollback - no transaction is active" and signing stopped for good.
+    Now: telemetry is thinned and declared, billing is refused as OutboxFull naming the
+    cause, nothing half-stored, and the outbox works again when space returns."""
+    with small_fs(tmp_path / "fs", 2048) as fs:
+        fs.fill(leave=1024 * 1024)  # something else has taken half the disk
+        ob = Outbox(fs.path / "o.db", reserve_bytes=256 * 1024)
+        stored: list[int] = []
+        billing: list[int] = []
+        declared: list[int] = []
+        refusal = None
+        seq = 0
+        n = 0
+        while refusal is None and n < 5000:  # broker down: nothing is acked
+            n += 1
+            seq += 1
+            kind = "billing" if n % 4 == 0 else "telemetry"
+            try:
+                ok = _put(ob, seq, kind)
+            except OutboxFull as exc:
+                refusal = exc
+                break
+            if not ok:  # refused only when no older telemetry is left to thin; the seq is not used
+                assert all(m[1] != "telemetry" for m in ob.pending(100_000))
+                seq -= 1
+                continue
+            stored.append(seq)
+            billing += [seq] if kind == "billing" else []
+            declared += [s for s, _ in ob.take_dropped()]
+        assert refusal is not None, "the disk never filled"
+        assert ob.storage_errors >= 1 and declared, "the full disk thinned telemetry"
+        assert "database or disk is full" in str(refusal) and str(fs.path / "o.db") in str(refusal)
+        state = ob.state()
+        assert state["ok"] is False and "free space in data_dir" in state["error"]
+        assert state["budget_bytes"] < state["max_bytes"]
+        # nothing of the refused record is stored, the chain head is the newest stored one
+        pending = [m[0] for m in ob.pending(100_000)]
+        assert sorted(pending + declared) == stored
+        assert set(billing) <= set(pending)
+        assert ob.chain() == (stored[-1], f"h{stored[-1]}") and ob.last()[0] == stored[-1]
+        assert ob.get(seq) is None
+
+        # the state store keeps working in memory and says so
+        assert ob.kv_put("core", {"bound": "123"}) in (True, False)
+        assert ob.kv_get("core") == {"bound": "123"}
+
+        # space returns (the runaway log is deleted): the same billing record is stored now
+        fs.free()
+        assert _put(ob, seq, "billing")
+        stored.append(seq)
+        billing.append(seq)
+        assert ob.state()["ok"] is True and ob.state()["budget_bytes"] == ob.max_bytes
+        assert ob.reserve_path.exists()
+
+        # the broker returns: everything is acked, and the outbox drains to empty
+        for s in [*pending, seq]:
+            ob.ack(s)
+        assert ob.depth() == 0
+        ob.close()
+
+        ob = Outbox(fs.path / "o.db", reserve_bytes=256 * 1024)
+        assert ob.chain() == (seq, f"h{seq}") and ob.kv_get("core") == {"bound": "123"}
+        for s in billing:
+            assert ob.get(s) is not None
+        ob.close()
+
+
+def test_broker_return_alone_frees_room_on_a_full_disk(tmp_path):
+    """The disk stays full (the filler is never deleted): acks from the platform are written in
+    small transactions, and their space is reused, so billing is accepted again without a
+    restart while the budget stays fitted to the disk."""
+    with small_fs(tmp_path / "fs", 2048) as fs:
+        fs.fill(leave=1024 * 1024)
+        ob = Outbox(fs.path / "o.db", reserve_bytes=256 * 1024)
+        seq = 0
+        with pytest.raises(OutboxFull):
+            while seq < 5000:
+                seq += 1
+                assert _put(ob, seq, "billing")
+        seq -= 1
+        assert ob.state()["ok"] is False
+        for s, *_ in ob.pending(100_000):
+            ob.ack(s)
+        for _ in range(50):
+            seq += 1
+            assert _put(ob, seq, "billing")
+        assert ob.depth() == 50 and ob.chain() == (seq, f"h{seq}")
+        assert [m[0] for m in ob.pending(100)] == list(range(seq - 49, seq + 1))
+        ob.close()
+
+
+def test_state_refused_by_a_full_disk_is_kept_and_written_later(tmp_path):
+    with small_fs(tmp_path / "fs", 1024) as fs:
+        ob = Outbox(fs.path / "o.db", reserve_bytes=0)
+        fs.fill()
+        big = {"sessions": "x" * 200_000}
+        assert ob.kv_put("core", big) is False  # no crash: refused, kept, reported
+        assert ob.kv_get("core") == big
+        state = ob.state()
+        assert state["ok"] is False and state["state_pending"] == ["core"]
+        assert "database or disk is full" in state["error"]
+        fs.free()
+        ob.flush_acks()  # any later write carries the state with it
+        assert ob.state()["state_pending"] == [] and ob.state()["ok"] is True
+        ob.close()
+        assert Outbox(fs.path / "o.db", reserve_bytes=0).kv_get("core") == big
