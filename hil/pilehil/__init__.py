@@ -1,8 +1,9 @@
 """pilehil: the hardware-in-the-loop rig's simulated meters (see docs/simulator.md)."""
 
 from .clock import ManualClock, ScaledClock
+from .device import BusDevice, ExceptionFault, MeterFaults
 from .load import ConstantLoad, EvSessions, Load, Session, idle, parse_load
-from .meter import ExceptionFault, MeterFaults, SimMeter
+from .meter import SimMeter
 from .probe import ReadError, client_for, read_profile_values, read_registers
 from .registers import (
     decode_identity,
@@ -16,6 +17,7 @@ from .wire import BusStats, LineTiming, add_crc, crc16, crc_ok
 
 __all__ = [
     "Bus",
+    "BusDevice",
     "BusStats",
     "ConstantLoad",
     "EvSessions",

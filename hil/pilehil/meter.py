@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .clock import ScaledClock
+from .device import BusDevice, MeterFaults, _check_code
 from .load import MJ_PER_WH, ConstantLoad, Load
 from .registers import (
     CANONICAL_UNITS,
@@ -30,61 +29,11 @@ from .registers import (
     mapped_registers,
 )
 
-#: Modbus exception codes a fault may return (the ones pymodbus 3.16 can send).
-EXCEPTION_CODES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 11)
 SAG_V_PER_KW = 0.4
 DEFAULT_VOLTAGES = (230.0, 231.0, 229.0)  # distinct per phase so phase mix-ups show
 
 
-@dataclass(frozen=True)
-class ExceptionFault:
-    """Answer exception ``code`` to reads touching registers ``start..end`` (inclusive; None =
-    unbounded) with ``function`` (None = 3 and 4)."""
-
-    code: int
-    start: int | None = None
-    end: int | None = None
-    function: int | None = None
-
-    def matches(self, function: int, address: int, count: int) -> bool:
-        if self.function is not None and self.function != function:
-            return False
-        lo = 0 if self.start is None else self.start
-        hi = 0xFFFF if self.end is None else self.end
-        return address <= hi and address + count - 1 >= lo
-
-
-@dataclass
-class MeterFaults:
-    """Run-time faults of one meter; all off by default. Read by the server thread, written by
-    tests through the :class:`SimMeter` methods."""
-
-    no_reply: bool = False  # the meter ignores every request
-    extra_delay_ms: int = 0  # every reply leaves this much later (real time)
-    corrupt_crc: bool = False  # replies go out with both CRC bytes inverted
-    exceptions: list[ExceptionFault] = field(default_factory=list)
-    block_limit: int | None = None  # reads of more registers get block_limit_code
-    block_limit_code: int = 2
-    frozen: bool = False  # registers stop updating
-
-    def active(self) -> list[str]:
-        """Names of the faults that are on (for logs and reports)."""
-        out = [n for n in ("no_reply", "corrupt_crc", "frozen") if getattr(self, n)]
-        if self.extra_delay_ms:
-            out.append(f"late+{self.extra_delay_ms}ms")
-        out += [f"exception{e.code}" for e in self.exceptions]
-        if self.block_limit is not None:
-            out.append(f"block>{self.block_limit}:exc{self.block_limit_code}")
-        return out
-
-
-def _check_code(code: int) -> int:
-    if code not in EXCEPTION_CODES:
-        raise ValueError(f"exception code {code} not one of {EXCEPTION_CODES}")
-    return code
-
-
-class SimMeter:
+class SimMeter(BusDevice):
     """One simulated meter at a bus ``address`` with factory ``serial``.
 
     ``profile`` is a meter profile dict (profiles/meters/*.toml). ``load`` defaults to idle.
@@ -109,23 +58,18 @@ class SimMeter:
         latency_ms: float | None = None,
         unmapped: str = "zero",
     ) -> None:
-        if not 1 <= address <= 247:
-            raise ValueError(f"meter address {address} outside 1..247")
         if unmapped not in ("zero", "exception"):
             raise ValueError("unmapped must be 'zero' or 'exception'")
+        super().__init__(address, clock, profile.get("response_ms", 0) if latency_ms is None else latency_ms)
         self.profile = profile
-        self.address = address
         self.phases = int(profile.get("phases", 1))
         self.load: Load = load if load is not None else ConstantLoad(0)
-        self.clock = clock if clock is not None else ScaledClock()
         self.voltage_nominal = list(voltage_v or DEFAULT_VOLTAGES[: self.phases])
         if len(self.voltage_nominal) != self.phases:
             raise ValueError(f"voltage_v needs {self.phases} values")
         self.frequency_hz = frequency_hz
         self.pf = power_factor
-        self.latency_ms = float(profile.get("response_ms", 0) if latency_ms is None else latency_ms)
         self.unmapped = unmapped
-        self.faults = MeterFaults()
         self._lock = threading.Lock()
         self._t0 = self.clock()
         self._serial = serial
@@ -246,14 +190,11 @@ class SimMeter:
     def is_mapped(self, function: int, register: int) -> bool:
         return (function, register) in self._mapped
 
-    def read(self, function: int, address: int, count: int) -> list[int] | int:
-        """Serve a read of ``count`` registers at ``address`` with ``function`` (3 or 4):
-        the register values, or a Modbus exception code. Order of checks: injected exception
-        faults, block-size limit, unmapped registers (if ``unmapped == "exception"``)."""
+    def _serve(self, function: int, address: int, count: int) -> list[int] | int:
+        """A read of ``count`` registers at ``address`` with ``function`` (3 or 4), after the
+        injected exceptions (:meth:`BusDevice.read`): the register values, or a Modbus exception
+        code for the block-size limit or unmapped registers (if ``unmapped == "exception"``)."""
         f = self.faults
-        for exc in list(f.exceptions):
-            if exc.matches(function, address, count):
-                return exc.code
         if f.block_limit is not None and count > f.block_limit:
             return f.block_limit_code
         span = range(address, address + count)
@@ -263,29 +204,6 @@ class SimMeter:
         return [image.get((function, r), 0) for r in span]
 
     # ---- faults -------------------------------------------------------------------------
-
-    def set_no_reply(self, on: bool = True) -> None:
-        """The meter stops (or resumes) answering."""
-        self.faults.no_reply = on
-
-    def set_late_reply(self, extra_ms: int) -> None:
-        """Every reply leaves ``extra_ms`` real milliseconds late (0 clears)."""
-        self.faults.extra_delay_ms = max(0, int(extra_ms))
-
-    def set_corrupt_crc(self, on: bool = True) -> None:
-        """Replies go out with a wrong CRC (both bytes inverted)."""
-        self.faults.corrupt_crc = on
-
-    def add_exception(
-        self, code: int, start: int | None = None, end: int | None = None, function: int | None = None
-    ) -> ExceptionFault:
-        """Reads touching ``start..end`` (inclusive; None = all) get exception ``code``."""
-        fault = ExceptionFault(_check_code(code), start, end, function)
-        self.faults.exceptions = [*self.faults.exceptions, fault]
-        return fault
-
-    def clear_exceptions(self) -> None:
-        self.faults.exceptions = []
 
     def set_block_limit(self, max_registers: int | None, code: int = 2) -> None:
         """Reads of more than ``max_registers`` registers get exception ``code`` (2 or 3 as

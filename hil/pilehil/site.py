@@ -176,7 +176,7 @@ class Site:
         self.clock = clock if clock is not None else ScaledClock()
         self._buses: dict[str, Bus] = {}
         self._runner: LoopThread | None = None
-        #: The bay simulation (:class:`pilehil.bays.SiteBays`) when the site was built by
+        #: The bay simulation (:class:`pilehil.sitesim.SiteBays`) when the site was built by
         #: :func:`pilehil.sitesim.build`; None otherwise.
         self.bays: Any = None
 
@@ -261,7 +261,7 @@ class Site:
         """Put another Modbus device on ``bus`` at ``device.address``: anything with the
         interface the wire and the server use (``address``, ``latency_ms``, ``faults`` with
         ``no_reply``/``extra_delay_ms``/``corrupt_crc``, ``mapped`` and ``read``), e.g. a
-        :class:`pilehil.bays.SimSensor` or :class:`pilehil.bays.SimPileController`."""
+        :class:`pilehil.baydevices.SimSensor` or :class:`pilehil.baydevices.SimPileController`."""
         self._not_running()
         b = self.bus(bus)
         if not 1 <= device.address <= 247:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pilecore import bays as core_bays
 
-from .bays import BaySim, FakeInputs, PlateFeed, Scenario, SimPileController, SimSensor, SiteBays
+from .baydevices import FakeInputs, PlateFeed, SimPileController, SimSensor
+from .bays import BaySim, Scenario
 from .clock import ScaledClock
 from .load import DEFAULT_OPTIONS, ConstantLoad, EvSessions, Load
 from .site import Site
@@ -40,6 +42,32 @@ class SumLoad:
 
     def energy_mj(self, t0_ms: int, t1_ms: int) -> int:
         return self.base.energy_mj(t0_ms, t1_ms) + sum(ld.energy_mj(t0_ms, t1_ms) for ld in self.loads)
+
+
+@dataclass
+class SiteBays:
+    """The bay side of a simulated site (``site.bays`` after :func:`pilehil.sitesim.build`).
+
+    ``bays`` by bay id; ``sensors`` and ``controllers`` by ``(bus, address)``; ``inputs`` the
+    board's digital inputs; ``plates`` the cameras' reads."""
+
+    bays: dict[str, BaySim]
+    sensors: dict[tuple[str, int], SimSensor]
+    controllers: dict[tuple[str, int], SimPileController]
+    inputs: FakeInputs
+    plates: PlateFeed
+
+    def bay(self, bay_id: str) -> BaySim:
+        try:
+            return self.bays[bay_id]
+        except KeyError:
+            raise KeyError(f"no bay {bay_id!r}") from None
+
+    def truth(self, until: float | None = None) -> list[dict[str, Any]]:
+        """:meth:`BaySim.truth` of every bay, ordered by departure, then bay."""
+        out = [r for b in self.bays.values() for r in b.truth(until)]
+        out.sort(key=lambda r: (r["departure"], r["bay"]))
+        return out
 
 
 def transport_of(port: str) -> str:
@@ -78,7 +106,7 @@ def build(
     """A Site for a compiled site config (not started) and its meters by (bus, address).
 
     With ``bays`` (default) the configured bays are simulated too and the site gets a
-    ``site.bays`` attribute (:class:`pilehil.bays.SiteBays`; also :func:`bays_of`): piles with a
+    ``site.bays`` attribute (:class:`SiteBays`; also :func:`bays_of`): piles with a
     bay draw what their bays' vehicles draw, from a seeded :class:`pilehil.bays.Scenario` per
     bay (``scenario=False``: no vehicles until a test adds them with ``BaySim.add_vehicle``).
     Modbus presence sensors use ``mount``/``empty_mm`` geometry and +-``jitter_mm`` noise.

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 from pymodbus.exceptions import ModbusIOException
 
-from pilehil.bays import BaySim, FakeInputs, PlateFeed, SimPileController, SimSensor, Vehicle
+from pilehil.baydevices import FakeInputs, PlateFeed, SimPileController, SimSensor
+from pilehil.bays import BaySim, Vehicle
 from pilehil.clock import ManualClock
 from pilehil.probe import ReadError, client_for, read_registers
 from pilehil.site import Site

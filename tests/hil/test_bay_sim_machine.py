@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pilecore.bays import BayMachine, DistanceFilter
 from pilecore.tariff import default_tariff
-from pilehil.bays import BaySim, PlateFeed, Scenario, SimPileController, SimSensor, Vehicle
+from pilehil.baydevices import PlateFeed, SimPileController, SimSensor
+from pilehil.bays import BaySim, Scenario, Vehicle
 from pilehil.clock import ManualClock
 from pilehil.meter import SimMeter
 from pilehil.probe import client_for, read_registers
