@@ -39,8 +39,11 @@ CHAR_US_9600 = 1041  # 8N1 at 9600 baud
 class MeterPlan:
     """The reads for one meter and how to decode them; see the module docstring."""
 
-    def __init__(self, prof, names=None, gap=MAX_BLOCK, limit=None, char_us=CHAR_US_9600):
+    protocol = "modbus"
+
+    def __init__(self, prof, names=None, gap=MAX_BLOCK, limit=None, char_us=CHAR_US_9600, ranges=None):
         self.profile = prof
+        self.ranges = ranges or {}
         self.limit = min(MAX_BLOCK, prof.get("max_block", MAX_BLOCK), limit or MAX_BLOCK)
         self.gap = gap
         # a read's fixed cost in character times: frames, silences and the meter's latency
@@ -163,13 +166,14 @@ class MeterPlan:
                 continue
             spec = prof["values"][name]
             key, per_phase = READING_KEYS[name]
+            lo, hi = _range(spec, self.ranges.get(name))
             try:
-                value = self._value(blocks[slot[0]], slot[1], typ, spec, name, bo, wo)
+                value = self._value(blocks[slot[0]], slot[1], typ, spec, name, bo, wo, lo, hi)
             except ValueError as exc:
                 faults.append((name, "undecodable: %s" % exc))
                 continue
             if value is None:
-                faults.append((name, "out of range [%s, %s] %s" % (spec["min"], spec["max"], spec["unit"])))
+                faults.append((name, "out of range [%s, %s] %s" % (lo, hi, spec["unit"])))
                 continue
             if per_phase:
                 lst = reading.get(key)
@@ -182,15 +186,15 @@ class MeterPlan:
         return reading, faults
 
     @staticmethod
-    def _value(regs, offset, typ, spec, name, bo, wo):
+    def _value(regs, offset, typ, spec, name, bo, wo, lo, hi):
         scale = spec.get("scale", 1)
         if name == "energy_import":
             wh = modbus.decode_milli(regs, offset, typ, scale, bo, wo)
-            if wh < spec["min"] * 1000 or wh > spec["max"] * 1000:
+            if wh < lo * 1000 or wh > hi * 1000:
                 return None
             return wh
         v = modbus.decode_scaled(regs, offset, typ, scale, bo, wo)
-        if v < spec["min"] or v > spec["max"]:
+        if v < lo or v > hi:
             return None
         return v
 
@@ -215,6 +219,8 @@ class RawPlan:
     Same interface as MeterPlan for the scheduler; `decode` returns the registers themselves.
     """
 
+    protocol = "modbus"
+
     def __init__(self, function, register, count=1):
         self.reads = [[function, register, count]]
         self.unsupported = []
@@ -225,3 +231,163 @@ class RawPlan:
 
     def decode(self, blocks):
         return blocks[0], []
+
+
+# ---------------------------------------------------------------- DL/T 645
+
+# Frame sizes for the cost model: a read request is the 4-byte wake-up preamble plus
+# 68 A*6 68 C L DI*4 CS 16 (16 bytes); a normal reply repeats the same frame with the value
+# appended (the meter's own preamble, up to 4 bytes, is counted: most meters send it).
+DLT_REQUEST_BYTES = 4 + 16
+DLT_REPLY_BYTES = 4 + 16  # plus the value bytes
+DLT_GAP_CHARS = 7  # the quiet line before each frame, as for Modbus (2 x 3.5 characters)
+
+
+class DltPlan:
+    """The reads of a DL/T 645 meter: one data item per request, the protocol's reality.
+
+    Same interface as MeterPlan for the scheduler: `reads` is a list of
+    [0x11, data identifier, value bytes]; `decode(blocks)` takes one value byte string (or
+    None) per read.  A per-phase value whose profile names a `block` identifier (e.g.
+    0x0201FF00, all phase voltages) is read in one request; when the meter answers a block
+    with an abnormal reply, `shrink()` falls back to one request per phase.  An item the meter
+    answers "no such data" is marked unsupported.
+    """
+
+    protocol = "dlt645"
+
+    def __init__(self, prof, names=None, char_us=CHAR_US_9600, ranges=None):
+        self.profile = prof
+        self.ranges = ranges or {}
+        self.read_cost = DLT_REQUEST_BYTES + DLT_REPLY_BYTES + DLT_GAP_CHARS
+        self.read_cost += (prof.get("response_ms", 50) * 1000) // max(1, char_us)
+        self.fields = []  # (name, phase, di, nbytes)
+        self.blocks_ok = {}  # value name -> False once the meter refused its block read
+        for name in names or _profile.value_names():
+            spec = prof.get("values", {}).get(name)
+            if spec is None:
+                continue
+            dis = spec["di"] if isinstance(spec["di"], list) else [spec["di"]]
+            for phase, di in enumerate(dis):
+                self.fields.append((name, phase, di, spec["bytes"]))
+            if "block" in spec and len(dis) > 1:
+                self.blocks_ok[name] = True
+        self.unsupported = []
+        self.reads = []
+        self.slots = []
+        self.replan()
+
+    def replan(self):
+        """One read per data item, or one per block of a per-phase value."""
+        reads, slots, block_of = [], [None] * len(self.fields), {}
+        for i, (name, phase, di, nbytes) in enumerate(self.fields):
+            if (name, phase) in self.unsupported:
+                continue
+            if self.blocks_ok.get(name):
+                if name not in block_of:
+                    n = len([f for f in self.fields if f[0] == name])
+                    reads.append([_profile.DLT_READ, self.profile["values"][name]["block"], n * nbytes])
+                    block_of[name] = len(reads) - 1
+                slots[i] = (block_of[name], phase * nbytes)
+                continue
+            reads.append([_profile.DLT_READ, di, nbytes])
+            slots[i] = (len(reads) - 1, 0)
+        self.reads = reads
+        self.slots = slots
+
+    def cost_chars(self):
+        """Bus time of one poll in character times: frames with preambles, gaps, latency."""
+        return sum(self.read_cost + r[2] for r in self.reads)
+
+    def fields_of(self, read_index):
+        return [i for i, s in enumerate(self.slots) if s is not None and s[0] == read_index]
+
+    def shrink(self, read_index, code):
+        """Learn from an abnormal answer (`code` is its error byte); True when the plan changed.
+
+        A refused block read becomes one read per phase.  A single item answered "no such
+        data" (or any error, twice) is marked unsupported (False: the caller raises a fault).
+        """
+        members = self.fields_of(read_index)
+        if len(members) > 1:
+            self.blocks_ok[self.fields[members[0]][0]] = False
+            self.replan()
+            return True
+        if code is not None and code & 0x02:  # dlt645.ERR_NO_DATA
+            for i in members:
+                key = (self.fields[i][0], self.fields[i][1])
+                if key not in self.unsupported:
+                    self.unsupported.append(key)
+            self.replan()
+        return False
+
+    def decode(self, blocks):
+        """Decode value bytes (one per read, None when failed) into (reading, faults)."""
+        from pilecore import dlt645
+
+        reading = {}
+        faults = []
+        for i, (name, phase, di, nbytes) in enumerate(self.fields):
+            slot = self.slots[i]
+            if slot is None or blocks[slot[0]] is None:
+                continue
+            spec = self.profile["values"][name]
+            lo, hi = _range(spec, self.ranges.get(name))
+            key, per_phase = READING_KEYS[name]
+            raw = blocks[slot[0]][slot[1] : slot[1] + nbytes]
+            try:
+                if len(raw) != nbytes:
+                    raise ValueError("item 0x%08X needs %d bytes, got %d" % (di, nbytes, len(raw)))
+                v = dlt645.decode_bcd(raw, spec.get("signed", False))
+            except ValueError as exc:
+                faults.append((name, "undecodable: %s" % exc))
+                continue
+            value = _dlt_value(name, v, spec)
+            limit_v = value / 1000 if name == "energy_import" else value
+            if limit_v < lo or limit_v > hi:
+                faults.append((name, "out of range [%s, %s] %s" % (lo, hi, spec["unit"])))
+                continue
+            if per_phase:
+                lst = reading.get(key)
+                if lst is None:
+                    lst = [None] * len(spec["di"])
+                    reading[key] = lst
+                lst[phase] = value
+            else:
+                reading[key] = value
+        return reading, faults
+
+
+def _dlt_value(name, v, spec):
+    """A DL/T 645 item's integer `v` with `decimals` as the canonical value (exact Wh for energy)."""
+    decimals = spec["decimals"]
+    scale = spec.get("scale", 1)
+    if name == "energy_import":
+        k = modbus.pow10_exponent(scale)
+        if k is not None:
+            k += 3 - decimals
+            if k >= 0:
+                return v * 10**k
+            return modbus._div_round(v, 10 ** (-k))
+        wh = v * scale * 1000 / 10**decimals
+        return int(wh + 0.5)
+    return v * scale / 10**decimals
+
+
+def _range(spec, override):
+    """(min, max) of a value: the site's override for this meter when given, else the profile's."""
+    if override:
+        return override[0], override[1]
+    return spec["min"], spec["max"]
+
+
+def plan_for(prof, names=None, char_us=CHAR_US_9600, ranges=None):
+    """The read plan for a meter of profile `prof`: MeterPlan (Modbus) or DltPlan (DL/T 645).
+
+    `ranges` is the site file's per-meter override {value name: [min, max]} (a CT-connected
+    meter measures primary currents and powers far beyond the profile's direct-connection
+    ranges); it replaces the profile's sane range for those values only.
+    """
+    if _profile.protocol(prof) == "dlt645":
+        return DltPlan(prof, names, char_us=char_us, ranges=ranges)
+    return MeterPlan(prof, names, char_us=char_us, ranges=ranges)

@@ -46,6 +46,10 @@ _TOP_KEYS = (
     "serial",
     "values",
     "identity",
+    "protocol",
+    "products",
+    "confidence",
+    "ratios",
 )
 _VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function")
 _SERIAL_KEYS = ("baud", "parity", "stopbits")
@@ -57,6 +61,18 @@ _BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 _MS_BOUNDS = {"min_gap_ms": (0, 1000), "response_ms": (1, 2000), "timeout_ms": (20, 10000)}
 
 MAX_BLOCK_LIMIT = 125  # Modbus: at most 125 registers in one read (function 3 or 4)
+
+PROTOCOLS = ("modbus", "dlt645")
+# DL/T 645 profiles name data items instead of registers (see pilecore.dlt645).
+_DLT_VALUE_KEYS = ("di", "block", "bytes", "decimals", "signed", "scale", "unit", "min", "max")
+_DLT_IDENTITY_KEYS = ("kind", "di", "bytes", "note")
+_MODBUS_ONLY_KEYS = ("function", "byte_order", "word_order", "max_block")
+DLT_READ = 0x11  # the "function" of a DL/T 645 read in (function, item, size) triples
+
+
+def protocol(p):
+    """The protocol a profile's meter speaks: "modbus" (default) or "dlt645"."""
+    return p.get("protocol", "modbus")
 
 
 def value_names():
@@ -98,6 +114,9 @@ def value_registers(p, name):
     spec = p.get("values", {}).get(name)
     if spec is None:
         return []
+    if protocol(p) == "dlt645":
+        dis = spec["di"] if isinstance(spec["di"], list) else [spec["di"]]
+        return [(DLT_READ, di, spec["bytes"]) for di in dis]
     function = spec.get("function", p["function"])
     regs = spec["register"]
     if not isinstance(regs, list):
@@ -125,10 +144,18 @@ def validate_profile(p, name):
         errors.append(("kind", 'must be "meter", got %r' % (p.get("kind"),)))
     for key in ("maker", "model", "source"):
         _check_text(p, key, key, errors)
+    _check_products(p, errors)
     phases = p.get("phases")
     if not _is_int(phases) or phases not in (1, 3):
         errors.append(("phases", "must be 1 or 3, got %r" % (phases,)))
         phases = None
+    proto = protocol(p)
+    if proto not in PROTOCOLS:
+        errors.append(("protocol", 'must be "modbus" or "dlt645", got %r' % (proto,)))
+        return errors
+    if proto == "dlt645":
+        _check_dlt(p, phases, errors)
+        return errors
     function = p.get("function")
     if not _is_int(function) or function not in (3, 4):
         errors.append(("function", "must be 3 (holding) or 4 (input), got %r" % (function,)))
@@ -164,6 +191,123 @@ def _is_number(x):
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return False
     return x - x == 0  # inf - inf and nan - nan are nan, never 0
+
+
+def _check_products(p, errors):
+    """`products` (optional): the brands/models one map serves; `confidence` (optional)."""
+    if "products" in p:
+        items = p["products"]
+        if not isinstance(items, list) or not items:
+            errors.append(("products", "must be a non-empty list of strings, got %r" % (items,)))
+        else:
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or not item.strip():
+                    errors.append(("products[%d]" % i, "must be a non-empty string, got %r" % (item,)))
+    if "confidence" in p and p["confidence"] not in ("high", "medium", "low"):
+        errors.append(("confidence", 'must be "high", "medium" or "low", got %r' % (p["confidence"],)))
+
+
+def _check_dlt(p, phases, errors):
+    """The DL/T 645 part of a profile: data items instead of registers."""
+    for key in _MODBUS_ONLY_KEYS:
+        if key in p:
+            errors.append((key, "is a Modbus setting; a DL/T 645 profile must leave it out"))
+    if "ratios" in p:
+        errors.append(("ratios", "is a Modbus setting; a DL/T 645 profile must leave it out"))
+    _check_timing(p, errors)
+    _check_quirks(p, errors)
+    _check_serial(p.get("serial"), errors)
+    values = p.get("values")
+    seen = {}
+    if not isinstance(values, dict):
+        errors.append(("values", "missing table of canonical values"))
+        values = {}
+    for req in _REQUIRED_VALUES:
+        if req not in values:
+            errors.append(("values." + req, "required value is missing"))
+    for vname in values:
+        path = "values." + vname
+        spec = values[vname]
+        if vname not in _UNITS:
+            errors.append((path, "unknown value; canonical names are " + ", ".join(_VALUE_NAMES)))
+            continue
+        if not isinstance(spec, dict):
+            errors.append((path, "must be a table, got %s" % _kind(spec)))
+            continue
+        for key in spec:
+            if key not in _DLT_VALUE_KEYS:
+                errors.append((path + "." + key, "unknown key"))
+        dis = spec.get("di")
+        if vname in _PER_PHASE:
+            if not isinstance(dis, list):
+                errors.append((path + ".di", "must be a list of data identifiers, one per phase, got %r" % (dis,)))
+                dis = []
+            elif phases is not None and len(dis) != phases:
+                errors.append((path + ".di", "must list %d identifier(s), one per phase, got %d" % (phases, len(dis))))
+            if "block" in spec:
+                _check_di(spec["block"], path + ".block", None, errors)
+        else:
+            if isinstance(dis, list):
+                errors.append((path + ".di", "must be a single data identifier (only voltage and current are per-phase)"))
+                dis = []
+            else:
+                dis = [dis]
+            if "block" in spec:
+                errors.append((path + ".block", "only per-phase values (voltage, current) can be read as a block"))
+        for i, di in enumerate(dis):
+            _check_di(di, path + ".di" + ("[%d]" % i if vname in _PER_PHASE else ""), seen, errors)
+        nbytes, decimals = spec.get("bytes"), spec.get("decimals")
+        if not _is_int(nbytes) or not 1 <= nbytes <= 8:
+            errors.append((path + ".bytes", "must be the item's size in bytes, 1..8, got %r" % (nbytes,)))
+        if not _is_int(decimals) or not 0 <= decimals <= 6:
+            errors.append((path + ".decimals", "must be the item's decimals, 0..6, got %r" % (decimals,)))
+        if "signed" in spec and not isinstance(spec["signed"], bool):
+            errors.append((path + ".signed", "must be true or false, got %r" % (spec["signed"],)))
+        scale = spec.get("scale")
+        if not _is_number(scale) or scale == 0:
+            errors.append((path + ".scale", "must be a finite non-zero number, got %r" % (scale,)))
+        unit = _UNITS[vname]
+        if spec.get("unit") != unit:
+            errors.append((path + ".unit", "must be the canonical unit %r, got %r" % (unit, spec.get("unit"))))
+        _check_range(vname, spec, path, errors)
+    _check_dlt_identity(p.get("identity"), seen, errors)
+
+
+def _check_di(di, path, seen, errors):
+    if not _is_int(di) or not 0 <= di <= 0xFFFFFFFF:
+        errors.append((path, "must be a data identifier 0x00000000..0xFFFFFFFF, got %r" % (di,)))
+        return
+    if seen is not None:
+        if di in seen:
+            errors.append((path, "data item 0x%08X is also %s" % (di, seen[di])))
+        else:
+            seen[di] = path
+
+
+def _check_dlt_identity(ident, seen, errors):
+    if not isinstance(ident, dict):
+        errors.append(("identity", "missing table saying what identifies the meter"))
+        return
+    for key in ident:
+        if key not in _DLT_IDENTITY_KEYS:
+            errors.append(("identity." + key, "unknown key"))
+    _check_text(ident, "note", "identity.note", errors)
+    kind = ident.get("kind")
+    if kind == "address":
+        for key in ("di", "bytes"):
+            if key in ident:
+                errors.append(("identity." + key, 'must be omitted when kind is "address"'))
+        return
+    if kind != "serial":
+        errors.append(("identity.kind", 'must be "serial" or "address", got %r' % (kind,)))
+        return
+    if "di" not in ident:
+        errors.append(("identity.di", 'required when kind is "serial" (e.g. 0x04000402, the meter number)'))
+    else:
+        _check_di(ident["di"], "identity.di", seen, errors)
+    nbytes = ident.get("bytes")
+    if not _is_int(nbytes) or not 1 <= nbytes <= 32:
+        errors.append(("identity.bytes", "must be the identity's size in BCD bytes, 1..32, got %r" % (nbytes,)))
 
 
 def _check_text(table, key, path, errors):

@@ -18,11 +18,15 @@ Fairness and isolation:
   not one per poll, and never stalls the others;
 - interactive jobs (console `mbread`) go at the next transaction boundary, but at most every
   other transaction while polls are due; background jobs (scans) only fill idle bus time;
+- both protocols share the bus: a transaction carries its protocol ("modbus" or "dlt645",
+  the plan's for a poll; a job's from its address, a 12-digit string for DL/T 645 and an int
+  for Modbus), builds its own request frame and checks its own reply (`request`,
+  `reply_needed`, `parse`), so a port moves bytes and never knows which protocol it carries;
 - each device's reply timeout adapts to its measured response time (smoothed mean plus four
   deviations, as TCP does), bounded between `min_timeout_ms` and the bus's `timeout_ms` * 4.
 """
 
-from pilecore import modbus
+from pilecore import dlt645, modbus
 
 PRIO_INTERACTIVE = 0
 PRIO_BACKGROUND = 1
@@ -39,15 +43,33 @@ def frame_time_us(nbytes, char_us):
     return nbytes * char_us + (7 * char_us) // 2
 
 
+def protocol_of(address):
+    """The protocol a device address belongs to: "dlt645" for a 12-digit string, else "modbus"."""
+    return "dlt645" if isinstance(address, str) else "modbus"
+
+
+def reply_bytes(protocol, function, count):
+    """Length of a normal reply: Modbus by function and count; DL/T 645 by value bytes."""
+    if protocol == "dlt645":
+        if function == dlt645.C_READ_ADDRESS:
+            return dlt645.reply_length(2)  # 6 address bytes, no identifier
+        return dlt645.reply_length(count)
+    return modbus.response_length(function, count if function != 5 else 1)
+
+
 class Txn:
     """One transaction for the port to perform.
 
     kind: "poll" (part of a device's poll cycle), "job" (a submitted one-off).
-    function 1-4: read `count` items at `register`; function 5: write coil `register` to `value`.
+    Modbus (`protocol` "modbus", `address` 1..247): function 1-4 reads `count` items at
+    `register`; function 5 writes coil `register` to `value`.
+    DL/T 645 (`protocol` "dlt645", `address` a 12-digit string): function 0x11 reads data item
+    `register` whose value has `count` bytes; function 0x13 is the broadcast address read.
     timeout_ms: how long the port waits for the complete reply.
     """
 
-    def __init__(self, kind, key, address, function, register, count, timeout_ms, value=None):
+    def __init__(self, kind, key, address, function, register, count, timeout_ms, value=None, protocol="modbus"):
+        self.protocol = protocol
         self.kind = kind
         self.key = key
         self.address = address
@@ -61,13 +83,53 @@ class Txn:
         self.job = None
 
     def request(self):
-        """The RTU request frame (for ports with their own RTU master)."""
+        """The request frame: Modbus RTU, or DL/T 645 with its wake-up preamble."""
+        if self.protocol == "dlt645":
+            if self.function == dlt645.C_READ_ADDRESS:
+                return dlt645.read_address_frame()
+            return dlt645.read_request(self.address, self.register)
         if self.function == 5:
             return modbus.write_coil_request(self.address, self.register, self.value)
         return modbus.read_request(self.address, self.function, self.register, self.count)
 
+    def request_len(self):
+        """Bytes of the request frame (without building it)."""
+        if self.protocol == "dlt645":
+            return 16 if self.function == dlt645.C_READ_ADDRESS else 20
+        return 8
+
     def response_len(self):
-        return modbus.response_length(self.function, self.count if self.function != 5 else 1)
+        """Bytes of a normal reply (an estimate for DL/T 645: the meter's preamble varies)."""
+        return reply_bytes(self.protocol, self.function, self.count)
+
+    def reply_needed(self, buf, n):
+        """Bytes the reply in buf[:n] needs in total (0: cannot tell yet, keep reading).
+
+        Lets a port stop reading as soon as a frame is complete: a Modbus exception reply is
+        5 bytes; a DL/T 645 frame's length is in its tenth byte (after any preamble).
+        """
+        if self.protocol == "dlt645":
+            need = dlt645.frame_length(buf, n)
+            if need is None:
+                return 0
+            return need if need > 0 else n  # not a frame: stop and let parse() reject it
+        if n >= 2 and buf[1] & 0x80:
+            return 5
+        return self.response_len()
+
+    def parse(self, frm):
+        """Check a received reply against this request: (result code, payload).
+
+        payload: Modbus registers or bits; DL/T 645 value bytes (or the address, for 0x13);
+        the exception code / error byte with E_EXCEPTION.
+        """
+        if self.protocol == "dlt645":
+            if self.function == dlt645.C_READ_ADDRESS:
+                return dlt645.parse_address_response(frm)
+            return dlt645.parse_read_response(frm, self.address, self.register, self.count)
+        if self.function == 5:
+            return modbus.parse_write_coil_response(frm, self.address, self.register, self.value)
+        return modbus.parse_read_response(frm, self.address, self.function, self.count)
 
 
 class Device:
@@ -113,6 +175,7 @@ class Job:
     """A one-off request: raw read, coil write, or one probe of a scan."""
 
     def __init__(self, job_id, address, function, register, count, prio, value=None, tag=None):
+        self.protocol = protocol_of(address)
         self.id = job_id
         self.address = address
         self.function = function
@@ -181,7 +244,11 @@ class BusScheduler:
         return self._by_key.get(key)
 
     def submit(self, address, function, register, count, prio=PRIO_INTERACTIVE, value=None, tag=None):
-        """Queue a one-off request; returns its job id (reported back by `complete`)."""
+        """Queue a one-off request; returns its job id (reported back by `complete`).
+
+        A DL/T 645 request has a 12-digit string address (`dlt645.WILDCARD` with function
+        0x13 for the broadcast address read), a data identifier as `register` and the value's
+        byte count as `count`; a Modbus request an int address."""
         job = Job(self._next_job_id, address, function, register, count, prio, value, tag)
         self._next_job_id += 1
         self._jobs.append(job)
@@ -198,7 +265,7 @@ class BusScheduler:
 
     # ------------------------------------------------------------ timing
 
-    def timeout_for(self, dev, function, count):
+    def timeout_for(self, dev, function, count, protocol="modbus"):
         """Reply timeout: adaptive latency bound plus the wire time of the expected reply."""
         if dev is None:
             rto = self.timeout_ms
@@ -206,11 +273,11 @@ class BusScheduler:
             rto = (dev.srtt // 8 + dev.rttvar) * dev.boost
             hi = 2 * max(self.timeout_ms, dev.timeout_hint)
             rto = min(hi, max(self.min_timeout_ms, rto))
-        wire = frame_time_us(modbus.response_length(function, count if function != 5 else 1), self.char_us) // 1000
+        wire = frame_time_us(reply_bytes(protocol, function, count), self.char_us) // 1000
         return rto + wire + 1
 
     def _observe_latency(self, dev, elapsed_ms, txn):
-        wire_us = frame_time_us(8, self.char_us) + frame_time_us(txn.response_len(), self.char_us)
+        wire_us = frame_time_us(txn.request_len(), self.char_us) + frame_time_us(txn.response_len(), self.char_us)
         lat = elapsed_ms - wire_us // 1000
         if lat < 0:
             lat = 0
@@ -283,7 +350,8 @@ class BusScheduler:
         else:
             idx = self._next_read(dev)
         fc, start, count = dev.plan.reads[idx]
-        txn = Txn("poll", dev.key, dev.address, fc, start, count, self.timeout_for(dev, fc, count))
+        proto = getattr(dev.plan, "protocol", "modbus")
+        txn = Txn("poll", dev.key, dev.address, fc, start, count, self.timeout_for(dev, fc, count, proto), None, proto)
         txn.read_index = idx
         txn.attempt = attempt
         self.busy = True
@@ -309,8 +377,9 @@ class BusScheduler:
             job.function,
             job.register,
             job.count,
-            self.timeout_for(dev, job.function, job.count),
+            self.timeout_for(dev, job.function, job.count, job.protocol),
             job.value,
+            job.protocol,
         )
         txn.job = job
         self.busy = True

@@ -1,14 +1,17 @@
-"""The ESP32's Modbus RTU master over machine.UART with an RS-485 direction pin.
+"""The ESP32's RS-485 master over machine.UART with a direction pin: Modbus RTU and DL/T 645.
 
-One `RtuMaster` per bus performs the transactions the core `BusScheduler` hands out:
+One `RtuMaster` per bus performs the transactions the core `BusScheduler` hands out, of either
+protocol: the transaction builds its own request frame and checks its own reply (pilecore
+scheduler.Txn), this module only moves the bytes, with the same quiet-time rules for both:
 
 1. waits until the line has been silent for 3.5 character times (1.75 ms above 19200 baud, as
    the Modbus serial line spec fixes), then discards any stale bytes (a late reply);
 2. drives DE high, writes the request, calls `uart.flush()` so the last stop bit has left the
    shift register, and only then releases DE (releasing early truncates the frame's CRC);
-3. reads the reply into a preallocated buffer until the expected length (or the 5 bytes of an
-   exception response) has arrived or the transaction's timeout expires;
-4. checks it with the core's parser: CRC first, then address, function and length.
+3. reads the reply into a preallocated buffer until the frame is complete (the transaction
+   says how long it is from what has arrived: a Modbus exception is 5 bytes, a DL/T 645
+   frame's length follows its header) or the transaction's timeout expires;
+4. checks it with the core's parser: CRC or checksum first, then address, function and length.
 
 No allocation happens per transaction except what the UART driver does; the reply is parsed in
 place through a memoryview.
@@ -59,20 +62,27 @@ class RtuMaster:
                 self.de.value(0)
         self.tx_bytes += len(frame)
 
-    def _receive(self, expected, timeout_ms):
+    def _receive(self, txn, timeout_ms):
         n = 0
         start = ticks_ms()
-        while n < expected:
+        limit = len(self.buf)
+        while True:
+            need = txn.reply_needed(self.buf, n)
+            if need and n >= need:
+                break
             if ticks_diff(ticks_ms(), start) >= timeout_ms:
                 break
             if not self.uart.any():
                 sleep_ms(1)
                 continue
-            k = self.uart.readinto(self.view[n:expected])
+            end = need if need else min(limit, n + 16)  # header first, then the rest
+            if end > limit:
+                end = limit
+            if end <= n:
+                break
+            k = self.uart.readinto(self.view[n:end])
             if k:
                 n += k
-                if n >= 2 and self.buf[1] & 0x80:
-                    expected = 5  # exception response: addr, fc|0x80, code, CRC
         self.rx_bytes += n
         return n
 
@@ -81,16 +91,12 @@ class RtuMaster:
         self._quiet()
         t0 = ticks_ms()
         self._send(txn.request())
-        n = self._receive(txn.response_len(), txn.timeout_ms)
+        n = self._receive(txn, txn.timeout_ms)
         self.last_us = ticks_us()
         elapsed = ticks_diff(ticks_ms(), t0)
         if n == 0:
             return modbus.E_TIMEOUT, None, elapsed
-        frm = self.view[:n]
-        if txn.function == 5:
-            code, payload = modbus.parse_write_coil_response(frm, txn.address, txn.register, txn.value)
-        else:
-            code, payload = modbus.parse_read_response(frm, txn.address, txn.function, txn.count)
+        code, payload = txn.parse(self.view[:n])
         if code == modbus.E_SHORT:
             # a reply that stopped short is either a damaged frame or a device that gave up
             code = modbus.E_CRC if n >= 4 else modbus.E_TIMEOUT
