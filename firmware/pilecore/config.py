@@ -14,6 +14,7 @@ The rules of one pile, one meter (一桩一表) are enforced here: every pile ha
 no two piles (nor the site main meter) share a meter by bus and address or by bound serial.
 """
 
+from pilecore import dlt645
 from pilecore import schema as _schema
 
 COMPILED_VERSION = 1
@@ -298,6 +299,59 @@ def _meter_problems(meter, where, buses, profiles, problems):
                 % (meter["profile"], ", ".join(sorted(profiles)) or "none"),
             )
         )
+    prof = profiles.get(meter.get("profile"))
+    if "address" in meter:
+        _meter_address(meter, where, prof, problems)
+    if "ranges" in meter:
+        _meter_ranges(meter, where, prof, problems)
+
+
+def _meter_address(meter, where, prof, problems):
+    """Modbus: 1..247.  DL/T 645: 12 digits (an int or a string; stored as the string)."""
+    addr = meter["address"]
+    if prof is not None and prof.get("protocol") == "dlt645":
+        text = dlt645.normalise_address(addr)
+        if text is None:
+            problems.append(
+                (
+                    where + ".address",
+                    "%s is not a DL/T 645 address: write the meter's 12-digit address as a string, "
+                    'e.g. "000012345678" (on its nameplate or display, or found with the '
+                    "broadcast address read)" % _fmt(addr),
+                )
+            )
+            del meter["address"]
+        else:
+            meter["address"] = text
+        return
+    why = _scalar_problem(addr, "int", (1, 247))
+    if why:
+        problems.append((where + ".address", why + " (a Modbus address)"))
+        del meter["address"]
+
+
+def _meter_ranges(meter, where, prof, problems):
+    """`ranges = {value = [min, max]}`: replaces the profile's sane range for this meter."""
+    ranges = meter["ranges"]
+    if not isinstance(ranges, dict):
+        problems.append((where + ".ranges", "must be a table of value = [min, max], not %s" % _kind_of(ranges)))
+        del meter["ranges"]
+        return
+    names = ("energy_import", "power", "voltage", "current", "frequency", "power_factor")
+    for name in sorted(ranges):
+        pair = ranges[name]
+        path = where + ".ranges." + name
+        if name not in names:
+            problems.append((path, "unknown value; use one of %s" % ", ".join(names)))
+        elif prof is not None and name not in prof.get("values", {}):
+            problems.append((path, "profile %s does not read %s" % (prof.get("id"), name)))
+        elif (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in pair)
+            or pair[0] >= pair[1]
+        ):
+            problems.append((path, "must be [min, max] with min < max, got %s" % _fmt(pair)))
 
 
 def _check_piles(cfg, buses, board, profiles, problems):
@@ -323,12 +377,12 @@ def _check_piles(cfg, buses, board, profiles, problems):
 def _claim_meter(meter, where, by_addr, by_serial, problems):
     """One pile, one meter: a meter (bus+address, or serial) may belong to one pile only."""
     if "bus" in meter and "address" in meter:
-        key = "%s/%d" % (meter["bus"], meter["address"])
+        key = "%s/%s" % (meter["bus"], meter["address"])
         if key in by_addr:
             problems.append(
                 (
                     where + ".meter.address",
-                    "bus %s address %d is already the meter of %s; every pile needs a "
+                    "bus %s address %s is already the meter of %s; every pile needs a "
                     "meter of its own (一桩一表)" % (meter["bus"], meter["address"], by_addr[key]),
                 )
             )
@@ -377,12 +431,12 @@ def _check_main_meter(cfg, buses, profiles, claims, problems):
     _meter_problems(meter, "main_meter", buses, profiles, problems)
     by_addr, by_serial = claims
     if "bus" in meter and "address" in meter:
-        key = "%s/%d" % (meter["bus"], meter["address"])
+        key = "%s/%s" % (meter["bus"], meter["address"])
         if key in by_addr:
             problems.append(
                 (
                     "main_meter.address",
-                    "bus %s address %d is the meter of %s; the site "
+                    "bus %s address %s is the meter of %s; the site "
                     "main meter must be a separate meter" % (meter["bus"], meter["address"], by_addr[key]),
                 )
             )

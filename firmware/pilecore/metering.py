@@ -30,7 +30,17 @@ DEFAULTS = {"offline_after_s": 120, "verify_serial_s": 3600, "idle_power_w": 50.
 
 
 def decode_identity(ident, regs):
-    """The identity string of a meter from the registers of its identity table."""
+    """The identity string of a meter from the registers of its identity table (for a DL/T 645
+    meter: the BCD bytes of its identity item, e.g. the meter number 0x04000402)."""
+    if "di" in ident:
+        digits = []
+        for i in range(len(regs) - 1, -1, -1):
+            b = regs[i]
+            if b >> 4 > 9 or b & 0xF > 9:
+                raise ValueError("identity item holds a non-BCD byte 0x%02x" % b)
+            digits.append(chr(48 + (b >> 4)))
+            digits.append(chr(48 + (b & 0xF)))
+        return "".join(digits).lstrip("0") or "0"
     typ = ident.get("type")
     if typ in ("u16", "u32", "u64"):
         v = 0
@@ -60,6 +70,8 @@ def decode_identity(ident, regs):
 
 def identity_read(ident):
     """(function, register, count) to read a profile's identity, or None if it has none."""
+    if ident and ident.get("kind") == "serial" and "di" in ident:
+        return 0x11, ident["di"], ident["bytes"]  # a DL/T 645 read of the identity item
     if not ident or ident.get("kind") != "serial" or "register" not in ident:
         return None
     count = ident.get("count")
@@ -74,7 +86,7 @@ class PileGuard:
     def __init__(self, pile, prof, params, state=None):
         self.id = pile["id"]
         m = pile["meter"]
-        self.where = "%s/%d" % (m["bus"], m["address"])
+        self.where = "%s/%s" % (m["bus"], m["address"])
         self.profile = prof
         self.params = params
         self.max_w = int(pile.get("max_power_kw", 7.0) * 1000)

@@ -248,7 +248,9 @@ def _check_dlt(p, phases, errors):
                 _check_di(spec["block"], path + ".block", None, errors)
         else:
             if isinstance(dis, list):
-                errors.append((path + ".di", "must be a single data identifier (only voltage and current are per-phase)"))
+                errors.append(
+                    (path + ".di", "must be a single data identifier (only voltage and current are per-phase)")
+                )
                 dis = []
             else:
                 dis = [dis]

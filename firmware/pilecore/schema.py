@@ -60,10 +60,13 @@ def _meter_fields():
     """A meter reference: where it hangs and what it is."""
     return {
         "bus": _id(),
-        "address": _i(1, 247, required=True),
+        # Modbus: 1..247; DL/T 645: the 12-digit address (checked by pilecore.config).
+        "address": ("any", True, None, None),
         "profile": _id(),
         # Bound serial number. Empty: bind the first serial read (recorded as an event).
         "serial": _s(default="", maxlen=40),
+        # Per-meter sane ranges replacing the profile's: {value: [min, max]} (CT meters).
+        "ranges": ("any", False, None, None),
     }
 
 
@@ -114,9 +117,10 @@ def site_schema():
         "main_meter": _t(
             {
                 "bus": _id(),
-                "address": _i(1, 247, required=True),
+                "address": ("any", True, None, None),
                 "profile": _id(),
                 "serial": _s(default="", maxlen=40),
+                "ranges": ("any", False, None, None),
                 "tolerance_pct": _n(0, 100, 5.0),
                 "tolerance_w": _n(0, 1000000, 300.0),
                 "window_s": _i(60, 86400, 900),

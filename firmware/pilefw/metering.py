@@ -87,7 +87,8 @@ class Metering:
     def _add_meter(self, key, m, names=None):
         prof = self.cfg["profiles"][m["profile"]]
         bus = self.buses[m["bus"]]
-        plan = planner.MeterPlan(prof, names, char_us=char_time_us(bus["baud"], bus["parity"], bus["stopbits"]))
+        char_us = char_time_us(bus["baud"], bus["parity"], bus["stopbits"])
+        plan = planner.plan_for(prof, names, char_us=char_us, ranges=m.get("ranges"))
         self.meters[key] = Meter(key, m["bus"], m["address"], prof, plan)
         self.scheds[m["bus"]].add_device(
             key,

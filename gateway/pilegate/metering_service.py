@@ -23,7 +23,7 @@ from typing import Any
 from pilecore import baydevices, metering, modbus, planner, site
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler
 from pilecore.site import SiteCore
-from pilegate.modbus_port import BusPort
+from pilegate.serial_port import bus_port
 
 log = logging.getLogger("pilegate.metering")
 MAIN = site.MAIN
@@ -77,7 +77,7 @@ class Metering:
         self.relays = relays
         self.poll_ms = int(1000 * (poll_s or cfg.get("metering", {}).get("poll_s", 10)))
         self.buses = {b["name"]: b for b in cfg["bus"]}
-        self.ports = {name: BusPort(b) for name, b in self.buses.items()}
+        self.ports = {name: bus_port(b, cfg) for name, b in self.buses.items()}
         self.scheds = {
             name: BusScheduler(name, b["baud"], b["parity"], b["stopbits"], b["timeout_ms"])
             for name, b in self.buses.items()
@@ -98,7 +98,7 @@ class Metering:
     def _add_meter(self, key: str, m: dict[str, Any], names: list[str] | None = None) -> None:
         prof = self.cfg["profiles"][m["profile"]]
         bus = self.buses[m["bus"]]
-        plan = planner.MeterPlan(prof, names, char_us=char_us(bus))
+        plan = planner.plan_for(prof, names, char_us=char_us(bus), ranges=m.get("ranges"))
         self.meters[key] = Meter(key, m["bus"], m["address"], prof, plan)
         self.scheds[m["bus"]].add_device(
             key,

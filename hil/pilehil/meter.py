@@ -73,12 +73,20 @@ class SimMeter(BusDevice):
         self._lock = threading.Lock()
         self._t0 = self.clock()
         self._serial = serial
-        self._ident = encode_identity(profile, serial)
-        self._mapped = frozenset(mapped_registers(profile))
+        self._ident = self._encode_identity(serial)
+        self._mapped = frozenset(self._mapped_set())
         self._start_wh = int(energy_wh)  # register total after the last swap/reset ...
         self._base_mj = 0  # ... and delivered energy at that moment
         self._frozen_image: RegisterImage | None = None
         self.image()  # fail now, not on the first read, if the profile cannot be encoded
+
+    # ---- protocol hooks (pilehil.dlt645.SimDltMeter overrides them) ----------------------
+
+    def _encode_identity(self, serial: str) -> RegisterImage:
+        return encode_identity(self.profile, serial)
+
+    def _mapped_set(self) -> set[tuple[int, int]]:
+        return mapped_registers(self.profile)
 
     def __repr__(self) -> str:
         return f"SimMeter({self.profile.get('id', '?')!r}, address={self.address}, serial={self._serial!r})"
@@ -221,7 +229,7 @@ class SimMeter(BusDevice):
     def swap(self, serial: str, energy_wh: int = 0) -> None:
         """Replace the meter: a new ``serial`` and an energy total restarting at
         ``energy_wh``. The load (the pile) is unchanged; a frozen image is dropped."""
-        ident = encode_identity(self.profile, serial)
+        ident = self._encode_identity(serial)
         base = self.delivered_mj
         with self._lock:
             self._serial, self._ident = serial, ident

@@ -195,7 +195,8 @@ class PymodbusBackend:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._pty = PtyPair()
-        devices = [sim_device(m) for m in self.meters.values()]
+        # DL/T 645 meters (string addresses) are answered by the wire itself, not pymodbus.
+        devices = [sim_device(m) for m in self.meters.values() if isinstance(m.address, int)]
         # Parity stays "N": Linux ptys refuse PARENB (tcsetattr fails with EINVAL once the
         # port is already raw), and a pty carries bytes, not bits; the wire models parity.
         self._server = ModbusSerialServer(

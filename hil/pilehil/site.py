@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .clock import ScaledClock
+from .dlt645 import SimDltMeter, is_dlt645
 from .load import Load
 from .meter import SimMeter
 from .registers import load_profile
@@ -238,21 +239,23 @@ class Site:
     def add_meter(
         self,
         bus: str,
-        address: int,
+        address: int | str,
         profile: Mapping[str, Any] | str | Path,
         serial: str,
         load: Load | None = None,
         **options: Any,
     ) -> SimMeter:
-        """Put a meter on ``bus`` at ``address``. ``profile`` is a profile dict, a TOML path
-        or a profile id; ``options`` go to :class:`SimMeter` (``energy_wh``, ``latency_ms``,
+        """Put a meter on ``bus`` at ``address`` (1..247 for Modbus, a 12-digit string for a
+        DL/T 645 profile: a :class:`pilehil.dlt645.SimDltMeter`). ``profile`` is a profile
+        dict, a TOML path or a profile id; ``options`` go to :class:`SimMeter` (``energy_wh``, ``latency_ms``,
         ``unmapped``, ``voltage_v``, ``frequency_hz``, ``power_factor``)."""
         self._not_running()
         b = self.bus(bus)
         if address in b.devices:
             raise ValueError(f"bus {bus!r} already has a device at address {address}")
         prof = profile if isinstance(profile, Mapping) else load_profile(profile)
-        meter = SimMeter(prof, address, serial, load=load, clock=self.clock, **options)
+        cls = SimDltMeter if is_dlt645(prof) else SimMeter
+        meter = cls(prof, address, serial, load=load, clock=self.clock, **options)
         b.meters[address] = meter
         b.devices[address] = meter
         return meter

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
+from pilecore import dlt645 as core_dlt645
 from pilecore import modbus as core_modbus
 
 from .meter import SimMeter
@@ -52,9 +53,29 @@ def crc_ok(frame: bytes) -> bool:
     return len(frame) >= 4 and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little")
 
 
+def is_dlt645_start(buf: bytes) -> bool | None:
+    """Does ``buf`` start a DL/T 645 frame (FE preamble, or 68 with a second 68 at byte 7)?
+    None while too few bytes have arrived to tell. A Modbus address is 1..247, never FE; a
+    Modbus request to address 0x68 is told apart by its eighth byte."""
+    if not buf:
+        return None
+    if buf[0] == 0xFE:
+        return True
+    if buf[0] != 0x68:
+        return False
+    if len(buf) < 8:
+        return None
+    return buf[7] == 0x68
+
+
 def request_length(buf: bytes) -> int | None:
-    """Length of the RTU request at the start of ``buf``; None if more bytes are needed to
-    know; 0 for a function whose length is unknown here (found by CRC instead)."""
+    """Length of the RTU (or DL/T 645) request at the start of ``buf``; None if more bytes
+    are needed to know; 0 for a function whose length is unknown here (found by CRC instead)."""
+    dlt = is_dlt645_start(buf)
+    if dlt is None:
+        return None
+    if dlt:
+        return core_dlt645.frame_length(buf) or None
     if len(buf) < 2:
         return None
     fc = buf[1]
@@ -83,6 +104,16 @@ def reply_length(buf: bytes) -> int | None:
     if fc == 7:
         return 5
     return 0
+
+
+def is_exception(reply: bytes) -> bool:
+    """An exception (Modbus) or abnormal (DL/T 645, control bit 6) reply."""
+    if is_dlt645_start(reply):
+        i = 0
+        while i < len(reply) and reply[i] == 0xFE:
+            i += 1
+        return len(reply) > i + 8 and bool(reply[i + 8] & 0x40)
+    return len(reply) > 1 and bool(reply[1] & 0x80)
 
 
 class FrameSplitter:
@@ -269,7 +300,7 @@ class Wire:
             s.replies += 1
             s.bytes += len(reply)
             s.wire_time += t_reply
-            s.exceptions += bool(reply[1] & 0x80)
+            s.exceptions += is_exception(reply)
             s.corrupted += meter.faults.corrupt_crc
             s.late += bool(extra)
         if self.realtime:
@@ -282,6 +313,8 @@ class Wire:
         return reply
 
     async def _answer(self, request: bytes) -> tuple[SimMeter | None, bytes | None]:
+        if is_dlt645_start(request):
+            return self._answer_dlt645(request)
         if not crc_ok(request):
             self.count(bad_requests=1)
             return None, None
@@ -289,3 +322,25 @@ class Wire:
         if self.cut or meter is None or meter.faults.no_reply:
             return None, None  # also broadcast (address 0): meters never answer it
         return meter, await self.exchange(request)
+
+    def _answer_dlt645(self, request: bytes) -> tuple[SimMeter | None, bytes | None]:
+        """DL/T 645 frames are answered by the simulated DL/T 645 meters themselves (no
+        pymodbus). A broadcast address read that two meters answer collides: garbage, no reply."""
+        code, address, _, _ = core_dlt645.parse(request)
+        if code != core_modbus.OK:
+            self.count(bad_requests=1)
+            return None, None
+        if self.cut:
+            return None, None
+        if address == core_dlt645.WILDCARD:
+            candidates = [m for m in self.meters.values() if hasattr(m, "answer") and not m.faults.no_reply]
+        else:
+            m = self.meters.get(address)  # type: ignore[call-overload]
+            candidates = [m] if m is not None and hasattr(m, "answer") and not m.faults.no_reply else []
+        replies = [(m, m.answer(request)) for m in candidates]
+        replies = [(m, r) for m, r in replies if r is not None]
+        if len(replies) != 1:
+            if len(replies) > 1:
+                self.count(garbage_bytes=sum(len(r) for _, r in replies))
+            return None, None
+        return replies[0]

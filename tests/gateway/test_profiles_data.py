@@ -21,7 +21,17 @@ from pilecore import profile
 
 ROOT = Path(__file__).resolve().parents[2]
 METERS = ROOT / "profiles" / "meters"
-FILES = sorted(METERS.glob("*.toml"))
+ALL_FILES = sorted(METERS.glob("*.toml"))
+
+
+def _protocol(path: Path) -> str:
+    with path.open("rb") as f:
+        return tomllib.load(f).get("protocol", "modbus")
+
+
+# Register-map checks apply to Modbus profiles; DL/T 645 profiles name data items instead.
+FILES = [p for p in ALL_FILES if _protocol(p) == "modbus"]
+DLT_FILES = [p for p in ALL_FILES if _protocol(p) == "dlt645"]
 WIDTH = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "u64": 4, "s64": 4}
 
 # (function, register, type, scale) of energy_import and power, as read from each meter's
@@ -34,6 +44,12 @@ ANCHORS = {
     "eastron-sdm630": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x0034, "f32", 1.0)},
     "abb-b23": {"energy_import": (3, 0x5000, "u64", 0.01), "power": (3, 0x5B14, "s32", 0.01)},
     "acrel-adl400": {"energy_import": (3, 0x084C, "u32", 0.1), "power": (3, 0x081A, "f32", 1000.0)},
+}
+# (data identifier, bytes, decimals, scale) of energy_import and power of DL/T 645 profiles:
+# the standard's appendix A items (forward active energy XXXXXX.XX kWh, active power XX.XXXX kW).
+DLT_ANCHORS = {
+    "chint-dtsu666-dlt645": {"energy_import": (0x00010000, 4, 2, 1.0), "power": (0x02030000, 3, 4, 1000.0)},
+    "chint-ddsu666-dlt645": {"energy_import": (0x00010000, 4, 2, 1.0), "power": (0x02030000, 3, 4, 1000.0)},
 }
 SERIAL_IDENTITY = {"eastron-sdm120": 0xFC00, "eastron-sdm630": 0xFC00, "abb-b23": 0x8900}
 
@@ -49,14 +65,31 @@ def ids(paths: list[Path]) -> list[str]:
 
 def test_every_expected_meter_ships() -> None:
     assert set(ids(FILES)) == set(ANCHORS)
+    assert set(ids(DLT_FILES)) == set(DLT_ANCHORS)
 
 
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+@pytest.mark.parametrize("path", ALL_FILES, ids=ids(ALL_FILES))
 def test_profile_validates(path: Path) -> None:
     assert profile.validate_profile(load(path), path.stem) == []
 
 
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+@pytest.mark.parametrize("path", ALL_FILES, ids=ids(ALL_FILES))
+def test_profile_states_its_confidence(path: Path) -> None:
+    assert load(path).get("confidence") in ("high", "medium", "low")
+
+
+@pytest.mark.parametrize("path", DLT_FILES, ids=ids(DLT_FILES))
+def test_dlt645_anchor_items_are_the_standards(path: Path) -> None:
+    p = load(path)
+    for name, (di, nbytes, decimals, scale) in DLT_ANCHORS[path.stem].items():
+        spec = p["values"][name]
+        assert (spec["di"], spec["bytes"], spec["decimals"]) == (di, nbytes, decimals), name
+        assert spec["scale"] == pytest.approx(scale), name
+    assert (p["serial"]["baud"], p["serial"]["parity"]) == (2400, "E")  # the standard's default
+    assert "function" not in p and "max_block" not in p
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=ids(ALL_FILES))
 def test_file_name_is_id(path: Path) -> None:
     assert load(path)["id"] == path.stem
     assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", path.stem)
@@ -117,7 +150,7 @@ def test_per_phase_values_list_one_register_per_phase(path: Path) -> None:
             assert len(profile.value_registers(p, name)) == p["phases"]
 
 
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+@pytest.mark.parametrize("path", ALL_FILES, ids=ids(ALL_FILES))
 def test_ranges_fit_a_pile_meter(path: Path) -> None:
     """Sane ranges, independent of the validator: what a real pile meter can show."""
     v = load(path)["values"]
@@ -156,7 +189,7 @@ def test_identity(path: Path) -> None:
     assert len(ident["note"]) > 40  # says what it can and cannot catch
 
 
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+@pytest.mark.parametrize("path", ALL_FILES, ids=ids(ALL_FILES))
 def test_source_and_quirks_are_documented(path: Path) -> None:
     p = load(path)
     assert len(p["source"]) > 80
@@ -165,7 +198,7 @@ def test_source_and_quirks_are_documented(path: Path) -> None:
     assert f"`{path.stem}`" in doc, "docs/meters.md has a section for this meter"
 
 
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+@pytest.mark.parametrize("path", ALL_FILES, ids=ids(ALL_FILES))
 def test_plain_data_round_trips_through_json(path: Path) -> None:
     """The ESP32 receives profiles inside the compiled site JSON: no TOML-only types."""
     p = load(path)

@@ -19,7 +19,9 @@ from pilehil.registers import (
 from pilehil.site import Site
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "meters"
-PROFILE_FILES = sorted(PROFILE_DIR.glob("*.toml"))
+# Modbus profiles only: DL/T 645 profiles are served by pilehil.dlt645 and read back through
+# the gateway in tests/gateway/test_dlt645_sim.py.
+PROFILE_FILES = [p for p in sorted(PROFILE_DIR.glob("*.toml")) if load_profile(p).get("protocol", "modbus") == "modbus"]
 SERIAL = "12345678"
 
 

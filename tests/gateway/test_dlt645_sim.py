@@ -1,0 +1,110 @@
+"""DL/T 645 meters and Modbus meters on one simulated bus, read through the Pi's gateway path.
+
+The simulator serves DL/T 645-2007 frames (pilehil.dlt645) on the same pseudo-terminal as the
+pymodbus meters; the gateway drives such a bus with its raw-frame port (pilegate.serial_port)
+and the core scheduler, so both protocols share one line and one schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from simsite import pile_block
+
+from pilecore import dlt645, modbus
+from pilecore.scheduler import BusScheduler, Txn
+from pilegate.metering_service import poll_once
+from pilegate.serial_port import RawBusPort
+from pilehil import ConstantLoad
+
+DLT_ADDR = "000012345678"
+
+
+def dlt_block(pid: str, address: str, profile: str) -> str:
+    return f"""
+[[pile]]
+id = "{pid}"
+meter = {{ bus = "bus1", address = "{address}", profile = "{profile}", serial = "" }}
+"""
+
+
+def close(a: float, b: float, tol: float) -> bool:
+    return abs(a - b) <= tol
+
+
+def test_mixed_bus_one_dlt645_two_modbus_meters(sim_site):
+    body = (
+        dlt_block("P1", DLT_ADDR, "chint-dtsu666-dlt645")
+        + pile_block("P2", 2, "eastron-sdm120")
+        + pile_block("P3", 3, "chint-dtsu666")
+    )
+    s = sim_site(body, loads={2: ConstantLoad(3000, 1), 3: ConstantLoad(9000, 3)})
+    s.meter(DLT_ADDR).load = ConstantLoad(11040, 3)
+    s.clock.advance(3600)
+    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    for pid in ("P1", "P2", "P3"):
+        assert meters[pid].error is None, (pid, meters[pid].error)
+    truth = s.meter(DLT_ADDR)
+    r = meters["P1"].reading
+    # energy in the item's 0.01 kWh steps, truncated as the meter's register is
+    assert truth.energy_wh - 10 < r["energy_wh"] <= truth.energy_wh
+    assert close(r["power_w"], 11040, 0.1)
+    for got, want in zip(r["voltage_v"], truth.voltage, strict=True):
+        assert close(got, want, 0.06)
+    for got, want in zip(r["current_a"], truth.current, strict=True):
+        assert close(got, want, 0.0006)
+    assert close(r["frequency_hz"], 50.0, 0.005) and close(r["power_factor"], 0.99, 0.0006)
+    assert meters["P1"].identity == truth.serial
+    assert meters["P2"].identity == s.meter(2).serial
+    assert close(meters["P3"].reading["power_w"], 9000, 1)
+    stats = s.sim.bus_stats("bus1")
+    assert stats.bad_requests == 0 and stats.line_errors == 0
+
+
+def _transact(endpoint: str, txn: Txn) -> tuple[int, object, int]:
+    async def go() -> tuple[int, object, int]:
+        port = RawBusPort({"name": "bus1", "port": endpoint, "baud": 9600, "parity": "N", "stopbits": 1})
+        try:
+            return await port.perform(txn)
+        finally:
+            port.close()
+
+    return asyncio.run(go())
+
+
+def test_broadcast_address_read_finds_the_only_meter(sim_site):
+    s = sim_site(dlt_block("P1", DLT_ADDR, "chint-ddsu666-dlt645"))
+    sched = BusScheduler("bus1")
+    sched.submit(dlt645.WILDCARD, dlt645.C_READ_ADDRESS, 0, 0)
+    txn = sched.next_txn(0)
+    code, address, _ = _transact(s.sim.endpoints["bus1"], txn)
+    assert (code, address) == (modbus.OK, DLT_ADDR)
+
+
+def test_broadcast_address_read_collides_with_two_meters(sim_site):
+    s = sim_site(
+        dlt_block("P1", DLT_ADDR, "chint-ddsu666-dlt645") + dlt_block("P2", "000012345679", "chint-ddsu666-dlt645")
+    )
+    txn = Txn("job", None, dlt645.WILDCARD, dlt645.C_READ_ADDRESS, 0, 0, 300, protocol="dlt645")
+    code, _, _ = _transact(s.sim.endpoints["bus1"], txn)
+    assert code == modbus.E_TIMEOUT  # two answers on one line are garbage: the installer is told to isolate
+
+
+def test_abnormal_answer_no_such_data_marks_the_value_unsupported(sim_site):
+    s = sim_site(dlt_block("P1", DLT_ADDR, "chint-dtsu666-dlt645"))
+    s.meter(DLT_ADDR).add_exception(dlt645.ERR_NO_DATA, start=dlt645.DI_FREQUENCY, end=dlt645.DI_FREQUENCY)
+    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    m = meters["P1"]
+    assert "frequency_hz" not in m.reading and "energy_wh" in m.reading
+    assert ("frequency", 0) in m.plan.unsupported
+
+
+def test_refused_block_read_falls_back_to_one_item_per_phase(sim_site):
+    s = sim_site(dlt_block("P1", DLT_ADDR, "chint-dtsu666-dlt645"))
+    s.meter(DLT_ADDR).add_exception(dlt645.ERR_OTHER, start=0x0201FF00, end=0x0201FF00)
+    s.meter(DLT_ADDR).load = ConstantLoad(6000, 3)
+    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    m = meters["P1"]
+    assert m.error is None, m.error
+    assert len(m.reading["voltage_v"]) == 3 and all(v > 200 for v in m.reading["voltage_v"])
+    assert [0x11, 0x0201FF00, 6] not in m.plan.reads and [0x11, 0x02010100, 2] in m.plan.reads
