@@ -370,6 +370,23 @@ class SiteGuard:
         """Piles whose meter identity should be read now."""
         return [pid for pid in self.order if self.piles[pid].identity_due(now) and not self.piles[pid].offline]
 
+    def override(self, pid, mode):
+        """A technician's interlock override: "on", "off", or "auto" (the guard decides again).
+
+        Returns (ok, message); the caller audits it and then drives the relays (interlocks()).
+        """
+        if pid not in self.piles:
+            return False, "no pile %s (piles: %s)" % (pid, ", ".join(self.order))
+        if self.interlock_mode[pid] != "relay":
+            return False, 'pile %s has interlock = "report": there is no relay or coil to switch' % pid
+        if mode == "auto":
+            self.overrides.pop(pid, None)
+        elif mode in ("on", "off"):
+            self.overrides[pid] = mode == "on"
+        else:
+            return False, "mode is on, off or auto"
+        return True, "pile %s interlock %s" % (pid, mode)
+
     def interlocks(self):
         """{pile: True (enable) / False (switch off)} for piles in relay mode.
 

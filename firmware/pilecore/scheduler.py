@@ -243,6 +243,15 @@ class BusScheduler:
     def device(self, key):
         return self._by_key.get(key)
 
+    def set_poll_ms(self, key, poll_ms):
+        """Poll device `key` every poll_ms from its next cycle on (a console setting); False if
+        there is no such device."""
+        dev = self.device(key)
+        if dev is None:
+            return False
+        dev.poll_ms = poll_ms
+        return True
+
     def submit(self, address, function, register, count, prio=PRIO_INTERACTIVE, value=None, tag=None):
         """Queue a one-off request; returns its job id (reported back by `complete`).
 

@@ -325,8 +325,14 @@ class App:
 
                 idle = self.cfg.get("console", {}).get("idle_logout_s", 600)
                 c = Console(
-                    ConsoleBackend(self), auth=self.auth, echo=True, origin="serial " + u["name"], idle_logout_s=idle
+                    ConsoleBackend(self),
+                    auth=self.auth,
+                    echo=True,
+                    origin="serial " + u["name"],
+                    idle_logout_s=idle,
+                    greet_on_input=True,  # a terminal attached later gets the banner on its first key
                 )
+                self.log("info", "console on serial port %s" % u["name"])
                 uc = UartConsole(port, c)
                 uc.greet(self.clock.now())
                 return uc

@@ -1,179 +1,106 @@
-"""The console backend of the ESP32 gateway: what `pilecore.console` shows and changes.
+"""The console backend of the ESP32 gateway: a thin adapter from the running `App` to the core.
 
-Every answer is read from the running `App` (the same state the main loop uses); raw reads and
-scans are queued on the bus schedulers as jobs, so they never talk over a poll.  Settings that a
-technician may change: `telemetry.interval_s`, `metering.poll_s`, `log.level` (persisted).
-Privileged actions (`interlock`, `reboot`, `factory-reset`, `repl`) are audited by the console
-through `audit()`, which the gateway signs and publishes as an event.
+What the console shows and may change is decided once, for both ports, by
+`pilecore.console_views.ViewBackend`; this adapter only says where the ESP32's facts are
+(the port-neutral interface documented there) and carries out what only the board can do:
+self tests, reboot, factory reset, the REPL, and raw reads and scans queued on the bus
+schedulers as jobs (so they never talk over a poll).  Settings persist in the state file,
+except console.idle_logout_s, which holds until the next restart (docs/console.md).
 """
 
 from pilecore import modbus
-from pilecore.console import LOG_LEVELS
+from pilecore.console_views import ViewBackend, filter_log
 from pilecore.scheduler import PRIO_INTERACTIVE
 from pilefw.metering import Scan
 
-SETTINGS = ("telemetry.interval_s", "metering.poll_s", "log.level")
 
-
-class ConsoleBackend:
+class ConsoleBackend(ViewBackend):
     """See the module docstring."""
 
     def __init__(self, app):
         self.app = app
+        self.cfg = app.cfg
+        self.core = app.core
         self._scans = {}
 
-    # ------------------------------------------------------------ read-only views
+    # ------------------------------------------------------------ the port-neutral interface
 
-    def status(self):
+    def now(self):
+        return self.app.clock.now()
+
+    def port_status(self):
         a = self.app
         mem = a.hw.mem()
         return {
-            "gateway": a.gw,
-            "site": a.site_id,
             "firmware": a.fw_version,
-            "board": a.board["id"],
+            "platform": a.board.get("platform", "esp32"),
             "uptime_s": a.uptime_s(),
-            "time": a.clock.now(),
             "time_sync": a.clock.tsync,
             "mem_free": mem[0] if mem else None,
             "mem_total": mem[1] if mem else None,
-            "config_hash": a.config_hash,
             "kid": a.keys.kid,
+            "config_hash": a.config_hash,
             "epoch": a.epoch,
             "seq": a.chain.seq,
         }
 
-    def _pile_row(self, p):
-        a = self.app
-        st = a.core.guard.status(p["id"])
-        r = a.core.latest.get(p["id"]) or {}
-        mode = a.core.guard.overrides.get(p["id"])
-        if p.get("interlock", "report") != "relay":
-            inter = "report"
-        elif mode is None:
-            inter = "auto (%s)" % ("on" if a.core.applied.get(p["id"]) else "off")
-        else:
-            inter = "on" if mode else "off"
-        power = r.get("power_w")
-        if st["offline"]:
-            state = "offline"
-        elif a.core.sessions[p["id"]].active:
-            state = "charging"
-        elif power is None:
-            state = "unknown"
-        else:
-            state = "idle"
-        return {
-            "id": p["id"],
-            "name": p.get("name", ""),
-            "state": state,
-            "power_w": power,
-            "energy_wh": r.get("energy_wh"),
-            "bus": p["meter"]["bus"],
-            "address": p["meter"]["address"],
-            "serial": st["serial"],
-            "metered": st["metered"],
-            "interlock": inter,
-            "faults": st["reasons"],
-        }
+    def meter_state(self, pile):
+        return self.app.metering.meters.get(pile)
 
-    def piles(self):
-        return [self._pile_row(p) for p in self.app.cfg["pile"]]
+    def schedulers(self):
+        return self.app.metering.scheds
 
-    def meter(self, pile):
-        a = self.app
-        m = a.metering.meters.get(pile)
-        if m is None or pile.startswith("_"):
-            return None
-        st = a.core.guard.status(pile)
-        dev = a.metering.scheds[m.bus].device(pile)
-        out = {
-            "pile": pile,
-            "profile": m.profile.get("id", ""),
-            "bus": m.bus,
-            "address": m.address,
-            "serial": st["serial"],
-            "identity": m.identity,
-            "state": "offline" if st["offline"] else "online",
-            "metered": st["metered"],
-            "reasons": st["reasons"],
-            "error": m.error,
-            "values": dict(m.reading) if m.reading else {},
-            "polls": m.polls,
-            "failures": m.failures,
-            "stats": dev.stats() if dev is not None else {},
-        }
-        for p in a.cfg["pile"]:
-            if p["id"] == pile:
-                out["profile"] = p["meter"]["profile"]
-        if m.reading:
-            out["t"] = m.reading.get("t")
-            out["values"].pop("t", None)
-        return out
-
-    def bays(self):
-        a = self.app
-        now = a.clock.now()
-        out = []
-        for b in a.cfg.get("bay", ()):
-            mach = a.core.bays.get(b["id"])
-            if mach is None:
-                out.append({"bay": b["id"], "pile": b["pile"], "state": "not monitored"})
-            else:
-                st = mach.status(now)
-                out.append(
-                    {
-                        "bay": b["id"],
-                        "pile": b["pile"],
-                        "state": st.get("state"),
-                        "plugged": st.get("plugged"),
-                        "charging": st.get("charging"),
-                        "arrival": st.get("arrival"),
-                        "fee": st.get("fee"),
-                    }
-                )
-        return out
-
-    def bay(self, bay_id):
-        a = self.app
-        mach = a.core.bays.get(bay_id)
-        if mach is not None:
-            return mach.status(a.clock.now())
-        for b in a.cfg.get("bay", ()):
-            if b["id"] == bay_id:
-                return {"bay": bay_id, "pile": b["pile"], "state": "not monitored"}
-        return None
-
-    def events(self, n):
-        return self.app.recent[-n:]
-
-    def mqtt(self):
+    def link_status(self):
         a = self.app
         link = a.link
         last = None
         if link.last_publish_ms is not None:
             last = a.clock.now() - (a.ms() - link.last_publish_ms) // 1000
         return {
-            "broker": a.cfg["mqtt"]["url"],
             "connected": link.connected,
-            "network": a.net_up,
-            "last_publish_t": last,
-            "outbox": a.outbox.depth(),
-            "oldest_unsent_seq": a.outbox.oldest(),
-            "seq": a.chain.seq,
             "connects": link.connects,
             "last_error": link.last_error,
+            "last_publish_t": last,
+            "outbox": a.outbox.depth(),
         }
 
-    def bus(self):
-        return self.app.metering.bus_stats()
+    def oldest_unsent(self):
+        seq = self.app.outbox.oldest()
+        return self.app.outbox.get(seq) if seq is not None else None
 
-    def log(self, level=None):
-        lines = self.app.logs
-        if level is None:
-            return list(lines)
-        floor = LOG_LEVELS.index(level)
-        return [ln for ln in lines if LOG_LEVELS.index(ln["level"]) >= floor]
+    def log_lines(self):
+        return filter_log(self.app.logs, self.app.log_level)
+
+    def recent_events(self):
+        return self.app.recent
+
+    def setting_values(self):
+        a = self.app
+        return {
+            "console.idle_logout_s": a.auth.idle_logout_s,
+            "log.level": a.log_level,
+            "metering.poll_s": a.poll_s,
+            "telemetry.interval_s": a.interval_s,
+        }
+
+    def apply_setting(self, key, value):
+        a = self.app
+        if key == "telemetry.interval_s":
+            a.interval_s = value
+        elif key == "metering.poll_s":
+            a.poll_s = value
+            self.set_meter_poll_s(value)
+        elif key == "log.level":
+            a.log_level = value
+        elif key == "console.idle_logout_s":
+            a.auth.idle_logout_s = value
+            return
+        a._save_settings()
+
+    def interlocks_changed(self):
+        self.app.metering.apply_interlocks()
+
+    # ------------------------------------------------------------ what only the board does
 
     def selftest(self):
         a = self.app
@@ -207,48 +134,6 @@ class ConsoleBackend:
         return {"kid": self.app.keys.kid, "pem": self.app.keys.pem}
 
     # ------------------------------------------------------------ settings and actions
-
-    def settings(self):
-        a = self.app
-        return {"telemetry.interval_s": a.interval_s, "metering.poll_s": a.poll_s, "log.level": a.log_level}
-
-    def set_setting(self, key, value):
-        a = self.app
-        if key not in SETTINGS:
-            return False, "not a setting (settable: %s)" % ", ".join(SETTINGS)
-        if key == "log.level":
-            if value not in LOG_LEVELS:
-                return False, "log.level is one of %s" % ", ".join(LOG_LEVELS)
-            a.log_level = value
-        else:
-            if not value.isdigit():
-                return False, "%s must be a whole number of seconds" % key.split(".")[1]
-            v = int(value)
-            if not 1 <= v <= 3600:
-                return False, "%s must be 1-3600" % key.split(".")[1]
-            if key == "telemetry.interval_s":
-                a.interval_s = v
-            else:
-                a.poll_s = v
-                for sched in a.metering.scheds.values():
-                    for dev in sched.devices:
-                        if "#" not in dev.key:
-                            dev.poll_ms = v * 1000
-        a._save_settings()
-        return True, "applied"
-
-    def interlock(self, pile, mode):
-        a = self.app
-        if pile not in a.core.guard.piles:
-            return False, "no pile %s" % pile
-        if a.core.guard.interlock_mode.get(pile) != "relay":
-            return False, "pile %s has no interlock (interlock = report)" % pile
-        if mode == "auto":
-            a.core.guard.overrides.pop(pile, None)
-        else:
-            a.core.guard.overrides[pile] = mode == "on"
-        a.metering.apply_interlocks()
-        return True, "pile %s interlock %s" % (pile, mode)
 
     def reboot(self):
         a = self.app

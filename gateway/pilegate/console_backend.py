@@ -1,10 +1,14 @@
-"""What the technician console sees on the Pi: the running gateway's state, as plain data.
+"""The console backend of the Pi gateway: a thin adapter from the running `Gateway` to the core.
 
-`GatewayBackend` implements the backend interface of pilecore.console over a running
-`pilegate.runtime.Gateway`.  Reads are answered from the gateway's live state; mbread and scan
-go through the bus schedulers as jobs (never around them); privileged actions change only the
-operational settings listed in SETTINGS, and every one is audited by the console as a signed
-event.  Meter-to-pile bindings are deliberately not settable here.
+What the console shows and may change is decided once, for both ports, by
+`pilecore.console_views.ViewBackend`; this adapter only says where the Pi's facts are (the
+port-neutral interface documented there) and carries out what only the Pi can do: self tests,
+reboot, factory reset, and raw reads and scans that go through the bus schedulers as jobs
+(never around them).  Every privileged action is audited by the console as a signed event.
+Meter-to-pile bindings are deliberately not settable here.
+
+`log` only reads: the lines the `LogRing` kept, filtered by the core.  Changing what is kept is
+the privileged, audited `set log.level`.
 """
 
 from __future__ import annotations
@@ -13,161 +17,153 @@ import asyncio
 import collections
 import logging
 import os
-import resource
 import time
 from typing import Any
 
-from pilecore import civiltime, envelope, modbus
+from pilecore import modbus
+from pilecore.console_views import ViewBackend
 from pilecore.scheduler import PRIO_BACKGROUND
 from pilegate import VERSION
 
-SETTINGS = {
-    "telemetry.interval_s": (int, 1, 3600, "seconds between telemetry messages"),
-    "log.level": (str, None, None, "debug | info | warning | error"),
-    "console.idle_logout_s": (int, 30, 86400, "idle privileged sessions log out after this"),
-}
+_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error", "CRITICAL": "error"}
+_SAVED = "console_settings"  # outbox key-value entry: the settings the console changed
 
 
 class LogRing(logging.Handler):
-    """The last `size` log lines, for the console's `log` command."""
+    """The last `size` log records as {"t", "level", "msg"}, for the console's `log` command."""
 
     def __init__(self, size: int = 200):
         super().__init__()
-        self.lines: collections.deque[str] = collections.deque(maxlen=size)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.lines: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
+        level = _LEVELS.get(record.levelname, "error")
+        self.lines.append({"t": int(record.created), "level": level, "msg": self.format(record)})
 
 
-class GatewayBackend:
+def _meminfo() -> tuple[int | None, int | None]:
+    """(available, total) bytes of the system's memory, from /proc/meminfo."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("MemAvailable", "MemTotal"):
+                    found[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None, None
+    return found.get("MemAvailable"), found.get("MemTotal")
+
+
+class GatewayBackend(ViewBackend):
     """See the module docstring."""
 
     def __init__(self, gw: Any, log_ring: LogRing | None = None):
         self.gw = gw
+        self.cfg = gw.cfg
+        self.core = gw.core
         self.ring = log_ring or LogRing()
-        self._tasks: dict[int, asyncio.Task] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        saved = gw.outbox.kv_get(_SAVED) or {}
+        if isinstance(saved.get("metering.poll_s"), int):
+            self.set_meter_poll_s(saved["metering.poll_s"])
+        if saved.get("log.level") in _LEVELS.values():
+            logging.getLogger("pilegate").setLevel(saved["log.level"].upper())
 
-    # ------------------------------------------------------------ read-only
+    # ------------------------------------------------------------ the port-neutral interface
 
-    def status(self) -> dict[str, Any]:
+    def now(self) -> int:
+        return int(self.gw.now())
+
+    def port_status(self) -> dict[str, Any]:
         gw = self.gw
-        now = gw.now()
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        free, total = _meminfo()
         return {
-            "gateway": gw.gw,
-            "site": gw.site_id,
             "firmware": VERSION,
-            "platform": "rpi",
-            "board": gw.cfg["gateway"]["board"],
+            "platform": gw.cfg.get("board_def", {}).get("platform", "rpi"),
             "uptime_s": int(time.monotonic() - gw.started),
-            "time": civiltime.iso_utc(now),
-            "tsync": gw.tsync(),
-            "memory_kb": rss_kb,
-            "config_hash": gw.site.config_hash,
+            "time_sync": gw.tsync(),
+            "mem_free": free,
+            "mem_total": total,
             "kid": gw.key.kid,
+            "config_hash": gw.site.config_hash,
             "epoch": gw.epoch,
             "seq": gw.chain.seq,
         }
 
-    def piles(self) -> list[dict[str, Any]]:
-        out = []
-        for p in self.gw.cfg["pile"]:
-            st = self.gw.core.guard.status(p["id"])
-            m = self.gw.metering.meters[p["id"]]
-            r = m.reading or {}
-            out.append(
-                {
-                    "pile": p["id"],
-                    "meter": f"{m.bus}/{m.address} {p['meter']['profile']}",
-                    "serial": st["serial"],
-                    "metered": st["metered"],
-                    "reasons": st["reasons"],
-                    "energy_wh": r.get("energy_wh"),
-                    "power_w": r.get("power_w"),
-                    "last_reading": r.get("t"),
-                    "error": m.error,
-                    "interlock": p.get("interlock", "report"),
-                }
-            )
-        return out
+    def meter_state(self, pile: str) -> Any:
+        return self.gw.metering.meters.get(pile)
 
-    def meter(self, pile: str) -> dict[str, Any] | None:
-        m = self.gw.metering.meters.get(pile)
-        if m is None:
-            return None
-        dev = self.gw.metering.scheds[m.bus].device(pile)
+    def schedulers(self) -> dict[str, Any]:
+        return dict(self.gw.metering.scheds)
+
+    def link_status(self) -> dict[str, Any]:
+        link = self.gw.link
         return {
-            "pile": pile,
-            "bus": m.bus,
-            "address": m.address,
-            "profile": m.profile.get("id"),
-            "identity": m.identity,
-            "reading": m.reading,
-            "error": m.error,
-            "faults": m.faults,
-            "reads": m.plan.reads,
-            "unsupported": m.plan.unsupported,
-            "stats": dev.stats() if dev else None,
-            "polls": m.polls,
-            "failures": m.failures,
-        }
-
-    def bays(self) -> list[dict[str, Any]]:
-        now = self.gw.now()
-        out = []
-        for b in self.gw.cfg.get("bay", []):
-            machine = self.gw.core.bays.get(b["id"])
-            st = machine.status(now) if machine else {"state": "unmonitored"}
-            out.append(dict(st, bay=b["id"], pile=b["pile"]))
-        return out
-
-    def bay(self, bay_id: str) -> dict[str, Any] | None:
-        for b in self.bays():
-            if b["bay"] == bay_id:
-                return b
-        return None
-
-    def events(self, n: int) -> list[dict[str, Any]]:
-        return list(self.gw.recent_events)[-n:]
-
-    def mqtt(self) -> dict[str, Any]:
-        link, ob = self.gw.link, self.gw.outbox
-        oldest = ob.oldest()
-        age = None
-        if oldest is not None:
-            msg = ob.get(oldest)
-            if msg is not None:
-                try:
-                    _, payload, _, _ = envelope.split(msg[3].decode())
-                    import json
-
-                    age = self.gw.now() - json.loads(payload)["t"]
-                except (ValueError, KeyError):
-                    age = None
-        return {
-            "url": self.gw.cfg["mqtt"]["url"],
             "connected": link.connected.is_set(),
             "connects": link.connects,
             "last_error": link.last_error,
-            "last_publish": civiltime.iso_utc(int(link.last_publish)) if link.last_publish else None,
-            "published": link.published,
-            "acked": link.acked,
-            "in_flight": link.inflight(),
-            "outbox_depth": ob.depth(),
-            "oldest_unsent_seq": oldest,
-            "oldest_unsent_age_s": age,
-            "outbox_bytes": ob.bytes_used(),
-            "last_seq": self.gw.chain.seq,
+            "last_publish_t": int(link.last_publish) if link.last_publish else None,
+            "outbox": self.gw.outbox.depth(),
         }
 
-    def bus(self) -> dict[str, Any]:
-        return {name: s.snapshot() for name, s in self.gw.metering.scheds.items()}
+    def oldest_unsent(self) -> tuple[int, str, str, bytes] | None:
+        ob = self.gw.outbox
+        seq = ob.oldest()
+        return ob.get(seq) if seq is not None else None
 
-    def log(self, level: str | None = None) -> list[str]:
-        if level:
-            logging.getLogger("pilegate").setLevel(level.upper())
-        return list(self.ring.lines)[-40:]
+    def log_lines(self) -> list[dict[str, Any]]:
+        return list(self.ring.lines)
+
+    def recent_events(self) -> list[dict[str, Any]]:
+        return list(self.gw.recent_events)
+
+    def setting_values(self) -> dict[str, Any]:
+        level = logging.getLevelName(logging.getLogger("pilegate").getEffectiveLevel())
+        poll_ms = self.gw.metering.poll_ms
+        for p in self.cfg["pile"]:
+            dev = self.gw.metering.scheds[p["meter"]["bus"]].device(p["id"])
+            if dev is not None:
+                poll_ms = dev.poll_ms
+                break
+        return {
+            "console.idle_logout_s": self._console_auth_idle(),
+            "log.level": _LEVELS.get(level, "info"),
+            "metering.poll_s": poll_ms // 1000,
+            "telemetry.interval_s": self.gw.interval_s,
+        }
+
+    def _console_auth_idle(self) -> int:
+        server = getattr(self.gw, "console", None)
+        if server is not None:
+            return int(server.auth.idle_logout_s)
+        return int(self.cfg.get("console", {}).get("idle_logout_s", 600))
+
+    def apply_setting(self, key: str, value: Any) -> None:
+        gw = self.gw
+        if key == "telemetry.interval_s":
+            gw.interval_s = value
+            gw.outbox.kv_put("interval_s", value)
+            return
+        if key == "console.idle_logout_s":
+            return  # the console itself applies it to every session (AuthState), until restart
+        if key == "metering.poll_s":
+            self.set_meter_poll_s(value)
+        elif key == "log.level":
+            logging.getLogger("pilegate").setLevel(value.upper())
+        saved = dict(gw.outbox.kv_get(_SAVED) or {})
+        saved[key] = value
+        gw.outbox.kv_put(_SAVED, saved)
+
+    def interlocks_changed(self) -> None:
+        # Act at once, as the ESP32 does, rather than on the next tick.
+        m = self.gw.metering
+        apply = getattr(m, "apply_interlocks", None) or getattr(m, "_apply_interlocks", None)
+        if apply is not None:
+            apply()
+
+    # ------------------------------------------------------------ what only the Pi does
 
     def selftest(self) -> list[tuple[str, bool, str]]:
         gw = self.gw
@@ -178,6 +174,8 @@ class GatewayBackend:
             from cryptography.hazmat.primitives.asymmetric import ec
 
             pub = serialization.load_der_public_key(gw.key.spki_der)
+            if not isinstance(pub, ec.EllipticCurvePublicKey):
+                raise ValueError("the device key is not an EC key")
             pub.verify(gw.key.sign_der(msg), msg, ec.ECDSA(hashes.SHA256()))
             out.append(("device key signs and verifies", True, gw.key.kid[:16]))
         except Exception as exc:
@@ -199,48 +197,6 @@ class GatewayBackend:
 
     def keys(self) -> dict[str, str]:
         return {"kid": self.gw.key.kid, "pem": self.gw.key.public_pem}
-
-    # ------------------------------------------------------------ privileged
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "telemetry.interval_s": self.gw.interval_s,
-            "log.level": logging.getLevelName(logging.getLogger("pilegate").getEffectiveLevel()).lower(),
-            "console.idle_logout_s": self.gw.cfg.get("console", {}).get("idle_logout_s", 600),
-        }
-
-    def set_setting(self, key: str, value: str) -> tuple[bool, str]:
-        if key not in SETTINGS:
-            return False, f"{key} is not an operational setting; settable: {', '.join(sorted(SETTINGS))}"
-        typ, lo, hi, _ = SETTINGS[key]
-        if typ is int:
-            if not value.isdigit() or not lo <= int(value) <= hi:
-                return False, f"{key} must be a whole number {lo}-{hi}"
-            v: Any = int(value)
-        else:
-            if value not in ("debug", "info", "warning", "error"):
-                return False, "log.level must be debug, info, warning or error"
-            v = value
-        if key == "telemetry.interval_s":
-            self.gw.interval_s = v
-            self.gw.outbox.kv_put("interval_s", v)
-        elif key == "log.level":
-            logging.getLogger("pilegate").setLevel(v.upper())
-        elif key == "console.idle_logout_s":
-            self.gw.cfg.setdefault("console", {})["idle_logout_s"] = v
-        return True, f"{key} = {v}"
-
-    def interlock(self, pile: str, mode: str) -> tuple[bool, str]:
-        guard = self.gw.core.guard
-        if pile not in guard.piles:
-            return False, f"no pile {pile}"
-        if guard.interlock_mode.get(pile) != "relay":
-            return False, f'pile {pile} has interlock = "report": there is nothing to switch'
-        if mode == "auto":
-            guard.overrides.pop(pile, None)
-            return True, f"{pile}: interlock follows metering again"
-        guard.overrides[pile] = mode == "on"
-        return True, f"{pile}: interlock forced {mode} until 'interlock {pile} auto'"
 
     def reboot(self) -> None:
         self.gw.request_stop(reboot=True)

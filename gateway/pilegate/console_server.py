@@ -76,9 +76,10 @@ class ConsoleError(Exception):
 class _Session:
     """Common part of a serial or socket session: the interpreter and the output policy."""
 
-    def __init__(self, server: ConsoleServer, origin: str, echo: bool):
+    def __init__(self, server: ConsoleServer, origin: str, echo: bool, greet_on_input: bool = False):
         self.server = server
         self.origin = origin
+        self.greet_on_input = greet_on_input
         self.console = self._new_console(echo)
         self.wake = asyncio.Event()
         self.dropped = 0  # bytes of output dropped, not yet reported
@@ -88,8 +89,15 @@ class _Session:
 
     def _new_console(self, echo: bool) -> Console:
         s = self.server
+        # idle_logout_s lives in the shared AuthState: a `set console.idle_logout_s` reaches
+        # this session and every later one.
         c = Console(
-            s.backend, idle_logout_s=s.idle_logout_s, auth=s.auth, echo=echo, origin=self.origin, max_line=s.max_line
+            s.backend,
+            auth=s.auth,
+            echo=echo,
+            origin=self.origin,
+            max_line=s.max_line,
+            greet_on_input=self.greet_on_input,
         )
         c.wakeup = self._wakeup
         return c
@@ -168,14 +176,15 @@ class _SerialSession(_Session):
     """The console tty: one persistent session, echo on, reopened when the device comes back."""
 
     def __init__(self, server: ConsoleServer, path: str, baud: int):
-        super().__init__(server, f"serial {path}", echo=True)
+        # Nobody may be on the line when the greeting goes out: the first bytes bring it again.
+        super().__init__(server, f"serial {path}", echo=True, greet_on_input=True)
         self.path = path
         self.baud = baud
         self.fd: int | None = None
         self.out = bytearray()
         self._loop = asyncio.get_running_loop()
         self._writing = False
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._warned = False
 
     def open(self) -> None:
@@ -216,7 +225,7 @@ class _SerialSession(_Session):
                         self.open()
                         self._warned = False
                         self.send(self.console.greeting(self.server.clock()))
-                        log.info("console on %s at %d baud", self.path, self.baud)
+                        log.info("console on serial port %s at %d baud", self.path, self.baud)
                     except (OSError, termios.error) as exc:
                         if not self._warned:
                             log.warning(
@@ -234,6 +243,8 @@ class _SerialSession(_Session):
                 await poller
 
     def _readable(self) -> None:
+        if self.fd is None:
+            return
         try:
             data = os.read(self.fd, READ_CHUNK)
         except BlockingIOError:
@@ -297,6 +308,7 @@ class _SerialSession(_Session):
     def end_of_session(self, now: float) -> None:
         self.console.close(now)
         self.send(b"\r\nsession ended\r\n")
+        self.greet_on_input = False  # the technician is there: the new greeting reaches them
         self.console = self._new_console(echo=True)
         self.send(self.console.greeting(now))
 
@@ -413,7 +425,8 @@ class ConsoleServer:
         self.baud = baud
         self.socket_path = Path(socket_path) if socket_path else None
         self.socket_group = socket_group
-        self.idle_logout_s = idle_logout_s
+        if auth.idle_logout_s is None:
+            auth.idle_logout_s = idle_logout_s
         self.clock = clock
         self.max_pending_out = max_pending_out
         self.stall_close_s = stall_close_s
@@ -426,7 +439,7 @@ class ConsoleServer:
         self.dropped_total = 0  # bytes of output dropped for terminals that did not read
         self.stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Open the tty (retrying in the background if it is absent) and listen on the socket."""
@@ -439,6 +452,7 @@ class ConsoleServer:
             except (OSError, termios.error) as exc:
                 log.warning("console tty %s not available yet (%s)", self.serial_port, exc)
             else:
+                log.info("console on serial port %s at %d baud", self.serial_port, self.baud)
                 self.serial.send(self.serial.console.greeting(self.clock()))
             self.serial.start()
 

@@ -153,10 +153,10 @@ def _skip_string(text: str, i: int) -> int:
     return j + 1
 
 
-def load_boards(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+def load_boards(folder: Path | None = None) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
     """Load and validate every board file; invalid boards are reported and left out."""
     folder = folder or paths.boards_dir()
-    boards: dict[str, dict] = {}
+    boards: dict[str, dict[str, Any]] = {}
     problems: list[Problem] = []
     for path in sorted(folder.glob("*.toml")):
         data, errs = read_toml(path)
@@ -170,9 +170,9 @@ def load_boards(folder: Path | None = None) -> tuple[dict[str, dict], list[Probl
     return boards, problems
 
 
-def _load_dir(folder: Path, validate: Any) -> tuple[dict[str, dict], list[Problem]]:
+def _load_dir(folder: Path, validate: Any) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
     """Every *.toml in folder checked by `validate(data, name) -> problems`; bad ones left out."""
-    found: dict[str, dict] = {}
+    found: dict[str, dict[str, Any]] = {}
     problems: list[Problem] = []
     for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
         data, errs = read_toml(path)
@@ -186,12 +186,12 @@ def _load_dir(folder: Path, validate: Any) -> tuple[dict[str, dict], list[Proble
     return found, problems
 
 
-def load_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+def load_profiles(folder: Path | None = None) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
     """Load and validate every meter profile; invalid profiles are reported and left out."""
     return _load_dir(folder or paths.meter_profiles_dir(), core_profile.validate_profile)
 
 
-def load_sensor_profiles(folder: Path | None = None) -> tuple[dict[str, dict], list[Problem]]:
+def load_sensor_profiles(folder: Path | None = None) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
     """Load and validate every presence-sensor profile (profiles/sensors/*.toml)."""
     return _load_dir(folder or paths.sensor_profiles_dir(), core_profile.validate_sensor_profile)
 
@@ -264,8 +264,8 @@ def find_line(text: str, keypath: str) -> int | None:
 
 
 def _sections(lines: list[str], table: str) -> list[tuple[int, int]]:
-    heads = [(i, _HEADER.match(line)) for i, line in enumerate(lines)]
-    heads = [(i, h.group(1)) for i, h in heads if h]
+    matches = [(i, _HEADER.match(line)) for i, line in enumerate(lines)]
+    heads = [(i, h.group(1)) for i, h in matches if h]
     out = []
     for k, (i, name) in enumerate(heads):
         if name == table:
@@ -274,7 +274,7 @@ def _sections(lines: list[str], table: str) -> list[tuple[int, int]]:
     return out
 
 
-def _pick_item(lines: list[str], sections: list[tuple[int, int]], item: str):
+def _pick_item(lines: list[str], sections: list[tuple[int, int]], item: str) -> list[tuple[int, int]]:
     if item.startswith("#") and item[1:].isdigit():
         n = int(item[1:]) - 1
         return [sections[n]] if 0 <= n < len(sections) else []

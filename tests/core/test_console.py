@@ -434,7 +434,7 @@ def test_overlong_line_is_discarded_with_one_message():
     c = _con(b, max_line=16, echo=True)
     out = c.feed(b"status" + b"x" * 30, 0)
     assert out == b"status" + b"x" * 10  # echo stops where the line is discarded
-    assert c._n <= 16
+    assert c.pending_len() <= 16
     out = c.feed(b"y" * 1000 + b"\rstatus\r", 0)
     assert out.count(b"line longer than 16 bytes") == 1
     assert b"LY-0001" in out  # the next line is a fresh one
@@ -460,7 +460,7 @@ def test_feed_never_raises_on_garbage():
     for i in range(0, len(data), 37):
         c.feed(bytes(data[i : i + 37]), i)
         c.poll(i)
-        assert c._n <= c.max_line
+        assert c.pending_len() <= c.max_line
     assert b"LY-0001" in c.feed(b"\x03\rstatus\r", 99999)
 
 
@@ -941,3 +941,51 @@ def test_auth_state_delays():
     assert a.wait_s(0) == 900 and a.wait_s(899.5) == 1 and a.wait_s(900) == 0
     a.succeeded()
     assert a.wait_s(0) == 0 and a.failures == 0
+
+
+# ---------------------------------------------------------------- issue 9 #6: the console's contract
+
+
+class LevelIgnoringBackend(FakeBackend):
+    """A port that hands over every log line whatever level was asked (as the Pi once did)."""
+
+    def log(self, level=None):
+        self._call("log")
+        return [
+            {"t": 1764155000, "level": "debug", "msg": "tick"},
+            {"t": 1764155001, "level": "info", "msg": "started"},
+            {"t": 1764155002, "level": "error", "msg": "bus down"},
+        ]
+
+
+def test_log_filters_by_level_whatever_the_port_returns_and_needs_no_login():
+    b = LevelIgnoringBackend()
+    c = _con(b)
+    out = c.execute("log error", 0)
+    assert "bus down" in out and "started" not in out and "tick" not in out, out
+    assert "started" in c.execute("log info", 0) and "tick" not in c.execute("log info", 0)
+    assert "set_setting" not in b.calls and b.audits == []  # reading only: nothing changed
+
+
+class EchoingBackend(FakeBackend):
+    def set_setting(self, key, value):
+        self._call("set_setting")
+        return True, "%s = %s" % (key, value)
+
+
+def test_set_names_the_key_and_value_once():
+    c = _con(EchoingBackend())
+    _login(c)
+    assert c.execute("set telemetry.interval_s 7", 0) == "telemetry.interval_s = 7  (applied)\n"
+
+
+def test_a_terminal_attached_later_gets_the_banner_on_its_first_key():
+    c = _con(greet_on_input=True)
+    c.greeting(0)  # sent at start, to nobody
+    out = c.feed(b"\r", 1)
+    assert out == c.greeting(1), out  # Enter alone: the banner and prompt, nothing else
+    c = _con(greet_on_input=True)
+    out = c.feed(b"whoami\r", 1)
+    assert out.startswith(b"pilegate console on gateway LY-0001.") and b"anonymous (read-only)" in out
+    assert c.feed(b"\r", 2) == b"pilegate> "  # once per session
+    assert _con().feed(b"\r", 1) == b"pilegate> "  # sockets: the greeting was seen

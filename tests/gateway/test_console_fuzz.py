@@ -176,7 +176,7 @@ def test_console_server_survives_random_input_and_stays_bounded(tmp_path):
                 sessions = list(server.sessions) + ([server.serial] if server.serial else [])
                 for s in sessions:
                     c = s.console
-                    stats["max_line"] = max(stats["max_line"], c._n)
+                    stats["max_line"] = max(stats["max_line"], c.pending_len())
                     stats["max_queue"] = max(stats["max_queue"], c._queued)
                     stats["max_backlog"] = max(stats["max_backlog"], s.backlog())
 
