@@ -170,6 +170,7 @@ def _sim_process(profiles: list[str]) -> Iterator[str]:
         args += ["--meter", f"bus1:{i}:{prof}:{20260000 + i}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout is not None  # stdout=PIPE
         line = proc.stdout.readline().split()
         if len(line) != 2:
             raise RuntimeError(f"simulator did not start: {line}")

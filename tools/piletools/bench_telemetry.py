@@ -25,6 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import ec
+from paho.mqtt.enums import CallbackAPIVersion
 
 from pilecore import ecdsa, jsonc
 from pilecore.envelope import Chain
@@ -66,12 +67,12 @@ def bare_paho(url: str, size: int, n: int) -> float:
     done = threading.Event()
     acked = [0]
 
-    def on_publish(client, userdata, mid, rc, props):
+    def on_publish(client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         acked[0] += 1
         if acked[0] == n:
             done.set()
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare")
     c.max_inflight_messages_set(WINDOW)
     c.max_queued_messages_set(0)
     c.on_publish = on_publish
@@ -91,7 +92,7 @@ def bare_paho(url: str, size: int, n: int) -> float:
 def lockstep_paho(url: str, size: int, n: int) -> float:
     """Messages/s publishing one QoS 1 message at a time and waiting for its PUBACK."""
     host, port = url.split("://")[1].rsplit(":", 1)
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lockstep")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-lockstep")
     c.connect(host, int(port))
     c.loop_start()
     payload = b"x" * size

@@ -439,7 +439,7 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-def _readline():
+def _readline() -> Any:
     try:
         import readline
     except ImportError:  # e.g. some Windows Pythons: plain input() still works

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from pilegate import keys, siteconfig
 from pilehil import sitesim
@@ -72,7 +73,7 @@ class PlatePublisher(threading.Thread):
         super().__init__(name="plates", daemon=True)
         self.feed, self.topic = feed, topic
         host, port = url.split("://")[1].rsplit(":", 1)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-cameras")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-cameras")
         self.client.connect(host, int(port))
         self.client.loop_start()
         self.stop = threading.Event()
@@ -173,6 +174,7 @@ def main(args: Any) -> int:
                 gw.kill()
         if plates is not None:
             plates.close()
+        if inputs is not None:
             inputs.stop.set()
         if sub is not None:
             time.sleep(0.5)

@@ -149,7 +149,7 @@ class Receiver:
             return Verdict("malformed", problems=["not a JWS compact serialization"])
         signing_input = (h64 + "." + p64).encode()
         gw = body.get("gw") if isinstance(body, dict) else None
-        if not self._signature_ok(header, sig, signing_input, gw):
+        if not isinstance(gw, str) or not self._signature_ok(header, sig, signing_input, gw):
             if gw and isinstance(gw, str):
                 self.account(gw).bad_signatures += 1
                 self._count_rejected(gw, "bad_signature")

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -83,7 +85,7 @@ class Subscriber:
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker acknowledged the subscription
         cid = client_id or f"pilegate-verify-{os.getpid()}-{id(self) & 0xFFFF:x}"
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         if scheme == "mqtts":
             c.tls_set(
                 ca_certs=ca_file,
@@ -96,23 +98,27 @@ class Subscriber:
         c.on_connect = self._on_connect
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._on_message
-        c.on_disconnect = lambda *a: (self.connected.clear(), self.subscribed.clear())
+        c.on_disconnect = self._on_disconnect
         c.reconnect_delay_set(1, 10)
         self.client = c
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, *_: Any) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             return
         client.subscribe(self.topic, options=SubscribeOptions(qos=1))
         self.connected.set()
 
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self.lock:
             verdict = self.receiver.accept(msg.topic, bytes(msg.payload))
         self.on_verdict(verdict)
 
     def start(self) -> Subscriber:
-        props = Properties(mqtt.PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
