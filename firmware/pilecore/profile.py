@@ -50,10 +50,13 @@ _TOP_KEYS = (
     "products",
     "confidence",
     "ratios",
+    "recognize",
 )
 _VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function")
 _SERIAL_KEYS = ("baud", "parity", "stopbits")
 _IDENTITY_KEYS = ("kind", "register", "type", "count", "function", "note")
+_RECOGNIZE_KEYS = ("checks", "note")
+_CHECK_KEYS = ("value", "phase", "register", "function", "type", "equals", "min", "max", "what")
 _BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 # Inclusive bounds for the timing fields, in milliseconds.  Wide enough for any RS-485 meter
@@ -171,6 +174,8 @@ def validate_profile(p, name):
     _check_serial(p.get("serial"), errors)
     spans = _check_values(p.get("values"), phases, max_block, errors)
     ident = _check_identity(p.get("identity"), max_block, errors)
+    if "recognize" in p:
+        _check_recognize(p["recognize"], p.get("values"), phases, errors)
     if ident is not None:
         spans.append(ident)
     if _is_int(function):
@@ -454,6 +459,62 @@ def _check_range(vname, spec, path, errors):
         errors.append(
             (path + ".max" if hi > 1 else path + ".min", "a power factor lies within -1..1, got %r..%r" % (lo, hi))
         )
+
+
+def _check_recognize(rec, values, phases, errors):
+    """Check [recognize]: the checks that tell this model from others when commissioning."""
+    if not isinstance(rec, dict):
+        errors.append(("recognize", "must be a table, got %s" % _kind(rec)))
+        return
+    for key in rec:
+        if key not in _RECOGNIZE_KEYS:
+            errors.append(("recognize." + key, "unknown key"))
+    _check_text(rec, "note", "recognize.note", errors)
+    checks = rec.get("checks")
+    if not isinstance(checks, list) or not checks:
+        errors.append(("recognize.checks", "must be a non-empty list of checks"))
+        return
+    for i, chk in enumerate(checks):
+        _check_one_check(chk, "recognize.checks[%d]" % i, values, phases, errors)
+
+
+def _check_one_check(chk, path, values, phases, errors):
+    if not isinstance(chk, dict):
+        errors.append((path, "must be a table, got %s" % _kind(chk)))
+        return
+    for key in chk:
+        if key not in _CHECK_KEYS:
+            errors.append((path + "." + key, "unknown key"))
+    has_range = "min" in chk or "max" in chk
+    for key in ("min", "max"):
+        if key in chk and not _is_number(chk[key]):
+            errors.append((path + "." + key, "must be a finite number, got %r" % (chk[key],)))
+    if "value" in chk:
+        name = chk["value"]
+        if not isinstance(values, dict) or name not in values:
+            errors.append((path + ".value", "must name a value this profile defines, got %r" % (name,)))
+        phase = chk.get("phase")
+        if phase is not None and (not _is_int(phase) or not 1 <= phase <= (phases or 3) or name not in _PER_PHASE):
+            errors.append(
+                (path + ".phase", "must be a phase 1..%d of voltage or current, got %r" % (phases or 3, phase))
+            )
+        for key in ("register", "function", "type", "equals"):
+            if key in chk:
+                errors.append((path + "." + key, "not with `value` (the value's own register is read)"))
+        if not has_range:
+            errors.append((path, "a value check needs min and/or max"))
+        return
+    _check_register(chk.get("register"), path + ".register", 1, errors)
+    if chk.get("type") not in _WIDTHS:
+        errors.append((path + ".type", "must be one of u16 s16 u32 s32 f32 u64 s64, got %r" % (chk.get("type"),)))
+    function = chk.get("function", 3)
+    if not _is_int(function) or function not in (3, 4):
+        errors.append((path + ".function", "must be 3 or 4, got %r" % (function,)))
+    if "equals" in chk and not _is_int(chk["equals"]):
+        errors.append((path + ".equals", "must be an integer, got %r" % (chk["equals"],)))
+    if "equals" not in chk and not has_range:
+        errors.append((path, "a register check needs equals, or min and/or max"))
+    _check_text(chk, "what", path + ".what", errors)
 
 
 def _check_identity(ident, max_block, errors):

@@ -226,6 +226,7 @@ class SimPileController(BusDevice):
         self._forced: dict[tuple[int, int], int] = {}
         self.enable: dict[int, bool] = {}  # enable coils (the gateway's interlock)
         self.enable_log: list[tuple[float, int, bool]] = []
+        self.switches: dict[int, Any] = {}  # coil -> what it switches (SwitchedLoad)
 
     def __repr__(self) -> str:
         return f"SimPileController(address={self.address}, connectors={sorted(self._connectors)})"
@@ -246,10 +247,15 @@ class SimPileController(BusDevice):
             )
         self._connectors[key] = (bay, values)
 
-    def add_enable_coil(self, coil: int, on: bool = True) -> None:
+    def add_enable_coil(self, coil: int, on: bool = True, switch: Any = None) -> None:
         """A coil the gateway writes (function 5) to enable or disable charging: the
-        interlock of `interlock = "relay"` piles with a `coil`."""
+        interlock of `interlock = "relay"` piles with a `coil`. ``switch`` (e.g. a
+        :class:`pilehil.load.SwitchedLoad` feeding the pile's meter) follows the coil:
+        ``switch.set(on)`` on every write, so an opened interlock really stops the load."""
         self.enable[coil] = on
+        if switch is not None:
+            self.switches[coil] = switch
+            switch.set(on)
 
     @property
     def mapped(self) -> frozenset[tuple[int, int]]:
@@ -262,6 +268,8 @@ class SimPileController(BusDevice):
         for i, v in enumerate(values):
             self.enable[address + i] = bool(v)
             self.enable_log.append((self.clock(), address + i, bool(v)))
+            if address + i in self.switches:
+                self.switches[address + i].set(bool(v))
         return None
 
     def value(self, function: int, register: int, t: float | None = None) -> int:

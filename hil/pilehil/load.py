@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,6 +110,65 @@ class ConstantLoad(PiecewiseLoad):
 
     def __repr__(self) -> str:
         return f"ConstantLoad({self._powers[0]}, phases={self._phases[0]})"
+
+
+class SwitchedLoad:
+    """A load behind a switch: ``base`` while on, 0 W while off (a pile's contactor, opened by
+    an interlock relay or enable coil, or a test load the installer plugs in and out).
+
+    Switching is recorded in the load's own milliseconds, ``round((clock() - t0) * 1000)``
+    with ``t0`` the clock when the load was created: create it together with the meter it
+    feeds (same clock, same instant) so both count time alike. The energy integral stays
+    exact and additive: it is ``base``'s integral over the on-intervals."""
+
+    def __init__(self, base: Load, clock: Callable[[], float], on: bool = True) -> None:
+        self.base = base
+        self.clock = clock
+        self._t0 = clock()
+        self._lock = threading.Lock()
+        self._changes: list[tuple[int, bool]] = [(0, on)]  # (t_ms, on) in time order
+
+    def __repr__(self) -> str:
+        return f"SwitchedLoad({self.base!r}, on={self.on})"
+
+    @property
+    def on(self) -> bool:
+        with self._lock:
+            return self._changes[-1][1]
+
+    def set(self, on: bool) -> None:
+        """Close (``True``) or open the switch now."""
+        t = max(0, round((self.clock() - self._t0) * 1000))
+        with self._lock:
+            if self._changes[-1][1] == bool(on):
+                return
+            if t < self._changes[-1][0]:
+                raise ValueError("the clock went backwards")
+            self._changes.append((t, bool(on)))
+
+    def _on_at(self, t_ms: int) -> bool:
+        with self._lock:
+            i = bisect.bisect_right([c[0] for c in self._changes], t_ms) - 1
+            return self._changes[max(i, 0)][1]
+
+    def power_w(self, t_ms: int) -> int:
+        return self.base.power_w(t_ms) if self._on_at(t_ms) else 0
+
+    def phases_at(self, t_ms: int) -> int:
+        return self.base.phases_at(t_ms)
+
+    def energy_mj(self, t0_ms: int, t1_ms: int) -> int:
+        if t1_ms <= t0_ms:
+            return 0
+        with self._lock:
+            changes = list(self._changes)
+        total = 0
+        for k, (start, on) in enumerate(changes):
+            end = changes[k + 1][0] if k + 1 < len(changes) else t1_ms
+            a, b = max(start, t0_ms), min(end, t1_ms)
+            if on and b > a:
+                total += self.base.energy_mj(a, b)
+        return total
 
 
 def idle() -> ConstantLoad:

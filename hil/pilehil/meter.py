@@ -41,7 +41,8 @@ class SimMeter(BusDevice):
     creation. ``latency_ms`` (default: the profile's ``response_ms``) is the time from the end
     of a request to the start of the reply in the bus-timing model. ``unmapped`` says what a
     read of a register the profile does not define gives: ``"zero"`` (reads as 0) or
-    ``"exception"`` (exception 2, illegal data address)."""
+    ``"exception"`` (exception 2, illegal data address). ``baud`` is the meter's own line
+    speed when it differs from the bus's (None: the bus's)."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class SimMeter(BusDevice):
         power_factor: float = 0.99,
         latency_ms: float | None = None,
         unmapped: str = "zero",
+        baud: int | None = None,
     ) -> None:
         if unmapped not in ("zero", "exception"):
             raise ValueError("unmapped must be 'zero' or 'exception'")
@@ -70,6 +72,9 @@ class SimMeter(BusDevice):
         self.frequency_hz = frequency_hz
         self.pf = power_factor
         self.unmapped = unmapped
+        #: The meter's own baud rate when it differs from its bus's (a meter left at its factory
+        #: setting): on a pty bus it answers only masters set to this rate. None = the bus's.
+        self.baud = baud
         self._lock = threading.Lock()
         self._t0 = self.clock()
         self._serial = serial

@@ -152,6 +152,8 @@ def sim_device(meter: SimMeter) -> SimDevice:
                 return ExcCodes.ILLEGAL_ADDRESS  # measurement registers are read-only
             code = write(function, address, list(set_values))
             return None if code is None else ExcCodes(code)
+        if function in (5, 15) and getattr(meter, "write", None) is not None:
+            return None  # pymodbus calls again without values to build the echo: already written
         if function in (1, 2) and function in bit_functions:
             # pymodbus asks for whole 16-bit words: `count` words from the word holding
             # bit `address`; it picks the requested bits out of them afterwards.
@@ -291,7 +293,7 @@ class PtyFrontend:
                 continue
             self.wire.count(link_bytes=len(data))
             for frame in splitter.feed(data):
-                if not self._line_matches():
+                if not self._line_matches(frame[0] if frame else 0):
                     self.wire.count(line_errors=1, garbage_bytes=len(frame))
                     continue
                 reply = await self.wire.transact(frame)
@@ -300,12 +302,16 @@ class PtyFrontend:
                     with contextlib.suppress(OSError):  # pty buffer full: the reply is lost
                         os.write(self._pty.master, reply)
 
-    def _line_matches(self) -> bool:
+    def _line_matches(self, address: int) -> bool:
+        """Whether the device at ``address`` hears the master: same baud rate (the device's
+        own ``baud`` if it has one, as a meter left at its factory rate, else the bus's),
+        8 data bits and the bus's stop bits."""
         if not self.check_line or self._pty is None:
             return True
         baud, bits, stopbits = self._pty.line_settings()
         t = self.wire.timing
-        return (baud is None or baud == t.baud) and bits == 8 and stopbits == t.stopbits
+        want = getattr(self.wire.meters.get(address), "baud", None) or t.baud
+        return (baud is None or baud == want) and bits == 8 and stopbits == t.stopbits
 
     async def stop(self) -> None:
         if self._task is not None:

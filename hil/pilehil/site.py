@@ -260,6 +260,29 @@ class Site:
         b.devices[address] = meter
         return meter
 
+    def add_twin(
+        self,
+        bus: str,
+        address: int,
+        profile: Mapping[str, Any] | str | Path,
+        serial: str,
+        load: Load | None = None,
+        **options: Any,
+    ) -> SimMeter:
+        """A second meter at an ``address`` another meter already uses (an addressing mistake):
+        both answer every request at once and the master receives their superimposed bytes
+        (a wired-AND), a CRC error unless the two replies happen to be identical."""
+        self._not_running()
+        b = self.bus(bus)
+        if address not in b.meters:
+            raise ValueError(f"bus {bus!r} has no meter at address {address} to collide with")
+        if address in b.wire.twins:
+            raise ValueError(f"bus {bus!r} already has a twin at address {address}")
+        prof = profile if isinstance(profile, Mapping) else load_profile(profile)
+        meter = SimMeter(prof, address, serial, load=load, clock=self.clock, **options)
+        b.wire.twins[address] = meter
+        return meter
+
     def add_device(self, bus: str, device: Any) -> Any:
         """Put another Modbus device on ``bus`` at ``device.address``: anything with the
         interface the wire and the server use (``address``, ``latency_ms``, ``faults`` with

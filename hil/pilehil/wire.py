@@ -202,6 +202,7 @@ class BusStats:
     garbage_bytes: int = 0  # bytes dropped as partial frames or sent at wrong settings
     line_errors: int = 0  # frames from a master whose pty is set to other line settings
     link_bytes: int = 0  # bytes on the master's link, both directions
+    collisions: int = 0  # replies superimposed with a twin's (two devices on one address)
 
     @property
     def frames(self) -> int:
@@ -241,6 +242,9 @@ class Wire:
         self.exchange = exchange
         self.realtime = realtime
         self.cut = False
+        #: Second devices answering at an address already taken (Site.add_twin): both reply at
+        #: once and the master receives the superimposed bytes.
+        self.twins: dict[int, SimMeter] = {}
         self._stats = BusStats()
         self._stats_lock = threading.Lock()
         self._bus_lock: asyncio.Lock | None = None
@@ -321,7 +325,12 @@ class Wire:
         meter = self.meters.get(request[0])
         if self.cut or meter is None or meter.faults.no_reply:
             return None, None  # also broadcast (address 0): meters never answer it
-        return meter, await self.exchange(request)
+        reply = await self.exchange(request)
+        twin = self.twins.get(request[0])
+        if twin is not None and reply is not None:
+            reply = superimpose(reply, twin_reply(twin, request))
+            self.count(collisions=1)
+        return meter, reply
 
     def _answer_dlt645(self, request: bytes) -> tuple[SimMeter | None, bytes | None]:
         """DL/T 645 frames are answered by the simulated DL/T 645 meters themselves (no
@@ -344,3 +353,27 @@ class Wire:
                 self.count(garbage_bytes=sum(len(r) for _, r in replies))
             return None, None
         return replies[0]
+
+
+def twin_reply(device: SimMeter, request: bytes) -> bytes:
+    """What a second device at the same address sends for a read request (function 3/4):
+    its registers, or its exception; other functions: exception 1."""
+    addr, fn = request[0], request[1]
+    if fn not in (3, 4) or len(request) < 8:
+        return core_modbus.frame(bytes([addr, fn | 0x80, 1]))
+    start = (request[2] << 8) | request[3]
+    count = (request[4] << 8) | request[5]
+    regs = device.read(fn, start, count)
+    if isinstance(regs, int):
+        return core_modbus.frame(bytes([addr, fn | 0x80, regs]))
+    body = bytes([addr, fn, 2 * count]) + b"".join(int(r).to_bytes(2, "big") for r in regs)
+    return core_modbus.frame(body)
+
+
+def superimpose(a: bytes, b: bytes) -> bytes:
+    """Two RS-485 drivers talking at once: a wired-AND of their bytes (a 0 bit wins over the
+    idle-high line); the longer reply's tail arrives alone. Identical replies stay intact,
+    different ones fail the CRC, as on a real bus."""
+    n = max(len(a), len(b))
+    a, b = a.ljust(n, b"\xff"), b.ljust(n, b"\xff")
+    return bytes(x & y for x, y in zip(a, b, strict=True))

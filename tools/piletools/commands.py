@@ -23,6 +23,10 @@ def _cmd_console(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    if args.record:
+        from piletools import installer_commands
+
+        return installer_commands.verify_record(args)
     from piletools import verify
 
     return verify.main(args)
@@ -148,4 +152,14 @@ def register(sub: Any, handlers: dict[str, Handler]) -> None:
     p.add_argument("--every", type=float, default=5.0, help="summary interval in seconds")
     p.add_argument("--from-first-seen", action="store_true", help="count gaps only from the first seq seen per gateway")
     p.add_argument("--report", action="store_true", help="print the final account from --store and exit")
+    p.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="verify a signed commissioning record (record.jws) against --keys and print it; exit 1 if invalid",
+    )
     handlers["verify"] = _cmd_verify
+
+    from piletools import installer_commands  # the installer's commands: commission, image, flash, install
+
+    installer_commands.register(sub, handlers)

@@ -52,6 +52,19 @@ class KeyRegister:
         self.keys[kid] = (gateway, pub)
         return kid
 
+    def verify(self, kid: Any, gw: Any, signing_input: bytes, sig: bytes) -> bool:
+        """True when `kid` is registered for gateway `gw` and the 64-byte r||s ES256
+        signature verifies over `signing_input`."""
+        entry = self.keys.get(kid) if isinstance(kid, str) else None
+        if entry is None or entry[0] != gw or len(sig) != 64:
+            return False
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        try:
+            entry[1].verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
     @classmethod
     def load(cls, path: Path | str) -> KeyRegister:
         reg = cls()
@@ -165,6 +178,8 @@ class Receiver:
         if kind == "state":
             acct.states += 1
             return Verdict("accepted", gw=gw, kind=kind, body=body)
+        if kind == "commissioning":  # unchained, retained: the signed commissioning record
+            return Verdict("accepted", gw=gw, kind=kind, body=body)
         seq = body.get("seq")
         if kind not in CHAINED or not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
             acct.replays += 1
@@ -188,17 +203,9 @@ class Receiver:
             self.db.commit()
 
     def _signature_ok(self, header: Any, sig: bytes, signing_input: bytes, gw: Any) -> bool:
-        if not isinstance(header, dict) or header.get("alg") != "ES256" or len(sig) != 64:
+        if not isinstance(header, dict) or header.get("alg") != "ES256":
             return False
-        entry = self.keys.keys.get(header.get("kid", ""))
-        if entry is None or entry[0] != gw:
-            return False
-        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
-        try:
-            entry[1].verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            return False
-        return True
+        return self.keys.verify(header.get("kid", ""), gw, signing_input, sig)
 
     def _accept_chained(
         self, acct: GatewayAccount, gw: str, seq: int, kind: str, body: dict[str, Any], digest: str

@@ -1,0 +1,219 @@
+"""`pilegate commission` against the HIL simulator: a pty bus with meters whose loads run
+through the (possibly miswired) meters, switched by a simulated pile controller's enable coils.
+
+Each scenario of issue 12's acceptance gives its verdict and the electrician's words; the
+correct site ends with bindings written into the site file (comments kept), a record that
+`pilegate verify --record` accepts, and an HTML/SVG/PDF report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import commission_rig as cr
+import pytest
+
+from pilegate import cli
+from piletools import commission, commission_report
+
+SCAN = ["--lines", "9600N1,2400N1", "--addresses", "1-6,50", "--timeout-ms", "200", "--settle", "5"]
+
+
+def run(rig: cr.Rig, tmp_path: Path, *extra: str) -> tuple[int, Path, Path]:
+    """Start the rig, write its site file, commission it unattended. Returns (exit, site, out)."""
+    rig.site.start()
+    site = tmp_path / "site.toml"
+    site.write_text(cr.site_text(rig.port, tmp_path / "data"))
+    out = tmp_path / "out"
+    parser, _ = cli.build_parser()
+    args = parser.parse_args(["commission", str(site), "--yes", "--by", "tester", "-o", str(out), *SCAN, *extra])
+    code = commission.main(args, ask=None, wait=rig.clock.advance)
+    return code, site, out
+
+
+def faults(out: Path) -> list[dict]:
+    return json.loads((out / "record.json").read_text())["faults"]
+
+
+def texts(out: Path) -> str:
+    return "\n".join(f["text"] for f in faults(out))
+
+
+def codes(out: Path) -> list[str]:
+    return sorted(f["code"] for f in faults(out))
+
+
+def pile(out: Path, pid: str) -> dict:
+    return next(p for p in json.loads((out / "record.json").read_text())["piles"] if p["pile"] == pid)
+
+
+def test_correct_site_is_proven_written_signed_and_verified(tmp_path, capsys):
+    rig = cr.build()
+    with rig.site:
+        code, site, out = run(rig, tmp_path)
+        coils_after = dict(rig.controller.enable)
+    assert code == 0, capsys.readouterr()
+    assert faults(out) == []
+    for pid, (addr, prof, _serial) in cr.PILES.items():
+        p = pile(out, pid)
+        assert p["verdict"] == "proven"
+        assert p["meter"]["address"] == addr and p["meter"]["profile"] == prof
+        assert p["evidence"]["method"] == "interlock"
+        assert p["evidence"]["rise_a"] > 25  # 7 kW at 230 V
+        assert p["evidence"]["others_max_rise_a"] < 1
+        assert p["interlock"]["result"] == "pass"
+        assert p["reading"]["power"] == pytest.approx(7000, abs=1)
+    assert coils_after == {0: True, 1: True, 2: True, 3: True}  # every pile switched back on
+    # the serials are written, the comments and layout kept
+    text = site.read_text()
+    assert 'serial = "20260003"' in text and 'serial = "20260004"' in text
+    assert "# the RS-485 adapter" in text and 'id = "P02"   # bay 2' in text
+    assert "# commissioning test site" in text
+    # the record verifies with the gateway's registered key
+    keys = tmp_path / "keys.toml"
+    capsys.readouterr()
+    assert cli.main(["keys", str(site), "--register"]) == 0
+    keys.write_text(capsys.readouterr().out)
+    assert cli.main(["verify", "--record", str(out / "record.jws"), "--keys", str(keys)]) == 0
+    printed = capsys.readouterr().out
+    assert "signature valid" in printed and "verdict PASS" in printed
+    assert "P03: proven; meter bus1 address 3 eastron-sdm120 serial 20260003; interlock pass" in printed
+    # the gateway keeps a copy for publishing
+    assert (tmp_path / "data" / "commissioning.jws").read_text() == (out / "record.jws").read_text()
+    # the report: a table, an SVG diagram, a PDF
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "<td>P04</td><td>proven</td>" in page and "<svg" in page
+    svg = (out / "report.svg").read_text()
+    assert "addr 3" in svg and ">P03<" in svg
+    pdf = (out / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-1.4") and pdf.rstrip().endswith(b"%%EOF")
+    startxref = int(pdf.rsplit(b"startxref", 1)[1].split()[0])
+    assert pdf[startxref : startxref + 4] == b"xref"
+
+
+def test_a_tampered_record_is_rejected(tmp_path, capsys):
+    rig = cr.build()
+    with rig.site:
+        code, site, out = run(rig, tmp_path)
+    assert code == 0
+    capsys.readouterr()
+    assert cli.main(["keys", str(site), "--register"]) == 0
+    keys = tmp_path / "keys.toml"
+    keys.write_text(capsys.readouterr().out)
+    h, p, s = (out / "record.jws").read_text().strip().split(".")
+    body = json.loads(commission.envelope.b64url_decode(p))
+    body["data"]["piles"][0]["meter"]["serial"] = "99999999"
+    forged = tmp_path / "forged.jws"
+    forged.write_text(".".join([h, commission.envelope.b64url(json.dumps(body).encode()), s]))
+    assert cli.main(["verify", "--record", str(forged), "--keys", str(keys)]) == 1
+    assert "bad signature" in capsys.readouterr().err
+
+
+def test_p03_load_on_p04_meter_is_a_crossed_wiring_fault(tmp_path):
+    rig = cr.build(wiring={"P03": 4, "P04": 3})
+    with rig.site:
+        code, site, out = run(rig, tmp_path)
+    assert code == 1
+    assert codes(out) == ["wrong_meter", "wrong_meter"]
+    words = texts(out)
+    assert "P03: its load shows on the meter at bus1 address 4, which the site file gives to P04" in words
+    assert "P03's supply runs through P04's meter" in words
+    assert "P04: its load shows on the meter at bus1 address 3, which the site file gives to P03" in words
+    assert pile(out, "P03")["verdict"] == "wrong meter"
+    # the proven binding follows the wiring: P03 is measured by the meter at address 4
+    text = site.read_text()
+    assert re.search(
+        r'id = "P03".*\nmeter = \{ bus = "bus1", address = 4, profile = "eastron-sdm120", serial = "20260004" \}', text
+    )
+    assert pile(out, "P03")["interlock"]["result"] == "pass"
+
+
+def test_two_piles_through_one_meter(tmp_path):
+    rig = cr.build(wiring={"P03": 4})
+    with rig.site:
+        code, _, out = run(rig, tmp_path)
+    assert code == 1
+    assert codes(out) == ["idle_meter", "shared_meter"]
+    assert "The meter at bus1 address 4 measures P03 and P04" in texts(out)
+    assert "one pile, one meter" in texts(out)
+    assert pile(out, "P03")["verdict"] == pile(out, "P04")["verdict"] == "shared meter"
+
+
+def test_missing_meter(tmp_path):
+    rig = cr.build(missing=(2,))
+    with rig.site:
+        code, _, out = run(rig, tmp_path)
+    assert code == 1
+    assert codes(out) == ["missing", "unmetered"]
+    assert "P02: no meter answers at bus1 address 2 at any line setting tried (9600 8N1, 2400 8N1)" in texts(out)
+    assert "its display is on" in texts(out)
+    assert pile(out, "P02")["verdict"] == "unmetered"
+    assert pile(out, "P01")["verdict"] == "proven"
+
+
+def test_meter_at_2400_baud_among_9600(tmp_path):
+    rig = cr.build(baud={3: 2400})
+    with rig.site:
+        code, _, out = run(rig, tmp_path)
+    assert code == 1
+    assert codes(out) == ["wrong_line"]
+    words = texts(out)
+    assert "P03: the meter at bus1 address 3 talks at 2400 8N1, the bus runs at 9600 8N1" in words
+    assert "set the communication to 9600 baud, parity none, 1 stop bit" in words
+    assert "Eastron SDM120-Modbus meters leave the factory at 2400 8N1" in words
+    assert pile(out, "P03")["meter"]["line"] == "2400 8N1"
+
+
+def test_two_meters_on_one_address(tmp_path):
+    rig = cr.build(twin=4)
+    with rig.site:
+        code, _, out = run(rig, tmp_path)
+        collisions = rig.site.bus_stats("bus1").collisions
+    assert code == 1
+    assert codes(out) == ["collision"]
+    assert "bus1 address 4: two devices answer at once (garbled replies" in texts(out)
+    assert "Two meters are set to address 4" in texts(out)
+    assert collisions > 0
+    assert pile(out, "P04")["verdict"] == "not proven"
+    bus = json.loads((out / "record.json").read_text())["buses"][0]
+    assert bus["stats"]["crc_errors"] > 0
+    assert any(d["address"] == 4 and d["collision"] for d in bus["devices"])
+
+
+def test_a_model_no_profile_matches(tmp_path):
+    rig = cr.build(foreign=4)
+    with rig.site:
+        code, _, out = run(rig, tmp_path)
+    assert code == 1
+    assert codes(out) == ["unknown_model"]
+    assert "P04: the device at bus1 address 4 answers but matches no meter profile" in texts(out)
+    assert pile(out, "P04")["verdict"] == "not proven"
+
+
+def test_plan_file_answers_and_no_interlock_means_not_proven(tmp_path):
+    rig = cr.build()
+    plan = tmp_path / "plan.toml"
+    plan.write_text('write = false\n[load]\nP01 = "skip"\n')
+    with rig.site:
+        code, site, out = run(rig, tmp_path, "--plan", str(plan))
+    assert code == 1
+    assert codes(out) == ["not_proven"]
+    assert "P01: not load-tested" in texts(out)
+    assert 'serial = ""' in site.read_text()  # the plan said: do not write
+
+
+def test_bad_arguments_are_clear(tmp_path, capsys):
+    rig = cr.build()
+    with rig.site:
+        code, _, _ = run(rig, tmp_path, "--addresses", "0-300")
+    assert code == 2
+    assert "address range '0-300' must lie within 1-247" in capsys.readouterr().err
+
+
+def test_line_parsing_and_pdf_text_escape():
+    assert str(commission.Line.parse("9600 8E1")) == "9600 8E1"
+    assert str(commission.Line.parse("2400")) == "2400 8N1"
+    with pytest.raises(ValueError, match="9600N1"):
+        commission.Line.parse("fast")
+    assert commission_report._pdf_text("a(b)\\c 桩") == "a\\(b\\)\\\\c ?"
