@@ -436,3 +436,41 @@ def test_value_registers_function_override_and_absent_value():
     assert profile.value_registers(p, "frequency") == []
     with raises(KeyError):
         profile.value_registers(p, "temperature")
+
+
+def test_recognize_recipe_is_checked():
+    p = good_3p()
+    p["recognize"] = {
+        "checks": [
+            {"value": "voltage", "min": 90.0, "max": 290.0},
+            {"value": "voltage", "phase": 2, "min": 90.0},
+            {"register": 0xFC02, "function": 3, "type": "u16", "equals": 0x70, "what": "meter code"},
+        ],
+        "note": "three phase voltages and a model code",
+    }
+    assert profile.validate_profile(p, "acme-m3") == []
+    p["recognize"] = {
+        "checks": [
+            {"value": "pressure", "min": 1.0},
+            {"value": "voltage"},
+            {"value": "voltage", "phase": 4, "max": 1.0},
+            {"register": 0x10, "type": "u16"},
+            {"register": 0x10, "type": "q8", "equals": 1, "what": "x"},
+            {"value": "frequency", "min": 45.0, "colour": "red"},
+        ],
+        "note": "",
+    }
+    got = keys(profile.validate_profile(p, "acme-m3"))
+    for k in (
+        "recognize.note",
+        "recognize.checks[0].value",
+        "recognize.checks[1]",
+        "recognize.checks[2].phase",
+        "recognize.checks[3]",
+        "recognize.checks[3].what",
+        "recognize.checks[4].type",
+        "recognize.checks[5].colour",
+    ):
+        assert k in got, (k, got)
+    p["recognize"] = {"checks": [], "note": "x"}
+    assert "recognize.checks" in keys(profile.validate_profile(p, "acme-m3"))

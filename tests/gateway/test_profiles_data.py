@@ -235,3 +235,12 @@ def test_scales_turn_raw_replies_into_canonical_units(meter: str, name: str, raw
     value = decode(raw, spec["type"]) * spec["scale"]
     assert value == pytest.approx(expected, rel=1e-6)
     assert spec["min"] <= value <= spec["max"]
+
+
+def test_every_shipped_meter_profile_has_a_recognize_recipe():
+    from pilegate import siteconfig
+
+    profiles, problems = siteconfig.load_profiles()
+    assert problems == []
+    for pid in ("abb-b23", "acrel-adl400", "chint-ddsu666", "chint-dtsu666", "eastron-sdm120", "eastron-sdm630"):
+        assert profiles[pid]["recognize"]["checks"], pid
