@@ -7,7 +7,7 @@ import pytest
 
 from pilecore import modbus
 from pilehil import ManualClock
-from pilehil.bays import SimPileController
+from pilehil.baydevices import SimPileController
 from pilehil.load import ConstantLoad, SwitchedLoad
 from pilehil.site import Site
 from pilehil.wire import superimpose
