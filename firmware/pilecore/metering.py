@@ -9,13 +9,15 @@ Time: `now` is Unix seconds (int) from the port's clock.  A clock that steps bac
 sync) restarts the windows instead of producing negative durations.
 
 Events are dicts {"type", "pile", "t", ...}:
-  meter.bound           first serial read bound to a pile whose config left `serial` empty
+  meter.bound           a serial bound to a pile whose config left `serial` empty: the same
+                        serial read twice, at least BIND_CONFIRM_S apart
   meter.verified        identity matches the binding (after start, reconnect, or periodically)
   meter.swapped         identity differs from the binding: tamper; pile unmetered
-  meter.identity_failed identity could not be read or decoded
+  meter.identity_failed identity could not be read or decoded, or two first reads differ
   meter.energy_backwards total energy decreased (reset or replaced meter); pile unmetered
   meter.energy_jump     energy rose faster than the pile can draw: reading rejected
-  meter.fault           a value failed decoding or its sane range: not published
+  meter.fault           a value failed decoding or its sane range: the whole reading is
+                        rejected and the pile unmetered ("fault") until a clean reading
   meter.comm_error      a poll failed (timeout, CRC error, exception) after good ones
   meter.comm_restored   a poll succeeded again after failures
   meter.offline         no valid reading for offline_after_s; pile unmetered
@@ -27,6 +29,10 @@ Events are dicts {"type", "pile", "t", ...}:
 """
 
 DEFAULTS = {"offline_after_s": 120, "verify_serial_s": 3600, "idle_power_w": 50.0, "swap_window_s": 120}
+
+# A first-read binding needs the same serial read twice, this many seconds apart: one reply,
+# however well-formed, may come from a rogue or confused responder (issue 9, defect #3).
+BIND_CONFIRM_S = 30
 
 
 def decode_identity(ident, regs):
@@ -109,6 +115,7 @@ class PileGuard:
         self.last_power = None
         self.charging = None
         self.comm_ok = True
+        self.candidate = None  # (serial, t) of a first read awaiting its confirming read
 
     def snapshot(self):
         return {"bound": self.bound, "bound_by": self.bound_by, "last_wh": self.last_wh, "last_wh_t": self.last_wh_t}
@@ -147,7 +154,12 @@ class PileGuard:
             return out
         if not self.has_serial:
             ident = "address:" + self.where
-        if self.bound is None:
+        if self.bound is None and self.has_serial:
+            if not self._confirmed(out, now, ident):
+                return out
+            self.bound, self.bound_by = ident, "first-read"
+            self._event(out, now, "meter.bound", serial=ident, source="read twice (config serial empty)")
+        elif self.bound is None:
             self.bound, self.bound_by = ident, "first-read"
             self._event(out, now, "meter.bound", serial=ident, source="first read (config serial empty)")
         if ident != self.bound:
@@ -158,6 +170,25 @@ class PileGuard:
         for reason in ("swapped", "unverified", "energy_backwards"):
             self._set(out, now, reason, False)
         return out
+
+    def _confirmed(self, out, now, ident):
+        """True when `ident` was also read at least BIND_CONFIRM_S earlier (and every read in
+        between agreed); otherwise remember it and ask for the confirming read."""
+        cand = self.candidate
+        if cand is not None and cand[0] != ident:
+            self._event(
+                out, now, "meter.identity_failed", reason="serial read %r, then %r: not bound" % (cand[0], ident)
+            )
+            cand = None
+        if cand is None or now < cand[1]:  # first read, or the clock stepped back
+            self.candidate = (ident, now)
+            self.identity_due_at = now + BIND_CONFIRM_S
+            return False
+        if now - cand[1] < BIND_CONFIRM_S:
+            self.identity_due_at = cand[1] + BIND_CONFIRM_S
+            return False
+        self.candidate = None
+        return True
 
     def on_failure(self, now, reason):
         """A poll cycle failed (after its retry): one event per streak of failures."""
@@ -178,6 +209,11 @@ class PileGuard:
             self._event(out, now, "meter.fault", value=name, reason=why)
         if self.started is None:
             self.started = now
+        # One value outside its range says the reply cannot be trusted: none of its values is
+        # a reading (DESIGN.md rule 5), and the pile is unmetered until a clean reading.
+        self._set(out, now, "fault", bool(faults))
+        if faults:
+            return out, False
         wh = reading.get("energy_wh")
         if "power_w" in reading:
             self.last_power = reading["power_w"]

@@ -20,7 +20,7 @@ E_CRC = 2  # CRC mismatch: the frame is damaged, nothing in it can be trusted
 E_ADDRESS = 3  # answer from another device than the one asked
 E_FUNCTION = 4  # answer to another function than the one asked
 E_LENGTH = 5  # byte count does not match the registers asked for
-E_EXCEPTION = 6  # a Modbus exception response; the exception code is returned with it
+E_EXCEPTION = 6  # a Modbus exception response (to the function asked); its code is returned with it
 E_TIMEOUT = 7  # no (complete) answer in time; set by the ports, never by the parser
 
 RESULT_NAMES = (
@@ -98,52 +98,123 @@ def describe(code, payload=None):
     return RESULT_NAMES[code]
 
 
-def parse_read_response(frm, address, function, count):
-    """Check and unpack the response to a register read.
+def check_reply(unit, pdu, address, function, register, count, value=None):
+    """Check a reply against the request it answers; the one check both ports use.
 
-    Returns (OK, [registers]) or (error code, detail) where detail is the exception code for
-    E_EXCEPTION and None otherwise.  The CRC is checked before anything else is believed.
+    `unit` is the device address the reply came from; `pdu` its function code and data, without
+    address or CRC (an RTU frame's bytes 1..n-3, a Modbus TCP frame's bytes after the MBAP
+    header).  The request was `function` (1-5) at `address` for `count` items at `register`
+    (function 5: coil `register` set to `value`).  Checks, in order: device address, function
+    code (an exception reply must carry the request's function), byte count against the items
+    asked, the frame's length against its byte count, and for function 5 the echo.
+
+    Returns (OK, payload) -- registers (3, 4), bits as 0/1 (1, 2), None (5) -- or (error code,
+    detail): detail is the exception code for E_EXCEPTION, and for the mismatches a text saying
+    what was expected and what came, for the event that reports it.  Nothing in a reply that
+    fails here is a value (DESIGN.md rule 5).
     """
-    n = len(frm)
-    if n < 5:
+    n = len(pdu)
+    if n < 2:
         return E_SHORT, None
-    if frm[1] == (function | 0x80):
-        if n < 5 or not crc_ok(frm[:5]):
-            return E_CRC, None
-        if frm[0] != address:
-            return E_ADDRESS, None
-        return E_EXCEPTION, frm[2]
-    expected = response_length(function, count)
-    if n < expected:
-        return E_SHORT, None
-    frm = frm[:expected]
-    if not crc_ok(frm):
-        return E_CRC, None
-    if frm[0] != address:
-        return E_ADDRESS, None
-    if frm[1] != function:
-        return E_FUNCTION, None
-    if frm[2] != 2 * count:
-        return E_LENGTH, None
+    if unit != address:
+        return E_ADDRESS, "asked device %d, device %d answered" % (address, unit)
+    fc = pdu[0]
+    if fc & 0x80:
+        if fc != (function | 0x80):
+            return E_FUNCTION, "asked function %d, got an exception to function %d" % (function, fc & 0x7F)
+        if n != 2:
+            return E_LENGTH, "exception reply of %d bytes, expected 2" % n
+        return E_EXCEPTION, pdu[1]
+    if fc != function:
+        return E_FUNCTION, "asked function %d, function %d answered" % (function, fc)
+    if function == 5:
+        want = bytes((5, register >> 8, register & 0xFF, 0xFF if value else 0, 0))
+        if bytes(pdu) != want:
+            return E_FUNCTION, "write-coil echo differs from the request"
+        return OK, None
+    expected = response_length(function, count) - 5
+    if pdu[1] != expected:
+        return E_LENGTH, "asked %d items (%d bytes), reply says %d bytes" % (count, expected, pdu[1])
+    if n != 2 + expected:
+        return E_LENGTH, "reply says %d bytes but carries %d" % (expected, n - 2)
+    if function in (1, 2):
+        bits = [0] * count
+        for i in range(count):
+            bits[i] = (pdu[2 + i // 8] >> (i % 8)) & 1
+        return OK, bits
     regs = [0] * count
     for i in range(count):
-        regs[i] = (frm[3 + 2 * i] << 8) | frm[4 + 2 * i]
+        regs[i] = (pdu[2 + 2 * i] << 8) | pdu[3 + 2 * i]
     return OK, regs
 
 
-def parse_write_coil_response(frm, address, coil, on):
-    """A function-5 response echoes the request; returns (OK, None) or an error as above."""
-    if len(frm) >= 5 and frm[1] == 0x85:
-        if not crc_ok(frm[:5]):
-            return E_CRC, None
-        return E_EXCEPTION, frm[2]
-    if len(frm) < 8:
+def rtu_frame_length(frm):
+    """Length of the RTU reply frame at the start of `frm`, from its own header: 5 for an
+    exception reply, 5 plus the byte count for a read (functions 1-4), 8 for functions 5, 6,
+    15, 16.  0 when the header is not complete yet; for any other function, whose length the
+    header does not give, all of `frm` (so that its CRC decides)."""
+    if len(frm) < 3:
+        return 0
+    fc = frm[1]
+    if fc & 0x80:
+        return 5
+    if 1 <= fc <= 4:
+        return 5 + frm[2]
+    if fc in (5, 6, 15, 16):
+        return 8
+    return len(frm)
+
+
+def find_rtu_frame(buf):
+    """The first CRC-valid reply frame in `buf` (bytes a port received, perhaps after noise), or
+    None.  For ports whose library framed the reply itself: the core's check then runs on the
+    very bytes the library decoded."""
+    n = len(buf)
+    for start in range(n - 3):
+        length = rtu_frame_length(buf[start:])
+        if 4 <= length <= n - start and crc_ok(buf[start : start + length]):
+            return bytes(buf[start : start + length])
+    return None
+
+
+def parse_rtu_reply(frm, address, function, register, count, value=None):
+    """Check and unpack an RTU reply frame (address, PDU, CRC; trailing bytes ignored).
+
+    The CRC is checked before anything else in the frame is believed, over the length the
+    frame's own header gives; then `check_reply`.  Returns as `check_reply` does; E_SHORT when
+    the frame is not complete, E_CRC when it is damaged.
+    """
+    length = rtu_frame_length(frm)
+    if length < 4 or len(frm) < length:
         return E_SHORT, None
-    if not crc_ok(frm[:8]):
+    if not crc_ok(frm[:length]):
         return E_CRC, None
-    if frm[:6] != bytes((address, 5, coil >> 8, coil & 0xFF, 0xFF if on else 0, 0)):
-        return E_ADDRESS if frm[0] != address else E_FUNCTION, None
-    return OK, None
+    return check_reply(frm[0], frm[1 : length - 2], address, function, register, count, value)
+
+
+def parse_read_response(frm, address, function, count):
+    """`parse_rtu_reply` for a read (function 1-4) of `count` items."""
+    return parse_rtu_reply(frm, address, function, 0, count)
+
+
+def parse_write_coil_response(frm, address, coil, on):
+    """`parse_rtu_reply` for a function-5 write: the reply must echo the request."""
+    return parse_rtu_reply(frm, address, 5, coil, 1, on)
+
+
+def parse_tcp_reply(adu, address, function, register, count, value=None):
+    """Check and unpack a Modbus TCP reply (MBAP header, then the PDU) as `check_reply` does.
+
+    The MBAP length field must match the bytes that follow it and the protocol id must be 0;
+    the transaction id is the transport's business (pymodbus matches it)."""
+    if len(adu) < 9:
+        return E_SHORT, None
+    if adu[2] != 0 or adu[3] != 0:
+        return E_FUNCTION, "protocol id %d is not Modbus" % ((adu[2] << 8) | adu[3])
+    length = (adu[4] << 8) | adu[5]
+    if length < 2 or len(adu) < 6 + length:
+        return E_LENGTH, "MBAP length %d, %d bytes follow" % (length, len(adu) - 6)
+    return check_reply(adu[6], adu[7 : 6 + length], address, function, register, count, value)
 
 
 # ---------------------------------------------------------------- typed decoding
@@ -161,11 +232,22 @@ def _words(regs, offset, width, byte_order, word_order):
     return w
 
 
+def _f32_check(bits):
+    """Refuse the f32 bit patterns no meter measures: NaN, infinity, and denormals (magnitudes
+    below 1.2e-38, which no meter's arithmetic produces; they are what a register of another
+    kind, or random bytes, look like when read as a float)."""
+    exp = (bits >> 23) & 0xFF
+    if exp == 0xFF:
+        raise ValueError("f32 register holds NaN or infinity")
+    if exp == 0 and bits & 0x7FFFFF:
+        raise ValueError("f32 register holds a denormal number, never a measurement")
+
+
 def decode_raw(regs, offset, typ, byte_order="big", word_order="big"):
     """The raw value of `typ` at regs[offset]: an int, or a float for f32.
 
-    Raises ValueError for an unknown type, a short block, or an f32 that is NaN or infinite
-    (a meter that reports NaN has no reading: never turn it into a number).
+    Raises ValueError for an unknown type, a short block, or an f32 that is NaN, infinite or
+    denormal (a meter that reports NaN has no reading: never turn it into a number).
     """
     width = TYPE_WIDTH.get(typ)
     if width is None:
@@ -179,8 +261,7 @@ def decode_raw(regs, offset, typ, byte_order="big", word_order="big"):
         if v >= 1 << (bits - 1):
             v -= 1 << bits
     elif typ == "f32":
-        if (v >> 23) & 0xFF == 0xFF:
-            raise ValueError("f32 register holds NaN or infinity")
+        _f32_check(v)
         return struct.unpack(">f", struct.pack(">I", v))[0]
     return v
 
@@ -189,10 +270,9 @@ def f32_parts(regs, offset, byte_order="big", word_order="big"):
     """(mantissa, exponent) with value == mantissa * 2**exponent, exactly (ints)."""
     w = _words(regs, offset, 2, byte_order, word_order)
     bits = (w[0] << 16) | w[1]
+    _f32_check(bits)
     exp = (bits >> 23) & 0xFF
     frac = bits & 0x7FFFFF
-    if exp == 0xFF:
-        raise ValueError("f32 register holds NaN or infinity")
     if exp == 0:
         m, e = frac, -149
     else:

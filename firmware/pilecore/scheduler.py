@@ -113,6 +113,11 @@ class Txn:
             if need is None:
                 return 0
             return need if need > 0 else n  # not a frame: stop and let parse() reject it
+        if n >= 3 and (buf[1] & 0x80 or 1 <= buf[1] <= 4):
+            # the reply's own header gives its length (an exception is 5 bytes, a read 5 +
+            # its byte count): a reply of the wrong size is read whole and judged by parse(),
+            # not cut off and taken for a damaged frame
+            return modbus.rtu_frame_length(buf[:n])
         if n >= 2 and buf[1] & 0x80:
             return 5
         return self.response_len()
@@ -127,9 +132,7 @@ class Txn:
             if self.function == dlt645.C_READ_ADDRESS:
                 return dlt645.parse_address_response(frm)
             return dlt645.parse_read_response(frm, self.address, self.register, self.count)
-        if self.function == 5:
-            return modbus.parse_write_coil_response(frm, self.address, self.register, self.value)
-        return modbus.parse_read_response(frm, self.address, self.function, self.count)
+        return modbus.parse_rtu_reply(frm, self.address, self.function, self.register, self.count, self.value)
 
 
 class Device:

@@ -130,7 +130,8 @@ class SiteCore:
         before = self.latest.get(key)
         events = self.reading(now, key, reading, faults, tsync)
         if self.latest.get(key) is before:
-            return None, "reading rejected (see events)", events, faults
+            why = "; ".join(["%s: %s" % (n, w) for n, w in faults]) if faults else "see events"
+            return None, "reading rejected (%s)" % why, events, faults
         error = "; ".join(["%s: %s" % (n, w) for n, w in faults]) if faults else None
         return self.latest[key], error, events, faults
 

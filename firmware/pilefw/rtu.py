@@ -11,7 +11,9 @@ scheduler.Txn), this module only moves the bytes, with the same quiet-time rules
 3. reads the reply into a preallocated buffer until the frame is complete (the transaction
    says how long it is from what has arrived: a Modbus exception is 5 bytes, a DL/T 645
    frame's length follows its header) or the transaction's timeout expires;
-4. checks it with the core's parser: CRC or checksum first, then address, function and length.
+4. checks it with the transaction's parser (`Txn.parse`): CRC or checksum first, then that it
+   answers the request (for Modbus the core's `check_reply`: device address, function code,
+   byte count, register count, exactly as the Pi port checks it).
 
 No allocation happens per transaction except what the UART driver does; the reply is parsed in
 place through a memoryview.

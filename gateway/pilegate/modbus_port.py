@@ -3,8 +3,9 @@
 One `BusPort` per configured bus: serial RTU (`/dev/...`), Modbus TCP (`tcp://host:port`) or
 RTU frames over TCP (`rtu+tcp://host:port`, RS-485-to-Ethernet converters).  pymodbus does
 the framing and I/O; this module sets each request's timeout from the scheduler (adaptive,
-per meter), turns pymodbus outcomes into the core's result codes, and taps the raw bytes so a
-damaged reply counts as a CRC error rather than a plain timeout.
+per meter), and taps the raw bytes so that every reply is judged by the core's check against
+its request (`modbus.check_reply`), exactly as on the ESP32, and a damaged reply counts as a CRC
+error rather than a plain timeout.
 """
 
 from __future__ import annotations
@@ -104,31 +105,47 @@ class BusPort:
         self.connected = False
 
     async def perform(self, txn: Txn) -> tuple[int, Any, int]:
-        """Do one transaction; return (core result code, payload, elapsed ms)."""
+        """Do one transaction; return (core result code, payload, elapsed ms).
+
+        pymodbus frames and decodes the reply, but does not check that it answers the request
+        (it takes an FC 04 reply to an FC 03 request as data).  So the reply is judged by the
+        core's `modbus.check_reply`, on the raw bytes pymodbus received, as the ESP32's RTU
+        master judges its own: device address, function code, byte count, register count.
+        """
         if not self.connected and not await self.connect():
             return modbus.E_TIMEOUT, None, 0
         self.client.ctx.comm_params.timeout_connect = txn.timeout_ms / 1000
         self.tap.rx = bytearray()
         t0 = time.monotonic()
+        answered = True
         try:
-            result = await self._call(txn)
+            await self._call(txn)
         except ConnectionException:
             self.connected = False
             return modbus.E_TIMEOUT, None, self._ms(t0)
         except (TimeoutError, ModbusException):
-            return self._classify_lost(txn), None, self._ms(t0)
+            answered = False  # nothing pymodbus could frame, or the wrong device id: judge below
         elapsed = self._ms(t0)
-        if result.isError():
-            code = getattr(result, "exception_code", 0)
-            return (modbus.E_EXCEPTION, code, elapsed) if code else (modbus.E_FUNCTION, None, elapsed)
-        if txn.function in (3, 4):
-            regs = list(result.registers)
-            if len(regs) != txn.count:
-                return modbus.E_LENGTH, None, elapsed
-            return modbus.OK, regs, elapsed
-        if txn.function in (1, 2):
-            return modbus.OK, [1 if b else 0 for b in result.bits[: txn.count]], elapsed
-        return modbus.OK, None, elapsed
+        code, payload = self._judge(txn, answered)
+        return code, payload, elapsed
+
+    def _judge(self, txn: Txn, answered: bool) -> tuple[int, Any]:
+        """The core's verdict on the bytes received for `txn` (see `perform`)."""
+        raw = bytes(self.tap.rx)
+        if self.kind == "tcp":
+            tid = getattr(self.client.ctx, "request_transaction_id", None)
+            if len(raw) < 9 or (tid is not None and (raw[0] << 8 | raw[1]) != tid):
+                # nothing, or a late answer to an earlier request: this one got none
+                return modbus.E_TIMEOUT, None
+            code, payload = modbus.parse_tcp_reply(raw, txn.address, txn.function, txn.register, txn.count, txn.value)
+            if code == modbus.E_SHORT:
+                code = modbus.E_TIMEOUT
+            return code, payload
+        frm = modbus.find_rtu_frame(raw)
+        if frm is None:
+            # bytes that hold no valid frame are a damaged reply; no bytes at all, a timeout
+            return (modbus.E_CRC if len(raw) >= 4 else modbus.E_TIMEOUT), None
+        return modbus.parse_rtu_reply(frm, txn.address, txn.function, txn.register, txn.count, txn.value)
 
     async def _call(self, txn: Txn) -> Any:
         c, kw = self.client, {"device_id": txn.address}
@@ -143,17 +160,6 @@ class BusPort:
         if txn.function == 5:
             return await c.write_coil(txn.register, bool(txn.value), **kw)
         raise ValueError(f"unsupported Modbus function {txn.function}")
-
-    def _classify_lost(self, txn: Txn) -> int:
-        """No reply accepted by pymodbus: was something received that failed its CRC?"""
-        raw = bytes(self.tap.rx)
-        if self.kind == "tcp" or len(raw) < 4:
-            return modbus.E_TIMEOUT
-        if txn.function == 5:
-            code, _ = modbus.parse_write_coil_response(raw, txn.address, txn.register, txn.value)
-        else:
-            code, _ = modbus.parse_read_response(raw, txn.address, txn.function, txn.count)
-        return modbus.E_CRC if code == modbus.E_CRC else modbus.E_TIMEOUT
 
     @staticmethod
     def _ms(t0: float) -> int:

@@ -47,10 +47,14 @@ class MeterFaults:
     block_limit: int | None = None  # reads of more registers get block_limit_code
     block_limit_code: int = 2
     frozen: bool = False  # registers stop updating
+    rogue: str | None = None  # Modbus replies rewritten as one malformed kind (wire.ROGUE_KINDS)
+    rogue_seed: int = 0
 
     def active(self) -> list[str]:
         """Names of the faults that are on (for logs and reports)."""
         out = [n for n in ("no_reply", "corrupt_crc", "frozen") if getattr(self, n)]
+        if self.rogue:
+            out.append(f"rogue:{self.rogue}")
         if self.extra_delay_ms:
             out.append(f"late+{self.extra_delay_ms}ms")
         out += [f"exception{e.code}" for e in self.exceptions]
@@ -108,6 +112,17 @@ class BusDevice:
     def set_corrupt_crc(self, on: bool = True) -> None:
         """Replies go out with a wrong CRC (both bytes inverted)."""
         self.faults.corrupt_crc = on
+
+    def set_rogue(self, kind: str | None, seed: int = 0) -> None:
+        """Every Modbus reply goes out rewritten as one malformed kind, with a valid CRC (a rogue
+        or confused responder at this address): one of ``wire.ROGUE_KINDS``; None clears.
+        ``seed`` makes the random kinds repeatable."""
+        from .wire import ROGUE_KINDS
+
+        if kind is not None and kind not in ROGUE_KINDS:
+            raise ValueError(f"rogue kind {kind!r} not one of {ROGUE_KINDS}")
+        self.faults.rogue_seed = seed
+        self.faults.rogue = kind
 
     def add_exception(
         self, code: int, start: int | None = None, end: int | None = None, function: int | None = None

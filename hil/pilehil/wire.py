@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,36 @@ from pilecore import modbus as core_modbus
 from .meter import SimMeter
 
 MAX_RTU_FRAME = 256
+
+#: Malformed replies a rogue responder sends, each with a valid CRC (``BusDevice.set_rogue``):
+#: function     the other read function code (FC 04 answering FC 03 and the reverse), registers
+#:              all 0x1234 (decoded as f32 that is 5.7e-28; as a u32 serial 0x12341234)
+#: unit         the right answer from another device address
+#: byte_count   one register more than asked (byte count and data agree with each other)
+#: short        one register fewer than asked
+#: exception    exception 4 (server device failure) to every request
+#: random       random bytes of random length
+#: random_data  a well-formed header (address, function, byte count) over random registers
+ROGUE_KINDS = ("function", "unit", "byte_count", "short", "exception", "random", "random_data")
+
+
+def rogue_reply(kind: str, request: bytes, reply: bytes, rng: random.Random) -> bytes:
+    """``reply`` (the true answer to ``request``) rewritten as malformed ``kind``, CRC valid."""
+    addr, fc = request[0], request[1]
+    count = (request[4] << 8) | request[5]
+    if kind == "random":
+        return add_crc(bytes(rng.randrange(256) for _ in range(rng.randrange(2, 40))))
+    if kind == "exception":
+        return add_crc(bytes((addr, fc | 0x80, 4)))
+    if fc not in (3, 4):
+        return reply  # only register reads are rewritten by the other kinds
+    if kind == "unit":
+        return add_crc(bytes(((addr % 247) + 1,)) + reply[1:-2])
+    if kind == "random_data":
+        return add_crc(bytes((addr, fc, 2 * count)) + bytes(rng.randrange(256) for _ in range(2 * count)))
+    regs = {"function": count, "byte_count": count + 1, "short": count - 1}[kind]
+    out_fc = 7 - fc if kind == "function" else fc
+    return add_crc(bytes((addr, out_fc, 2 * regs)) + b"\x12\x34" * regs)
 
 
 def crc16(data: bytes) -> int:
@@ -296,6 +327,9 @@ class Wire:
                 await asyncio.sleep(max(0.0, self._bus_free - loop.time()))
             return None
         extra = meter.faults.extra_delay_ms
+        if meter.faults.rogue and not is_dlt645_start(request):
+            rng = random.Random(f"{meter.faults.rogue_seed}:{self._stats.requests}")
+            reply = rogue_reply(meter.faults.rogue, request, reply, rng)
         if meter.faults.corrupt_crc:
             reply = reply[:-2] + bytes(b ^ 0xFF for b in reply[-2:])
         t_reply = _ms(meter.latency_ms + extra) + self.timing.frame_time(len(reply))

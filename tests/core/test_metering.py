@@ -68,9 +68,20 @@ def test_piles_start_unmetered_until_verified_fail_safe():
     assert g.identity_due(1000) == ["P1", "P2"]
 
 
-def test_empty_serial_binds_the_first_read_and_is_kept():
+def bind(g, pid, serial, now=1000):
+    """A first-read binding: the serial read twice, BIND_CONFIRM_S apart; the second read's events."""
+    assert g.identity(now, pid, serial) == []
+    return g.identity(now + metering.BIND_CONFIRM_S, pid, serial)
+
+
+def test_empty_serial_binds_the_same_serial_read_twice_and_is_kept():
     g = metering.SiteGuard(cfg())
-    ev = g.identity(1000, "P1", "123456")
+    assert g.identity(1000, "P1", "123456") == []  # one read binds nothing ...
+    assert g.interlocks() == {"P1": False}
+    assert g.identity_due(1000 + metering.BIND_CONFIRM_S - 1) == ["P2"]  # ... it asks for a second
+    assert "P1" in g.identity_due(1000 + metering.BIND_CONFIRM_S)
+    assert g.identity(1010, "P1", "123456") == []  # too soon to count as a second read
+    ev = g.identity(1000 + metering.BIND_CONFIRM_S, "P1", "123456")
     assert types(ev) == ["meter.bound", "meter.verified", "pile.metered"]
     assert ev[0]["serial"] == "123456"
     assert g.interlocks() == {"P1": True}
@@ -93,13 +104,25 @@ def test_swapped_meter_is_tamper_and_opens_the_interlock():
     assert g.interlocks() == {"P1": True}
 
 
+def test_two_first_reads_that_differ_bind_nothing():
+    # defect #3 of issue 9: a rogue reply's serial must not become the pile's binding
+    g = metering.SiteGuard(cfg())
+    assert g.identity(1000, "P1", "305419896") == []  # 0x12341234 from a rogue reply
+    ev = g.identity(1030, "P1", "123456")  # the real meter answers the confirming read
+    assert types(ev) == ["meter.identity_failed"] and "not bound" in ev[0]["reason"]
+    assert g.piles["P1"].bound is None and g.interlocks() == {"P1": False}
+    assert g.identity(1059, "P1", "123456") == []
+    assert types(g.identity(1060, "P1", "123456")) == ["meter.bound", "meter.verified", "pile.metered"]
+    assert g.piles["P1"].bound == "123456"
+
+
 def test_config_serial_wins_over_a_learned_binding():
     g = metering.SiteGuard(cfg(serials=("555", "")), {"piles": {"P1": {"bound": "111", "bound_by": "first-read"}}})
     assert g.piles["P1"].bound == "555" and g.piles["P1"].bound_by == "config"
 
 
 def test_identity_is_rechecked_periodically():
-    g = metering.SiteGuard(cfg())
+    g = metering.SiteGuard(cfg(serials=("1", "2")))
     g.identity(1000, "P1", "1")
     g.identity(1000, "P2", "2")
     assert g.identity_due(1000 + 3599) == []
@@ -143,10 +166,19 @@ def test_impossible_energy_jump_is_rejected():
     assert ok and ev == []
 
 
-def test_faults_are_events():
-    g = metering.SiteGuard(cfg())
-    ev, ok = g.reading(1000, "P1", {"energy_wh": 5}, [("voltage", "out of range")])
-    assert types(ev) == ["meter.fault"] and ev[0]["value"] == "voltage" and ok
+def test_faults_are_events_and_reject_the_whole_reading():
+    # defect #3 of issue 9: a reply whose voltage is 5.7e-28 V carries no true value at all
+    g = metering.SiteGuard(cfg(serials=("111", "222")))
+    g.identity(1000, "P1", "111")
+    start(g)
+    assert g.interlocks() == {"P1": True}
+    ev, ok = g.reading(1010, "P1", {"energy_wh": 100001, "power_w": 5.7e-25}, [("voltage", "out of range")])
+    assert types(ev) == ["meter.fault", "pile.unmetered"] and not ok
+    assert ev[0]["value"] == "voltage" and ev[1]["reasons"] == ["fault"]
+    assert g.piles["P1"].last_wh == 100000  # the rejected reading's energy is not the baseline
+    assert g.interlocks() == {"P1": False}
+    ev, ok = g.reading(1020, "P1", {"energy_wh": 100002, "power_w": 10.0})
+    assert types(ev) == ["pile.metered"] and ok
 
 
 def test_offline_after_the_limit_and_back_online_needs_verification():

@@ -37,7 +37,7 @@ def test_parse_rejects_damage_and_mismatches():
     frm = bytearray(_reply(5, 3, [1, 2, 3]))
     assert modbus.parse_read_response(frm, 6, 3, 3)[0] == modbus.E_ADDRESS
     assert modbus.parse_read_response(frm, 5, 4, 3)[0] == modbus.E_FUNCTION
-    assert modbus.parse_read_response(frm, 5, 3, 4)[0] == modbus.E_SHORT
+    assert modbus.parse_read_response(frm, 5, 3, 4)[0] == modbus.E_LENGTH
     assert modbus.parse_read_response(frm[:6], 5, 3, 3)[0] == modbus.E_SHORT
     frm[4] ^= 0xFF
     assert modbus.parse_read_response(frm, 5, 3, 3)[0] == modbus.E_CRC
@@ -51,6 +51,53 @@ def test_exception_response_is_decoded():
     bad = bytearray(frm)
     bad[2] = 3
     assert modbus.parse_read_response(bad, 9, 3, 10)[0] == modbus.E_CRC
+
+
+def _frame(*octets):
+    return modbus.frame(bytes(octets))
+
+
+def test_every_reply_is_checked_against_its_request():
+    # defect #3 of issue 9: a CRC-valid answer that is not the answer to the request is never data
+    asked = (5, 3, 0x2000, 2)  # device 5, function 3, two registers
+    good = _frame(5, 3, 4, 0x43, 0x66, 0x33, 0x34)
+    assert modbus.parse_rtu_reply(good, *asked) == (modbus.OK, [0x4366, 0x3334])
+    cases = (
+        (_frame(5, 4, 4, 0x43, 0x66, 0x33, 0x34), modbus.E_FUNCTION),  # FC 04 answers FC 03
+        (_frame(6, 3, 4, 0x43, 0x66, 0x33, 0x34), modbus.E_ADDRESS),  # another device
+        (_frame(5, 3, 2, 0x43, 0x66), modbus.E_LENGTH),  # one register short
+        (_frame(5, 3, 6, 0, 1, 0, 2, 0, 3), modbus.E_LENGTH),  # one register too many
+        (_frame(5, 3, 4, 0x43, 0x66, 0x33), modbus.E_SHORT),  # byte count promises more than came
+        (_frame(5, 0x84, 2), modbus.E_FUNCTION),  # an exception to another function
+        (_frame(5, 0x11, 4, 1, 2, 3, 4), modbus.E_FUNCTION),  # some other function entirely
+    )
+    for frm, code in cases:
+        got = modbus.parse_rtu_reply(frm, *asked)
+        assert got[0] == code, (frm, got)
+    assert modbus.parse_rtu_reply(_frame(5, 0x83, 4), *asked) == (modbus.E_EXCEPTION, 4)
+    # the reverse mismatch: FC 03 answering FC 04
+    assert modbus.parse_read_response(good, 5, 4, 2)[0] == modbus.E_FUNCTION
+
+
+def test_byte_count_must_match_the_frame_in_a_tcp_reply():
+    mbap = bytes((0, 1, 0, 0, 0, 7, 5))
+    assert modbus.parse_tcp_reply(mbap + bytes((3, 4, 0, 1, 0, 2)), 5, 3, 0, 2) == (modbus.OK, [1, 2])
+    assert modbus.parse_tcp_reply(mbap + bytes((4, 4, 0, 1, 0, 2)), 5, 3, 0, 2)[0] == modbus.E_FUNCTION
+    assert modbus.parse_tcp_reply(mbap + bytes((3, 5, 0, 1, 0, 2)), 5, 3, 0, 2)[0] == modbus.E_LENGTH
+    short = bytes((0, 1, 0, 0, 0, 9, 5, 3, 4, 0, 1, 0, 2))
+    assert modbus.parse_tcp_reply(short, 5, 3, 0, 2)[0] == modbus.E_LENGTH
+    assert modbus.parse_tcp_reply(bytes((0, 1, 0, 0, 0, 3, 5, 0x83, 2)), 5, 3, 0, 2) == (modbus.E_EXCEPTION, 2)
+
+
+def test_discrete_reads_give_bits():
+    frm = _frame(7, 2, 2, 0b00000101, 0b1)
+    assert modbus.parse_read_response(frm, 7, 2, 9) == (modbus.OK, [1, 0, 1, 0, 0, 0, 0, 0, 1])
+
+
+def test_find_rtu_frame_skips_noise_before_the_reply():
+    good = _frame(5, 3, 2, 0, 7)
+    assert modbus.find_rtu_frame(b"\x00\xff" + good + b"\x01") == good
+    assert modbus.find_rtu_frame(b"\x00\xff\x05\x03") is None
 
 
 def test_write_coil_round_trip():
@@ -85,6 +132,12 @@ def test_decode_float_and_nan():
     assert modbus.decode_raw([0x8000, 0x4366], 0, "f32", word_order="little") == 230.5
     with raises(ValueError, match="NaN"):
         modbus.decode_raw([0x7FC0, 0x0000], 0, "f32")
+    with raises(ValueError, match="denormal"):  # 0x00001234: what an integer register looks like as f32
+        modbus.decode_raw([0x0000, 0x1234], 0, "f32")
+    with raises(ValueError, match="denormal"):
+        modbus.decode_milli([0x8000, 0x0001], 0, "f32", 1.0)
+    assert modbus.decode_raw([0x0000, 0x0000], 0, "f32") == 0.0  # a true zero is a value
+    assert modbus.decode_raw([0x8000, 0x0000], 0, "f32") == 0.0
     with raises(ValueError, match="needs 2 registers"):
         modbus.decode_raw([0x4366], 0, "f32")
     with raises(ValueError, match="unknown register type"):

@@ -5,7 +5,7 @@ import json
 
 from mpytest import new_key
 
-from pilecore import ecdsa, ocmf, tariff
+from pilecore import ecdsa, metering, ocmf, tariff
 from pilecore.site import SiteCore
 
 D = new_key()
@@ -61,6 +61,12 @@ def types(evs):
     return [e["type"] for e in evs]
 
 
+def bind(sc, t, serial):
+    """Bind a serial as a first read does: read twice, BIND_CONFIRM_S apart, the second at t."""
+    sc.identity(t - metering.BIND_CONFIRM_S, "P1", serial)
+    return sc.identity(t, "P1", serial)
+
+
 def charge(sc, t0, minutes, kw=7.0, wh0=1000000, plug_bay=True):
     """An EV arrives, plugs, charges `minutes` and leaves; returns the time after it left."""
     t = t0
@@ -83,7 +89,7 @@ def charge(sc, t0, minutes, kw=7.0, wh0=1000000, plug_bay=True):
 
 def test_a_charging_session_becomes_a_verifiable_ocmf_record_and_no_fee():
     sc = core()
-    sc.identity(999, "P1", "12345678")
+    bind(sc, 999, "12345678")
     t, wh = charge(sc, 1000, 30)
     bills = sc.take_billing()
     kinds = [b["type"] for b in bills]
@@ -101,7 +107,7 @@ def test_a_charging_session_becomes_a_verifiable_ocmf_record_and_no_fee():
 
 def test_pagination_and_state_survive_a_restart():
     sc = core()
-    sc.identity(999, "P1", "12345678")
+    bind(sc, 999, "12345678")
     t, wh = charge(sc, 1000, 10)
     sc.take_billing()
     snap = json.loads(json.dumps(sc.snapshot()))
@@ -114,7 +120,7 @@ def test_pagination_and_state_survive_a_restart():
 
 def test_a_fuel_car_pays_and_telemetry_reports_it_live():
     sc = core()
-    sc.identity(999, "P1", "12345678")
+    bind(sc, 999, "12345678")
     t = 1000
     for _ in range(40 * 60 // 5):  # 40 minutes, never plugged, no power
         sc.bay_inputs(t, "B1", [500, 0], 0)
@@ -138,7 +144,7 @@ def test_telemetry_marks_stale_and_unmetered_and_invents_nothing():
     p = data["piles"][0]
     assert p["stale"] and not p["metered"] and p["reasons"] == ["unverified"]
     assert "energy_wh" not in p and "power_w" not in p
-    sc.identity(1000, "P1", "1")
+    bind(sc, 1000, "1")
     sc.reading(1001, "P1", {"energy_wh": 5, "power_w": 10.0}, (), "ntp")
     p = sc.telemetry(1002, 1000, 30)["piles"][0]
     assert p["metered"] and p["energy_wh"] == 5 and "stale" not in p
@@ -161,6 +167,7 @@ def test_identity_answers_and_interlock_changes_are_judged_once_for_both_ports()
     changes, events = sc.interlock_changes(1000)
     assert changes == [("P1", False)] and types(events) == ["interlock.off"]
     assert sc.interlock_changes(1001) == ([], [])  # nothing new to drive
+    assert sc.identity_result(1002 - metering.BIND_CONFIRM_S, "P1", 0, [0x0001, 0xE240])[1] == []
     ident, events = sc.identity_result(1002, "P1", 0, [0x0001, 0xE240])
     assert ident == "123456" and "meter.verified" in types(events)
     changes, events = sc.interlock_changes(1003)

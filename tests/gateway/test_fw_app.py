@@ -139,7 +139,7 @@ class Terminal:
 
 @pytest.fixture
 def rig(sim_site, broker, tmp_path):
-    body = pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666")
+    body = pile_block("P1", 1, "eastron-sdm120", serial="12345678") + pile_block("P2", 2, "chint-dtsu666")
     s = sim_site(body, loads={1: ConstantLoad(3500, 1), 2: ConstantLoad(9900, 3)})
     machine.UART_DEVICES[2] = s.sim.endpoints["bus1"]
     platform = Platform(tmp_path, broker)

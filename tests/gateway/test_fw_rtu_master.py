@@ -100,3 +100,36 @@ def test_no_reply_is_a_timeout_and_a_bad_crc_is_a_crc_error(site):
     site.meter(1).add_exception(2)
     assert master.transact(txn)[:2] == (modbus.E_EXCEPTION, 2)
     uart.deinit()
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        ("function", modbus.E_FUNCTION),
+        ("unit", modbus.E_ADDRESS),
+        ("byte_count", modbus.E_LENGTH),
+        ("short", modbus.E_LENGTH),
+        ("exception", modbus.E_EXCEPTION),
+    ],
+)
+def test_a_rogue_reply_is_judged_by_the_core_check_as_on_the_pi(site, kind, code):
+    # issue 9 defect #3: the same check (pilecore.modbus.check_reply) on both ports
+    master, uart, _ = open_master(site)
+    site.meter(1).set_rogue(kind)
+    for fc, reg, count in ((3, 0xFC00, 2), (4, 0x0000, 2)):  # the serial, and the voltage
+        txn = scheduler.Txn("job", None, 1, fc, reg, count, 500)
+        got, payload, _ = master.transact(txn)
+        assert got == code, (kind, fc, got, payload)
+        assert got != modbus.E_EXCEPTION or payload == 4
+    site.meter(1).set_rogue(None)
+    got, payload, _ = master.transact(scheduler.Txn("job", None, 1, 3, 0xFC00, 2, 500))
+    assert got == modbus.OK and len(payload) == 2, (got, payload)  # the real meter again
+    uart.deinit()
+
+
+def test_random_replies_from_a_rogue_are_never_data(site):
+    master, uart, _ = open_master(site)
+    site.meter(1).set_rogue("random", seed=3)
+    codes = [master.transact(scheduler.Txn("job", None, 1, 4, 0x0000, 2, 300))[0] for _ in range(20)]
+    assert modbus.OK not in codes, codes
+    uart.deinit()

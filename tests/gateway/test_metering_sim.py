@@ -17,6 +17,7 @@ import time
 import pytest
 from simsite import pile_block
 
+from pilecore import metering
 from pilegate.metering_service import Metering, poll_once
 from pilehil import ConstantLoad
 
@@ -169,8 +170,8 @@ def test_start_binds_serials_and_closes_interlocks(sim_site):
     s = sim_site(RELAY_SITE)
     relays = Relays()
     r = Runner(s, relays)
-    svc = asyncio.run(r.run(15))
-    # fail-safe: off first, then on once the meter is bound and verified
+    svc = asyncio.run(r.run(metering.BIND_CONFIRM_S + 15))
+    # fail-safe: off first, then on once the meter is bound (its serial read twice) and verified
     assert r.types("P1")[:5] == ["interlock.off", "meter.bound", "meter.verified", "pile.metered", "interlock.on"]
     assert svc.guard.piles["P1"].bound == s.meter(1).serial
     assert relays.history[:2] == [("K1", False), ("K2", False)]
@@ -183,10 +184,10 @@ def test_swapped_meter_is_tamper_and_opens_the_relay(sim_site):
     r = Runner(s, relays)
 
     def step(i, svc):
-        if i == 10:
+        if i == metering.BIND_CONFIRM_S + 10:
             s.meter(1).swap("99999999", energy_wh=5)  # new meter, counting from nearly zero
 
-    asyncio.run(r.run(25, step))
+    asyncio.run(r.run(metering.BIND_CONFIRM_S + 25, step))
     t = r.types("P1")
     assert "meter.energy_backwards" in t and "meter.swapped" in t
     swapped = next(e for e in r.events if e["type"] == "meter.swapped")
@@ -200,10 +201,10 @@ def test_energy_reset_raises_its_event_and_recovers_after_verification(sim_site)
     r = Runner(s, relays)
 
     def step(i, svc):
-        if i == 10:
+        if i == metering.BIND_CONFIRM_S + 10:
             s.meter(2).reset_energy()
 
-    svc = asyncio.run(r.run(25, step))
+    svc = asyncio.run(r.run(metering.BIND_CONFIRM_S + 25, step))
     t = r.types("P2")
     i = t.index("meter.energy_backwards")
     assert t[i:] == [

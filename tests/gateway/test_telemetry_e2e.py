@@ -33,7 +33,7 @@ from pilehil import ConstantLoad
 
 
 def test_signed_telemetry_commands_and_billing_over_plain_mqtt(sim_site, broker, tmp_path):
-    body = pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666")
+    body = pile_block("P1", 1, "eastron-sdm120", serial="12345678") + pile_block("P2", 2, "chint-dtsu666")
     s = sim_site(body, loads={1: OneSession(3, 13), 2: ConstantLoad(11000, 3)})
     platform = Platform(tmp_path, broker)
     site_path = write_site(s, tmp_path, broker, platform, "\n[sessions]\nstart_after_s = 0\nstop_after_s = 0\n")
@@ -103,7 +103,7 @@ def test_signed_telemetry_commands_and_billing_over_plain_mqtt(sim_site, broker,
 
 
 def test_tls_is_verified_and_never_falls_back(sim_site, tls_broker, tmp_path):
-    s = sim_site(pile_block("P1", 1, "eastron-sdm120"), loads={1: ConstantLoad(3000, 1)})
+    s = sim_site(pile_block("P1", 1, "eastron-sdm120", serial="12345678"), loads={1: ConstantLoad(3000, 1)})
     platform = Platform(tmp_path, tls_broker)
     site_path = write_site(s, tmp_path, tls_broker, platform)
     data = tmp_path / "data"

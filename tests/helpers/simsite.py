@@ -31,12 +31,14 @@ baud = 9600
 """
 
 
-def pile_block(pid: str, address: int, profile: str, extra: str = "") -> str:
+def pile_block(pid: str, address: int, profile: str, extra: str = "", serial: str = "") -> str:
+    """A pile with its meter on bus1; `serial` commissioned (the simulator's meter gets it), or
+    empty: learned by reading it twice (docs/metering.md)."""
     return (
         textwrap.dedent(f"""
         [[pile]]
         id = "{pid}"
-        meter = {{ bus = "bus1", address = {address}, profile = "{profile}", serial = "" }}
+        meter = {{ bus = "bus1", address = {address}, profile = "{profile}", serial = "{serial}" }}
         """)
         + extra
     )

@@ -1,0 +1,115 @@
+"""A rogue responder on the bus (issue 9, defect #3): replies with a valid CRC that do not answer
+the request, or carry values no meter measures, are events and never readings.
+
+The Pi's metering (pymodbus over a pseudo-terminal, the core's reply check, guard and planner)
+runs against the simulator, whose meter at address 1 answers every request with one malformed
+kind (`pilehil.wire.ROGUE_KINDS`).  While it does, no reading is accepted, nothing is published
+as metered and no serial is bound; when the real meter answers again the pile binds the real
+serial (read twice) and is metered with the simulator's true energy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from simsite import pile_block
+
+from pilecore import metering
+from pilegate.metering_service import Metering
+from pilehil import ConstantLoad
+
+ROGUE_S = 40  # seconds of wall time (the guard's clock) the rogue answers
+STEP_S = 2
+
+# What each kind must raise: (event type, field, value), from the core's reply check or ranges.
+EXPECTED = {
+    "function": ("meter.comm_error", "reason", "wrong function"),
+    "unit": ("meter.comm_error", "reason", "wrong device address"),
+    "byte_count": ("meter.comm_error", "reason", "wrong byte count"),
+    "short": ("meter.comm_error", "reason", "wrong byte count"),
+    "exception": ("meter.exception", "code", 4),
+    "random": ("meter.comm_error", None, None),
+    "random_data": ("meter.fault", None, None),
+}
+
+
+async def settle(svc: Metering, deadline_s: float = 10.0, backoff_too: bool = False) -> None:
+    """Until every meter not backing off (or every meter, `backoff_too`) has finished one more
+    poll cycle and no identity read is queued (a deadline only against hangs)."""
+    before = dict(svc.cycles_done)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        now = svc.now_ms()
+        waiting = [
+            k
+            for k in before
+            if svc.cycles_done[k] <= before[k]
+            and (backoff_too or svc.scheds[svc.meters[k].bus].device(k).backoff_until <= now)
+        ]
+        if not waiting and not any(s.pending_jobs() or s.busy for s in svc.scheds.values()):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("meters did not finish a poll cycle in time")
+
+
+async def run(s, kind: str, steps: int) -> tuple[Metering, list[dict], list[dict]]:
+    """Rogue for ROGUE_S, then the real meter; returns the service, events, and the telemetry
+    items of pile P1 taken after every step, tagged with the phase."""
+    wall = [10_000.0]
+    events: list[dict] = []
+    published: list[dict] = []
+    svc = Metering(s.cfg, on_event=events.append, wall=lambda: wall[0], poll_s=0.05)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(svc.run_bus(n, stop)) for n in svc.buses]
+    s.meter(1).set_rogue(kind, seed=9)
+    try:
+        for i in range(steps):
+            if i * STEP_S == ROGUE_S:
+                s.meter(1).set_rogue(None)
+                events.append({"type": "test.rogue_gone", "t": wall[0]})
+            svc.tick()
+            # the first step after the rogue waits out the backoff its failures earned (real time)
+            await settle(svc, 60.0, backoff_too=i * STEP_S == ROGUE_S)
+            item = svc.core.telemetry(int(wall[0]), 0, 10)["piles"][0]
+            item["rogue"] = i * STEP_S < ROGUE_S
+            item["truth_wh"] = s.meter(1).energy_wh
+            published.append(item)
+            wall[0] += STEP_S
+            s.clock.advance(STEP_S)
+    finally:
+        stop.set()
+        for w in svc._wake.values():
+            w.set()
+        await asyncio.gather(*tasks)
+    return svc, events, published
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_a_rogue_reply_is_an_event_never_a_reading_and_the_real_meter_recovers(sim_site, kind):
+    s = sim_site(pile_block("P1", 1, "eastron-sdm120"), loads={1: ConstantLoad(3000, 1)})
+    steps = (ROGUE_S + 60 + 2 * metering.BIND_CONFIRM_S) // STEP_S
+    svc, events, published = asyncio.run(run(s, kind, steps))
+    gone = next(i for i, e in enumerate(events) if e["type"] == "test.rogue_gone")
+    during, after = events[:gone], events[gone:]
+
+    # while the rogue answers: its event, no binding, nothing metered, no value published
+    typ, key, value = EXPECTED[kind]
+    hits = [e for e in during if e["type"] == typ]
+    assert hits, (kind, [e["type"] for e in during])
+    if key is not None:
+        assert any(e.get(key) == value for e in hits), hits
+    assert "meter.bound" not in [e["type"] for e in during]
+    rogue_items = [p for p in published if p["rogue"]]
+    assert not any(p["metered"] for p in rogue_items), rogue_items
+    assert not any("energy_wh" in p or "power_w" in p or "voltage_v" in p for p in rogue_items), rogue_items
+
+    # the real meter returns: bound to its own serial, metered, reading the truth
+    bound = [e for e in after if e["type"] == "meter.bound"]
+    assert [e["serial"] for e in bound] == [s.meter(1).serial], [e["type"] for e in after]
+    assert svc.guard.piles["P1"].bound == s.meter(1).serial
+    last = published[-1]
+    assert last["metered"] and last["serial"] == s.meter(1).serial, last
+    assert abs(last["energy_wh"] - last["truth_wh"]) <= 1
+    assert "meter.energy_jump" not in [e["type"] for e in after]
