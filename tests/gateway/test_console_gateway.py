@@ -81,7 +81,7 @@ def rss_kb(pid: int) -> int:
 @pytest.fixture
 def running(sim_site, broker, tmp_path):
     s = sim_site(
-        pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"),
+        pile_block("P1", 1, "eastron-sdm120", serial="12345678") + pile_block("P2", 2, "eastron-sdm120"),
         loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(5000, 1)},
     )
     s.clock.advance(3600)
