@@ -145,7 +145,7 @@ class BusPort:
         if frm is None:
             # bytes that hold no valid frame are a damaged reply; no bytes at all, a timeout
             return (modbus.E_CRC if len(raw) >= 4 else modbus.E_TIMEOUT), None
-        return modbus.parse_rtu_reply(frm, txn.address, txn.function, txn.register, txn.count, txn.value)
+        return txn.parse(frm)  # the core's check_reply, as on the ESP32
 
     async def _call(self, txn: Txn) -> Any:
         c, kw = self.client, {"device_id": txn.address}
