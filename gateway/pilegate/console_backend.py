@@ -130,7 +130,7 @@ class GatewayBackend(ViewBackend):
         return {
             "console.idle_logout_s": self._console_auth_idle(),
             "log.level": _LEVELS.get(level, "info"),
-            "metering.poll_s": poll_ms // 1000,
+            "metering.poll_s": max(1, (poll_ms + 999) // 1000),  # a sub-second --poll shows as 1
             "telemetry.interval_s": self.gw.interval_s,
         }
 

@@ -11,90 +11,22 @@ pure-Python ES256 signatures are checked by an independent implementation.
 from __future__ import annotations
 
 import json
-import os
-import select
 import struct
-import time
 
 import machine  # the fake, from tests/helpers
 import pytest
 import umqtt_compat
 from e2e import Platform, wait_for
+from fwhw import FakeHw
+from fwhw import FwTerminal as Terminal
 from simsite import pile_block
 
 from pilecore import pinhash
-from pilefw import ticks
 from pilefw.app import App, ConfigError, load_config_file
-from pilefw.mqtt import parse_url
 from pilegate import siteconfig
 from pilehil import ConstantLoad
 
 simple = umqtt_compat.require()
-
-
-class Watchdog:
-    def __init__(self, timeout_ms: int) -> None:
-        self.timeout_ms = timeout_ms
-        self.feeds = 0
-
-    def feed(self) -> None:
-        self.feeds += 1
-
-
-class FakeHw:
-    """The `hw` interface of pilefw.app on CPython (see pilefw.hw.DeviceHw for the device)."""
-
-    def __init__(self, root, console_path: str | None = None) -> None:
-        self.root = str(root)
-        self.gmtime = time.gmtime
-        self.ticks_ms = ticks.ticks_ms
-        self.sleep_ms = ticks.sleep_ms
-        self.urandom = os.urandom
-        self.console_path = console_path
-        self.resets = 0
-        self.dog: Watchdog | None = None
-        self.ntp_ok = True
-
-    def time(self) -> float:
-        return time.time()
-
-    def uart(self, uart_id, baud, parity, stop, tx, rx):
-        return machine.UART(
-            uart_id, baudrate=baud, bits=8, parity={"N": None, "E": 0, "O": 1}[parity], stop=stop, tx=tx, rx=rx
-        )
-
-    def pin(self, n, out):
-        return machine.Pin(n, machine.Pin.OUT if out else machine.Pin.IN)
-
-    def wdt(self, timeout_ms):
-        self.dog = Watchdog(timeout_ms)
-        return self.dog
-
-    def network_up(self) -> bool:
-        return True
-
-    def ntp_sync(self) -> bool:
-        return self.ntp_ok
-
-    def mqtt_factory(self, mq, client_id, timeout_s):
-        tls, host, port = parse_url(mq["url"])
-        assert not tls
-        return lambda: simple.MQTTClient(client_id, host, port)
-
-    def console_port(self, uart_def):
-        if self.console_path is None:
-            return None
-        machine.UART_DEVICES[0] = self.console_path
-        return machine.UART(0, baudrate=115200, tx=uart_def.get("tx"), rx=uart_def.get("rx"))
-
-    def mem(self):
-        return None
-
-    def reset(self) -> None:
-        self.resets += 1
-
-    def repl(self) -> None:
-        pass
 
 
 def esp32_site(s, tmp_path, broker, platform: Platform):
@@ -113,28 +45,6 @@ def esp32_site(s, tmp_path, broker, platform: Platform):
     cfg_file = tmp_path / "config.json"
     cfg_file.write_bytes(site.json_bytes + b"\n")  # what `pilegate check --json` prints
     return site, cfg_file
-
-
-class Terminal:
-    """The technician's end of the console pty."""
-
-    def __init__(self) -> None:
-        self.master, slave = os.openpty()
-        self.path = os.ttyname(slave)
-        self.slave = slave
-        self.out = b""
-
-    def send(self, text: bytes) -> None:
-        os.write(self.master, text)
-
-    def read(self) -> bytes:
-        while select.select([self.master], [], [], 0)[0]:
-            self.out += os.read(self.master, 4096)
-        return self.out
-
-    def close(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
 
 
 @pytest.fixture
