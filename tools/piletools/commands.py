@@ -184,6 +184,12 @@ def _cmd_commission(args: argparse.Namespace) -> int:
     return commission.main(args)
 
 
+def _cmd_image(args: argparse.Namespace) -> int:
+    from piletools import esp32image
+
+    return esp32image.main(args)
+
+
 def _register_installer(sub: Any, handlers: dict[str, Handler]) -> None:
     """The installer's subcommands: commission (image, flash, install, uninstall follow)."""
     p = sub.add_parser(
@@ -223,3 +229,29 @@ def _register_installer(sub: Any, handlers: dict[str, Handler]) -> None:
     p.add_argument("--no-write", action="store_true", help="do not touch the site file")
     p.add_argument("--publish", action="store_true", help="publish the record on its MQTT topic (the site's broker)")
     handlers["commission"] = _cmd_commission
+
+    p = sub.add_parser(
+        "image",
+        help="one flashable ESP32 image: MicroPython + a LittleFS with the gateway and the site",
+        description="Find where the given official MicroPython image keeps its file system (its "
+        "'vfs' partition, or from the end of the last partition to the end of the board's "
+        "flash), build a LittleFS for that region holding the compiled gateway (.mpy), boot.py, "
+        "main.py, umqtt, /config.json compiled from the site, the platform CA and command key, "
+        "and merge everything with esptool's merge-bin into one image flashed at 0x0. No "
+        "device secret goes into an image. See docs/install.md.",
+    )
+    p.add_argument("site", type=Path, help="the ESP32 site configuration (TOML)")
+    p.add_argument("--board", help="board file id (default: the site's [gateway] board)")
+    p.add_argument("--micropython", required=True, type=Path, metavar="FILE.bin", help="official MicroPython .bin")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the merged image to write")
+    p.add_argument("--ca", type=Path, help="the platform CA certificate (stored where [mqtt] ca_file says)")
+    p.add_argument(
+        "--command-key", type=Path, help="the platform's command public key (stored where [signing] platform_key says)"
+    )
+    p.add_argument(
+        "--umqtt",
+        type=Path,
+        default=Path("build/deps/umqtt"),
+        help="folder holding umqtt/simple.py (default build/deps/umqtt, made by make setup)",
+    )
+    handlers["image"] = _cmd_image
