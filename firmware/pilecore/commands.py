@@ -26,6 +26,8 @@ COMMANDS = {
 }
 SKEW_S = 60  # tolerated clock difference between platform and gateway
 MAX_REMEMBERED = 256
+MAX_BYTES = 16384  # a command larger than this is refused before anything is parsed
+MAX_DEPTH = 16  # JSON nesting deeper than this (header or payload) is refused before parsing
 
 
 class ReplayGuard:
@@ -51,10 +53,79 @@ class ReplayGuard:
             self.high_iat = iat
 
 
+def json_depth(data):
+    """The nesting depth of JSON text (bytes), counted without parsing: brackets inside strings
+    do not count.  Recursive parsers (CPython's json, MicroPython's) must never see deep input."""
+    depth = top = 0
+    in_str = esc = False
+    for b in data:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:  # quote
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b == 0x5B or b == 0x7B:  # [ {
+            depth += 1
+            if depth > top:
+                top = depth
+        elif b == 0x5D or b == 0x7D:  # ] }
+            depth -= 1
+    return top
+
+
+def _decode_part(part, what):
+    """The bytes of one base64url part, or ValueError saying why they cannot be read."""
+    raw = envelope.b64url_decode(part)
+    if json_depth(raw) > MAX_DEPTH:
+        raise ValueError("malformed: %s nested deeper than %d" % (what, MAX_DEPTH))
+    return raw
+
+
+def check_bytes(payload, platform_pub, gw_id, now, guard, max_age_s=300):
+    """check() of a command as it arrives (bytes): its size is limited before anything is
+    decoded, and the nesting of its JSON before anything is parsed."""
+    if len(payload) > MAX_BYTES:
+        return None, "malformed: larger than %d bytes" % MAX_BYTES
+    try:
+        text = bytes(payload).decode()
+    except UnicodeError:
+        return None, "malformed: not a JWS compact serialization"
+    return check(text, platform_pub, gw_id, now, guard, max_age_s)
+
+
+def peek_id(payload):
+    """The id of a rejected command if it can be read safely (for the ack), else None."""
+    if len(payload) > MAX_BYTES:
+        return None
+    try:
+        if isinstance(payload, (bytes, bytearray)):
+            payload = bytes(payload).decode()
+        body = json.loads(_decode_part(payload.split(".")[1], "payload"))
+        cid = body.get("id")
+        return cid if isinstance(cid, str) and len(cid) <= 64 else None
+    except (ValueError, IndexError, AttributeError, TypeError, UnicodeError, RuntimeError):
+        return None
+
+
 def check(jws, platform_pub, gw_id, now, guard, max_age_s=300):
     """Verify a command; see the module docstring.  `platform_pub` is an (x, y) point."""
     if platform_pub is None:
         return None, "no platform key configured: commands are disabled"
+    if len(jws) > MAX_BYTES:
+        return None, "malformed: larger than %d bytes" % MAX_BYTES
+    parts = jws.split(".")
+    try:
+        if len(parts) != 3:
+            raise ValueError("not 3 parts")
+        _decode_part(parts[0], "header")
+        _decode_part(parts[1], "payload")
+    except (ValueError, UnicodeError) as e:
+        why = str(e)
+        return None, why if why.startswith("malformed") else "malformed: not a JWS compact serialization"
     try:
         header, payload, sig, signing_input = envelope.split(jws)
     except (ValueError, UnicodeError):

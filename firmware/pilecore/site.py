@@ -152,6 +152,14 @@ class SiteCore:
             return None, self.identity(now, pile, None, str(exc))
         return ident, self.identity(now, pile, ident)
 
+    def identity_requests(self, now, hold_s):
+        """Piles whose identity check is due now; each is held for `hold_s` so it is not asked
+        again while the read runs (its answer, identity_result, sets the next date)."""
+        due = self.guard.identity_due(now)
+        for pile in due:
+            self.guard.piles[pile].identity_due_at = now + hold_s
+        return due
+
     def main_reading(self, now, reading):
         r = dict(reading)
         r["t"] = now

@@ -36,13 +36,14 @@ records, state), a bounded MQTT step, the console, the watchdog.  `run()` repeat
 
 import json
 
-from pilecore import VERSION, commands, config, ecdsa, envelope
+from pilecore import VERSION, config, ecdsa, envelope
 from pilecore.console import AuthState
 from pilecore.envelope import Chain
+from pilecore.gateway import SiteDriver
 from pilecore.site import SiteCore
 from pilefw import keystore
 from pilefw.clock import MonotonicMs, WallClock, epoch_offset
-from pilefw.metering import Metering
+from pilefw.metering import Buses
 from pilefw.mqtt import Link
 from pilefw.outbox import Outbox, OutboxFull
 from pilefw.rtu import RtuMaster
@@ -50,10 +51,7 @@ from pilefw.ticks import ticks_diff
 
 EMBEDDED = ("version", "board_def", "profiles", "sensor_profiles")
 WDT_TIMEOUT_MS = 60000
-EVENT_RING = 100
 LOG_RING = 40
-SAVE_EVERY_S = 10
-RESET_GRACE_MS = 5000
 NTP_RETRY_S = 60
 NTP_REFRESH_S = 6 * 3600
 
@@ -162,7 +160,8 @@ def uart_id(name):
 
 class App:
     """See the module docstring.  `cfg` is the compiled configuration (dict); `config_hash`
-    its hash (load_config_file)."""
+    its hash (load_config_file).  The App is the ESP32's hands for the core's `SiteDriver`
+    (actuate, read_input, set_clock, resend, save, log): every decision is the driver's."""
 
     def __init__(self, cfg, hw, config_hash="", fw_version=VERSION):
         compiled, problems = check_config(cfg)
@@ -179,10 +178,8 @@ class App:
         self.ms = MonotonicMs(hw.ticks_ms, ticks_diff)  # never wraps (ESP32 ticks do)
         self.started_ms = self.ms()
         self.logs = []
-        self.recent = []
-        self.events = []
         self.running = True
-        self.reset_at_ms = None
+        self.on_step = None  # a test hook: called with "main" at every pass of the main loop
         self.clock = WallClock(hw.time, epoch_offset(hw.gmtime))
         self.state = keystore.StateDir(self.root + "/state")
         self.keys = keystore.KeyStore(self.root, rand=hw.urandom)
@@ -192,30 +189,29 @@ class App:
         self.epoch = self.state.next_epoch()
         seq, head = recover_chain(self.outbox)
         self.chain = Chain(self.gw, self.site_id, self.keys.kid, self.keys.sign_raw, self.epoch, seq, head)
-        settings = self.state.load("settings", {})
-        tele = cfg.get("telemetry", {})
-        self.interval_s = settings.get("interval_s") or tele.get("interval_s", 30)
-        self.poll_s = settings.get("poll_s") or cfg.get("metering", {}).get("poll_s", 10)
-        self.log_level = settings.get("log_level", "info")
-        self.replay = commands.ReplayGuard(self.state.load("replay"))
         sign = cfg.get("signing", {})
-        self.platform_pub = self._platform_key(sign.get("platform_key"))
-        self.max_cmd_age = sign.get("command_max_age_s", 300)
-        self.core = SiteCore(cfg, self.keys.sign_der, self.gw, fw_version, self.state.load("core"))
-        self.metering = Metering(
+        core = SiteCore(cfg, self.keys.sign_der, self.gw, fw_version, self.state.load("core"))
+        ident = {
+            "fw": fw_version,
+            "platform": "esp32",
+            "board": cfg["gateway"]["board"],
+            "config_hash": config_hash,
+            "kid": self.keys.kid,
+            "pubkey": self.keys.pem,
+        }
+        self.driver = SiteDriver(
             cfg,
-            self.core,
-            self._open_buses(),
-            self.emit,
-            self.clock.now,
-            self.ms,
-            self._tsync,
-            self._input,
-            self._relays(),
-            self.poll_s,
+            core,
+            self.chain,
+            self,
+            ident,
+            self.state.load("settings"),
+            self.state.load("replay"),
+            self._platform_key(sign.get("platform_key")),
         )
-        self._saved = None
-        self._saved_at = None
+        self.core = core
+        self.recent = self.driver.recent
+        self.metering = Buses(self.driver, self._open_buses(), self._relays(), self.ms)
         mq = cfg["mqtt"]
         self.prefix = "%s/%s/%s" % (mq.get("prefix", "pilegate/v1"), self.site_id, self.gw)
         self.link = Link(
@@ -231,21 +227,40 @@ class App:
         self.auth = AuthState(self._pin_record())
         self.console = self._open_console()
         self.wdt = hw.wdt(WDT_TIMEOUT_MS)
-        self.last_telemetry_t = 0
         self.next_tick_ms = self.ms()
-        self.next_telemetry_ms = self.ms() + 1000 * min(self.interval_s, 5)
         self.net_up = False
         self.next_ntp_ms = self.ms()
-        self.events.append(
-            {
-                "type": "gateway.started",
-                "t": self.clock.now(),
-                "epoch": self.epoch,
-                "fw": fw_version,
-                "config_hash": config_hash,
-            }
-        )
-        self.seal("birth", self.birth())
+        self.driver.started(self.clock.now(), self.epoch)
+        self.flush()
+
+    # ------------------------------------------------------------ settings the console reads
+
+    @property
+    def interval_s(self):
+        return self.driver.interval_s
+
+    @interval_s.setter
+    def interval_s(self, v):
+        self.driver.interval_s = v
+
+    @property
+    def poll_s(self):
+        return self.driver.poll_s
+
+    @poll_s.setter
+    def poll_s(self, v):
+        self.driver.poll_s = v
+
+    @property
+    def log_level(self):
+        return self.driver.log_level
+
+    @log_level.setter
+    def log_level(self, v):
+        self.driver.log_level = v
+
+    def _save_settings(self):
+        self.driver.save_settings()
 
     # ------------------------------------------------------------ wiring
 
@@ -288,17 +303,6 @@ class App:
                 out[r["name"]] = (pin, high)
         return out
 
-    def _input(self, name):
-        pins = getattr(self, "_inputs", None)
-        if pins is None:
-            pins = self._inputs = {}
-        pin = pins.get(name)
-        if pin is None:
-            for i in self.board.get("input", ()):
-                if i["name"] == name:
-                    pin = pins[name] = self.hw.pin(i["pin"], False)
-        return None if pin is None else pin.value()
-
     def _platform_key(self, path):
         if not path:
             return None
@@ -338,90 +342,94 @@ class App:
                 return uc
         return None
 
-    # ------------------------------------------------------------ time, log, events
+    # ------------------------------------------------------------ the driver's hands
 
-    def _tsync(self):
-        return self.clock.tsync
+    def actuate(self, relay, on):
+        self.metering.actuate(relay, on)
 
-    def uptime_s(self):
-        return (self.ms() - self.started_ms) // 1000
+    def read_input(self, name):
+        pins = getattr(self, "_inputs", None)
+        if pins is None:
+            pins = self._inputs = {}
+        pin = pins.get(name)
+        if pin is None:
+            for i in self.board.get("input", ()):
+                if i["name"] == name:
+                    pin = pins[name] = self.hw.pin(i["pin"], False)
+        return None if pin is None else pin.value()
+
+    def set_clock(self, t):
+        return self.clock.set_platform(t)
+
+    def resend(self, first, last):
+        return self.link.resend(first, last)
+
+    def save(self, name, obj):
+        self.state.save(name, obj)
 
     def log(self, level, msg):
         self.logs.append({"t": self.clock.now(), "level": level, "msg": msg})
         if len(self.logs) > LOG_RING:
             self.logs.pop(0)
 
+    # ------------------------------------------------------------ time, events
+
+    def uptime_s(self):
+        return (self.ms() - self.started_ms) // 1000
+
     def emit(self, events):
-        for ev in events:
-            self.events.append(ev)
-            self.recent.append(ev)
-        if len(self.recent) > EVENT_RING:
-            del self.recent[: len(self.recent) - EVENT_RING]
+        self.driver.emit(events)
 
     # ------------------------------------------------------------ chain and outbox
 
-    def seal(self, kind, data):
-        """Sign, store durably, then publish (by the link): the seq, or None if refused."""
+    def flush(self):
+        """Sign what the driver has waiting and store it (one put per message, stopping at the
+        first the outbox refuses); the driver keeps or counts the rest."""
+        d = self.driver
+        now = self.clock.now()
+        d.outbox_dropped(now, self.outbox.take_dropped())
         hist = not self.link.connected or self.outbox.depth() > 0
-        prepared = self.chain.prepare(kind, data, self.clock.now(), self.clock.tsync, hist)
-        try:
-            stored = self.outbox.put(prepared.seq, kind, self.prefix + "/" + kind, prepared.jws.encode())
-        except OutboxFull as e:
-            self.log("error", "outbox full, %s not stored: %s" % (kind, e))
-            return None
-        if not stored:
-            self.log("warning", "outbox full: telemetry not stored")
-            return None
-        self.chain.commit(prepared)
-        return prepared.seq
+        prepared = d.seal(now, self.clock.tsync, hist)
+        n = 0
+        why = None
+        for p in prepared:
+            try:
+                ok = self.outbox.put(p.seq, p.kind, self.prefix + "/" + p.kind, p.jws.encode())
+            except OutboxFull as e:
+                ok, why = False, "outbox full: %s" % e
+            except OSError as e:  # the flash refused the write: nothing was stored
+                ok, why = False, "flash error: %s" % e
+            if not ok:
+                why = why or "outbox full"
+                break
+            n += 1
+        d.stored(prepared, n, now, why)
+        return n
+
+    def seal(self, kind, data):
+        """Queue one message of `kind` and flush (console helpers, tests)."""
+        if kind == "event":
+            self.driver.emit(data["events"])
+        else:
+            self.driver.keep.append((kind, data))
+        self.flush()
 
     def _state_msg(self, state, reason=None):
-        data = {"state": state, "since": self.clock.now()}
-        if reason:
-            data["reason"] = reason
-        return self.chain.unchained("state", data, self.clock.now(), self.clock.tsync)
+        return self.driver.state_message(self.clock.now(), self.clock.tsync, state, reason)
 
     def birth(self):
-        cfg = self.cfg
-        piles = []
-        for p in cfg["pile"]:
-            piles.append(
-                {
-                    "pile": p["id"],
-                    "bus": p["meter"]["bus"],
-                    "address": p["meter"]["address"],
-                    "profile": p["meter"]["profile"],
-                    "serial": self.core.guard.piles[p["id"]].bound,
-                    "interlock": p.get("interlock", "report"),
-                }
-            )
-        bays = [{"bay": b["id"], "pile": b["pile"]} for b in cfg.get("bay", ())]
-        return {
-            "fw": self.fw_version,
-            "platform": "esp32",
-            "board": cfg["gateway"]["board"],
-            "config_hash": self.config_hash,
-            "kid": self.keys.kid,
-            "pubkey": self.keys.pem,
-            "interval_s": self.interval_s,
-            "piles": piles,
-            "bays": bays,
-        }
+        return self.driver.birth()
 
     def telemetry(self):
-        data = self.core.telemetry(self.clock.now(), self.last_telemetry_t, self.interval_s)
-        for item in data["piles"]:
-            err = self.metering.meters[item["pile"]].error
-            if err:
-                item["error"] = err
-        return data
+        return self.driver.telemetry(self.clock.now())
 
     # ------------------------------------------------------------ the main loop
 
     def step(self):
         """One pass of the main loop (see the module docstring)."""
-        hw = self.hw
-        did = self.metering.step(self.ms())
+        if self.on_step is not None:
+            self.on_step("main")
+        did = self.metering.step(self.ms(), self.clock.now())
         now_ms = self.ms()
         if now_ms >= self.next_tick_ms:
             self.next_tick_ms += 1000
@@ -433,54 +441,61 @@ class App:
             did = self.link.step(self.ms()) or did
         if self.console is not None:
             did = self.console.step(self.clock.now()) or did
-        if self.reset_at_ms is not None and (self.outbox.depth() == 0 or now_ms >= self.reset_at_ms):
+        if self.driver.reboot_due(self.ms(), self.outbox.depth()):
             self.link.close(self._state_msg("offline", "rebooting"))
-            hw.reset()
-            self.reset_at_ms = None
+            self.driver.reboot_at_ms = None
+            self.hw.reset()
         self.wdt.feed()
         return did
 
     def run(self):
-        """The main loop, until `running` is cleared; sleeps a little when a pass was idle."""
-        while self.running:
-            if not self.step():
-                self.hw.sleep_ms(5)
+        """The main loop, until `running` is cleared; sleeps a little when a pass was idle.
+
+        No silent stop: an unexpected exception is logged, the retained offline state says
+        "crashed", and the exception ends the loop (main.py resets the board)."""
+        try:
+            while self.running:
+                if not self.step():
+                    self.hw.sleep_ms(5)
+        except Exception as e:
+            self.crashed(e)
+            raise
+
+    def crashed(self, exc):
+        """What can still be done after an unexpected exception: log it, store what waits,
+        publish the offline state with the reason."""
+        self.log("error", "gateway crashed: %s: %s" % (type(exc).__name__, exc))
+        try:
+            self.flush()
+            self.driver.save_state(self.clock.now(), True)
+        except Exception:
+            pass
+        try:
+            self.link.close(self._state_msg("offline", "crashed: %s" % type(exc).__name__))
+        except Exception:
+            pass
 
     def close(self, reason="stopped"):
         """A clean stop: pending events out to the outbox, state saved, the retained offline
         state published, the outbox and the UARTs closed."""
-        self._flush_events()
-        self._save_state(True)
+        self.flush()
+        self.driver.save_state(self.clock.now(), True)
         for _ in range(8):  # a bounded last drain, as the Pi does for 2 s
             if not self.link.connected or not self.outbox.depth():
                 break
             self.link.step(self.ms())
         self.link.close(self._state_msg("offline", reason))
         self.outbox.close()
-        for master in self.metering.masters.values():
-            deinit = getattr(master.uart, "deinit", None)
-            if deinit is not None:
-                deinit()
+        self.metering.close()
         if self.console is not None:
             deinit = getattr(self.console.port, "deinit", None)
             if deinit is not None:
                 deinit()
 
     def _second(self, now_ms):
-        self.metering.tick()
         self._network(now_ms)
-        if now_ms >= self.next_telemetry_ms:
-            self.seal("telemetry", self.telemetry())
-            self.last_telemetry_t = self.clock.now()
-            self.next_telemetry_ms += self.interval_s * 1000
-            if now_ms >= self.next_telemetry_ms:
-                self.next_telemetry_ms = now_ms + self.interval_s * 1000
-        billed = False
-        for record in self.core.take_billing():
-            self.seal("billing", record)
-            billed = True
-        self._flush_events()
-        self._save_state(billed)
+        self.driver.second(self.clock.now(), now_ms, self.clock.tsync)
+        self.flush()
 
     def _network(self, now_ms):
         up = self.hw.network_up()
@@ -496,82 +511,13 @@ class App:
             else:
                 self.next_ntp_ms = now_ms + NTP_RETRY_S * 1000
 
-    def _flush_events(self):
-        dropped = self.outbox.take_dropped()
-        if dropped:
-            self.events.append(
-                {
-                    "type": "outbox.dropped",
-                    "t": self.clock.now(),
-                    "dropped": [{"seq": s, "hash": h} for s, h in dropped],
-                }
-            )
-        if self.events:
-            batch, self.events = self.events, []
-            self.seal("event", {"events": batch})
-
-    def _save_state(self, now=False):
-        """Persist the core's state when it changed: at once after billing, else at most every
-        SAVE_EVERY_S seconds (flash wear)."""
-        version = (self.core.version, self.core.bays_version())
-        if version == self._saved:
-            return
-        t = self.clock.now()
-        if not now and self._saved_at is not None and t - self._saved_at < SAVE_EVERY_S:
-            return
-        self.state.save("core", self.core.snapshot())
-        self._saved = version
-        self._saved_at = t
-
-    def _save_settings(self):
-        self.state.save("settings", {"interval_s": self.interval_s, "poll_s": self.poll_s, "log_level": self.log_level})
-
     # ------------------------------------------------------------ commands
 
     def command(self, payload):
-        """Check and apply one command; always answer with a signed ack."""
-        try:
-            text = bytes(payload).decode()
-        except UnicodeError:
-            text = ""
-        now = self.clock.now()
-        cmd, why = commands.check(text, self.platform_pub, self.gw, now, self.replay, self.max_cmd_age)
-        reboot = False
-        if cmd is None:
-            ack = {"cmd_id": _peek_id(text), "ok": False, "reason": why}
-            self.events.append({"type": "command.rejected", "t": now, "reason": why})
-        else:
-            self.state.save("replay", self.replay.snapshot())  # executed once, even if it fails
-            try:
-                ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": True, "result": self._apply(cmd)}
-                reboot = cmd["cmd"] == "reboot"
-            except CommandFailed as e:
-                ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": False, "reason": str(e)}
-        stored = self.seal("ack", ack)
-        if reboot and stored is not None:
-            # the ack is stored; give the link a moment to publish it, then reset
-            self.reset_at_ms = self.ms() + RESET_GRACE_MS
+        """Check and apply one command (the driver's); its signed ack is stored at once."""
+        ack = self.driver.command(payload, self.clock.now(), self.ms())
+        self.flush()
         return ack
-
-    def _apply(self, cmd):
-        name, args = cmd["cmd"], cmd["args"]
-        if name == "set_interval":
-            self.interval_s = args["interval_s"]
-            self._save_settings()
-            return {"interval_s": self.interval_s}
-        if name == "sync_time":
-            return {"offset_s": self.clock.set_platform(args["t"])}
-        if name == "resend":
-            return {"queued": self.link.resend(args["from_seq"], args["to_seq"])}
-        if name == "set_tariff":
-            why = self.core.set_tariff(args["tariff"])
-            if why:
-                raise CommandFailed("tariff refused: %s" % why)
-            self._save_state(True)
-            return {"tariff": args["tariff"].get("id"), "version": args["tariff"].get("version")}
-        if name == "reboot":
-            return {"rebooting_in_s": RESET_GRACE_MS // 1000}
-        return {}
 
     # ------------------------------------------------------------ console actions
 
@@ -584,20 +530,6 @@ class App:
         if pw:
             keystore.remove(pw)
         self.hw.reset()
-
-
-class CommandFailed(Exception):
-    """A verified command whose arguments cannot be applied; nothing was changed."""
-
-
-def _peek_id(text):
-    """The id of a rejected command if it can be read (for the ack), else None."""
-    try:
-        body = json.loads(envelope.b64url_decode(text.split(".")[1]))
-        cid = body.get("id")
-        return cid if isinstance(cid, str) and len(cid) <= 64 else None
-    except (ValueError, IndexError, AttributeError, TypeError):
-        return None
 
 
 def _wipe_tree(path):

@@ -98,7 +98,7 @@ class ConsoleBackend(ViewBackend):
         a._save_settings()
 
     def interlocks_changed(self):
-        self.app.metering.apply_interlocks()
+        self.app.driver.apply_interlocks(self.app.clock.now())
 
     # ------------------------------------------------------------ what only the board does
 

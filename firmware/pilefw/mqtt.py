@@ -42,14 +42,10 @@ MAX_IN_PER_STEP = 4
 
 
 def parse_url(url):
-    """(tls, host, port) of mqtt://host[:port] or mqtts://host[:port]."""
-    scheme, _, rest = url.partition("://")
-    hostport = rest.split("/")[0]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or "]" in port:
-        host, port = hostport, ""
-    tls = scheme == "mqtts"
-    return tls, host, int(port) if port else (8883 if tls else 1883)
+    """(tls, host, port) of mqtt[s]://host[:port]: the core's parser, the same on both ports."""
+    from pilecore.gateway import parse_mqtt_url
+
+    return parse_mqtt_url(url)
 
 
 def backoff_delay(failures, min_ms, max_ms, rand):
@@ -338,9 +334,16 @@ class Link:
     # ------------------------------------------------------------ for the application
 
     def resend(self, first, last):
-        """Publish stored messages first..last again, `batch` per step; returns how many."""
+        """Publish the stored messages first..last again, `batch` per step (the `resend`
+        command).  Returns (resent, not_stored): how many of the range are stored and will be
+        published, how many are not (acked and reclaimed, or thinned)."""
+        stored = 0
+        has = getattr(self.outbox, "has", None)  # cheap on the flash outbox: no read
+        for seq in range(first, last + 1):
+            if has(seq) if has is not None else self.outbox.get(seq) is not None:
+                stored += 1
         self._resend = [first, last]
-        return last - first + 1
+        return stored, last - first + 1 - stored
 
     def close(self, offline=None):
         """Clean stop: publish the retained offline state (if given and connected), disconnect."""

@@ -278,6 +278,14 @@ class Outbox:
                         files[s][1].close()
         return None
 
+    def has(self, seq):
+        """True when get(seq) would return the record, without reading it from flash."""
+        for s in (KEEP, TELE):
+            i = self._find(s, seq)
+            if i >= 0:
+                return not self._meta[s][i] & _F_DROP
+        return False
+
     def depth(self):
         """Number of records neither acked nor dropped."""
         return self._live[KEEP] + self._live[TELE]

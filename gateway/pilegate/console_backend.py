@@ -143,8 +143,7 @@ class GatewayBackend(ViewBackend):
     def apply_setting(self, key: str, value: Any) -> None:
         gw = self.gw
         if key == "telemetry.interval_s":
-            gw.interval_s = value
-            gw.outbox.kv_put("interval_s", value)
+            gw.driver.set_interval(value)  # applied and persisted by the core
             return
         if key == "console.idle_logout_s":
             return  # the console itself applies it to every session (AuthState), until restart
@@ -157,11 +156,8 @@ class GatewayBackend(ViewBackend):
         gw.outbox.kv_put(_SAVED, saved)
 
     def interlocks_changed(self) -> None:
-        # Act at once, as the ESP32 does, rather than on the next tick.
-        m = self.gw.metering
-        apply = getattr(m, "apply_interlocks", None) or getattr(m, "_apply_interlocks", None)
-        if apply is not None:
-            apply()
+        # The core drives the relays and coils at once, as on the ESP32.
+        self.gw.driver.apply_interlocks(self.gw.now())
 
     # ------------------------------------------------------------ what only the Pi does
 

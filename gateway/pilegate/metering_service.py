@@ -1,13 +1,14 @@
-"""Metering and bay inputs on the Pi: the core's planner, scheduler and site logic over pymodbus.
+"""The Pi's buses: the bytes of the core's metering (pilecore.gateway.SiteDriver) over pymodbus.
 
-`Metering` owns one `BusPort` and one core `BusScheduler` per bus.  Each bus runs its own
-asyncio loop (`run_bus`), so a slow bus never holds up another.  Meters, presence sensors and
-pile controllers (plug state) are devices on those schedulers.  Poll results are decoded by the
-device's plan and handed to the core `SiteCore`, which decides identity checks, events,
-interlocks, sessions and bay occupancy.  Console raw reads, coil writes and scans are submitted
-to the same schedulers and answered through futures.  Digital inputs (presence, contactor) come
-from an `inputs` object with `read(name) -> 0 | 1 | None` (the Pi's GPIO reader, or a fake in
-tests).
+`Metering` owns one `BusPort` per bus and runs each bus in its own asyncio loop (`run_bus`), so
+a slow bus never holds up another.  Which transaction comes next and what its reply means is
+the driver's (one copy for both ports); this module only performs transactions and hands the
+outcome back.  Console raw reads, coil writes and scans are driver jobs answered through
+futures.
+
+Run inside the gateway, it is given the gateway's driver.  Run on its own (`pilegate read`,
+benchmarks, tests), it makes a driver whose events go to `on_event`, with itself as the hands:
+relays through `relays.set(name, on)`, digital inputs through `inputs.read(name)`.
 """
 
 from __future__ import annotations
@@ -17,39 +18,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from pilecore import baydevices, metering, modbus, planner, site
-from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler
+from pilecore import site
+from pilecore.envelope import Chain
+from pilecore.gateway import Meter, SiteDriver
+from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE
 from pilecore.site import SiteCore
 from pilegate.serial_port import bus_port
 
 log = logging.getLogger("pilegate.metering")
 MAIN = site.MAIN
+__all__ = ["MAIN", "Meter", "Metering", "poll_once"]
 
 EventSink = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class Meter:
-    key: str  # pile id, or "_main" for the site main meter
-    bus: str
-    address: int
-    profile: dict[str, Any]
-    plan: planner.MeterPlan
-    reading: dict[str, Any] | None = None  # last accepted reading, with "t"
-    error: str | None = None  # why the last poll failed, if it did
-    identity: str | None = None
-    polls: int = 0
-    failures: int = 0
-    faults: list[Any] = field(default_factory=list)
-
-
-def char_us(bus: dict[str, Any]) -> int:
-    from pilecore.scheduler import char_time_us
-
-    return char_time_us(bus["baud"], bus["parity"], bus["stopbits"])
 
 
 class Metering:
@@ -66,62 +48,54 @@ class Metering:
         poll_s: float | None = None,
         inputs: Any = None,
         tsync: Callable[[], str] = lambda: "none",
+        driver: SiteDriver | None = None,
     ):
         self.cfg = cfg
-        self.core = core or SiteCore(cfg, None, cfg["gateway"]["id"], "")
-        self.guard = self.core.guard
-        self.inputs = inputs
-        self.tsync = tsync
         self.clock, self.wall = clock, wall
-        self.on_event = on_event or (lambda ev: None)
+        self.tsync = tsync
         self.relays = relays
-        self.poll_ms = int(1000 * (poll_s or cfg.get("metering", {}).get("poll_s", 10)))
-        self.buses = {b["name"]: b for b in cfg["bus"]}
+        self.inputs = inputs
+        if driver is None:
+            core = core or SiteCore(cfg, None, cfg["gateway"]["id"], "")
+            chain = Chain(cfg["gateway"]["id"], cfg["gateway"]["site"], "", lambda b: b"", 0)
+            ident = {"fw": "", "platform": "rpi", "board": "", "config_hash": "", "kid": "", "pubkey": ""}
+            settings = {"poll_s": poll_s} if poll_s else None
+            driver = SiteDriver(cfg, core, chain, self, ident, settings)
+            driver.sink = on_event or (lambda ev: None)
+        self.driver = driver
+        self.core = driver.core
+        self.guard = driver.guard
+        self.meters: dict[str, Meter] = driver.meters
+        self.scheds = driver.scheds
+        self.buses = driver.buses
         self.ports = {name: bus_port(b, cfg) for name, b in self.buses.items()}
-        self.scheds = {
-            name: BusScheduler(name, b["baud"], b["parity"], b["stopbits"], b["timeout_ms"])
-            for name, b in self.buses.items()
-        }
-        self.meters: dict[str, Meter] = {}
-        for pile in cfg["pile"]:
-            self._add_meter(pile["id"], pile["meter"])
-        if cfg.get("main_meter"):
-            self._add_meter(MAIN, cfg["main_meter"], names=["energy_import", "power"])
-        self.raw: dict[str, tuple[int, Any]] = {}  # sensor/controller key -> (time, value)
-        self._add_bay_devices()
-        self.coils = {p["id"]: p["coil"] for p in cfg["pile"] if p.get("coil")}
-        self.relay_of = {p["id"]: p.get("relay") for p in cfg["pile"]}
+        self.raw = driver.raw
         self._futures: dict[tuple[str, int], asyncio.Future] = {}
         self._wake = {name: asyncio.Event() for name in self.buses}
-        self.cycles_done: dict[str, int] = {k: 0 for k in self.meters}
+        self.on_step: Callable[[str], None] | None = None  # test hook: called at every bus pass
 
-    def _add_meter(self, key: str, m: dict[str, Any], names: list[str] | None = None) -> None:
-        prof = self.cfg["profiles"][m["profile"]]
-        bus = self.buses[m["bus"]]
-        plan = planner.plan_for(prof, names, char_us=char_us(bus), ranges=m.get("ranges"))
-        self.meters[key] = Meter(key, m["bus"], m["address"], prof, plan)
-        self.scheds[m["bus"]].add_device(
-            key,
-            m["address"],
-            plan,
-            self.poll_ms,
-            response_ms=prof.get("response_ms", 100),
-            min_gap_ms=prof.get("min_gap_ms", 0),
-            timeout_ms=prof.get("timeout_ms"),
-        )
+    # ------------------------------------------------------------ the hands (standalone)
 
-    def _add_bay_devices(self) -> None:
-        """Presence sensors and pile controllers (plug state) as polled devices."""
-        sensor_poll = min(self.poll_ms, 5000)
-        for key, bus, addr, fc, reg, count, resp, gap, tmo in baydevices.devices(self.cfg, sensor_poll):
-            self.scheds[bus].add_device(key, addr, planner.RawPlan(fc, reg, count), sensor_poll, resp, gap, tmo)
+    def actuate(self, relay: str, on: bool) -> None:
+        if self.relays is not None:
+            self.relays.set(relay, on)
 
-    def bay_step(self) -> None:
-        """Hand every monitored bay its latest inputs (stale values become None)."""
-        now = self.now_s()
-        read = self.inputs.read if self.inputs else None
-        for bay_id, samples, raw_plug in baydevices.gather(self.cfg, now, self.raw, read):
-            self.emit(self.core.bay_inputs(now, bay_id, samples, raw_plug))
+    def read_input(self, name: str) -> int | None:
+        return self.inputs.read(name) if self.inputs is not None else None
+
+    def set_clock(self, t: int) -> int:
+        raise RuntimeError("no clock to set outside the gateway")
+
+    def resend(self, first: int, last: int) -> tuple[int, int]:
+        raise RuntimeError("no outbox outside the gateway")
+
+    def save(self, name: str, obj: Any) -> None:
+        """Nothing is persisted outside the gateway."""
+
+    def log(self, level: str, text: str) -> None:
+        log.log(logging.getLevelName(level.upper()), "%s", text)
+
+    # ------------------------------------------------------------ time
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -129,136 +103,47 @@ class Metering:
     def now_s(self) -> int:
         return int(self.wall())
 
-    def emit(self, events: list[dict[str, Any]]) -> None:
-        for ev in events:
-            self.on_event(ev)
+    @property
+    def cycles_done(self) -> dict[str, int]:
+        """Poll cycles each meter finished (ok or not)."""
+        return {k: m.polls for k, m in self.meters.items()}
+
+    def wake(self) -> None:
+        """New jobs may be queued: every bus loop looks at once."""
+        for w in self._wake.values():
+            w.set()
 
     # ------------------------------------------------------------ bus loops
 
     async def run_bus(self, name: str, stop: asyncio.Event) -> None:
         """Drive one bus until `stop` is set."""
-        sched, port = self.scheds[name], self.ports[name]
+        port = self.ports[name]
+        d = self.driver
         await port.connect()
         try:
             while not stop.is_set():
-                txn = sched.next_txn(self.now_ms())
+                if self.on_step is not None:
+                    self.on_step("bus:" + name)
+                txn = d.next_txn(name, self.now_ms())
                 if txn is None:
-                    wait = min(sched.wake_in_ms(self.now_ms()), 200) / 1000
+                    wait = min(d.wake_in_ms(name, self.now_ms()), 200) / 1000
                     self._wake[name].clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake[name].wait(), timeout=max(wait, 0.001))
                     continue
                 code, payload, elapsed = await port.perform(txn)
-                for result in sched.complete(txn, self.now_ms(), code, payload, elapsed):
-                    self._handle(name, result)
+                d.txn_done(name, txn, self.now_ms(), self.now_s(), code, payload, elapsed)
         finally:
             port.close()
 
-    def _handle(self, bus: str, result: tuple) -> None:
-        kind = result[0]
-        if kind == "poll":
-            self._poll_done(result[1], result[2])
-        elif kind == "job":
-            _, job, code, payload = result
-            self._job_done(bus, job, code, payload)
-        elif kind == "shrunk":
-            m = self.meters[result[1]]
-            log.info("meter %s: block refused, plan is now %s", result[1], m.plan.reads)
-        elif kind == "exception":
-            _, key, read, code = result
-            self.emit(
-                [
-                    {
-                        "type": "meter.exception",
-                        "pile": key,
-                        "t": self.now_s(),
-                        "code": code,
-                        "reason": modbus.exception_name(code),
-                        "read": read,
-                    }
-                ]
-            )
-        elif kind == "unsupported":
-            self.emit(
-                [
-                    {
-                        "type": "meter.fault",
-                        "pile": result[1],
-                        "t": self.now_s(),
-                        "reason": "meter refuses values",
-                        "values": [list(v) for v in result[2]],
-                    }
-                ]
-            )
-
-    def _poll_done(self, key: str, res: dict[str, Any]) -> None:
-        now = self.now_s()
-        if "#" in key:  # a presence sensor or pile controller
-            self.raw[key] = (now, baydevices.value(self.cfg, key, res["blocks"][0]) if res["ok"] else None)
-            return
-        m = self.meters[key]
-        m.polls += 1
-        self.cycles_done[key] = self.cycles_done.get(key, 0) + 1
-        if not res["ok"]:
-            m.failures += 1
-        reading, m.error, events, m.faults = self.core.poll_done(now, key, res, m.plan, self.tsync())
-        if reading is not None:
-            m.reading = reading
-        self.emit(events)
-
-    def _job_done(self, bus: str, job: Any, code: int, payload: Any) -> None:
-        fut = self._futures.pop((bus, job.id), None)
-        tag = job.tag
-        if isinstance(tag, tuple) and tag[0] == "identity":
-            self._identity_done(tag[1], code, payload)
-        elif isinstance(tag, tuple) and tag[0] == "coil" and code != modbus.OK:
-            self.emit(self.core.interlock_failed(self.now_s(), tag[1], modbus.describe(code, payload)))
-        if fut is not None and not fut.done():
-            fut.set_result((code, payload))
-
-    def _identity_done(self, pile: str, code: int, payload: Any) -> None:
-        ident, events = self.core.identity_result(self.now_s(), pile, code, payload)
-        if ident is not None:
-            self.meters[pile].identity = ident
-        self.emit(events)
-
-    # ------------------------------------------------------------ supervision
-
     def tick(self) -> None:
-        """Once a second: offline checks, identity checks due, interlocks to apply."""
-        now = self.now_s()
-        self.emit(self.core.tick(now))
-        for pile in self.guard.identity_due(now):
-            self._request_identity(pile, now)
-        self.bay_step()
-        self._apply_interlocks()
-
-    def _request_identity(self, pile: str, now: int) -> None:
-        m = self.meters[pile]
-        read = metering.identity_read(m.profile.get("identity"))
-        # Hold the check for a minute so it is not queued again while it runs.
-        self.guard.piles[pile].identity_due_at = now + 60
-        if read is None:
-            return  # verified by its readings (see pilecore.metering)
-        fc, reg, count = read
-        self.scheds[m.bus].submit(m.address, fc, reg, count, PRIO_INTERACTIVE, tag=("identity", pile))
-        self._wake[m.bus].set()
-
-    def _apply_interlocks(self) -> None:
-        changes, events = self.core.interlock_changes(self.now_s())
-        self.emit(events)
-        for pile, on in changes:
-            if pile in self.coils:
-                c = self.coils[pile]
-                self.scheds[c["bus"]].submit(
-                    c["address"], 5, c["coil"], 1, PRIO_INTERACTIVE, value=on, tag=("coil", pile)
-                )
-                self._wake[c["bus"]].set()
-            elif self.relays is not None:
-                self.relays.set(self.relay_of[pile], on)
+        """Once a second (standalone): supervision, identity checks, bay inputs, interlocks."""
+        self.driver.tsync = self.tsync()
+        self.driver.supervise(self.now_s())
+        self.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """All bus loops plus the once-a-second supervisor, until `stop` is set."""
+        """All bus loops plus the once-a-second supervisor, until `stop` is set (standalone)."""
         tasks = [asyncio.create_task(self.run_bus(name, stop)) for name in self.buses]
         try:
             while not stop.is_set():
@@ -267,9 +152,8 @@ class Metering:
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
         finally:
             stop.set()
-            for w in self._wake.values():
-                w.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self.wake()
+            await asyncio.gather(*tasks)
 
     # ------------------------------------------------------------ one-off requests
 
@@ -285,10 +169,13 @@ class Metering:
         tag: Any = None,
     ) -> tuple[int, Any]:
         """Queue a raw request on a running bus; wait for (code, payload)."""
-        sched = self.scheds[bus]
-        job_id = sched.submit(address, function, register, count, prio, value=value, tag=tag)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._futures[(bus, job_id)] = fut
+
+        def done(code: int, payload: Any) -> None:
+            if not fut.done():
+                fut.set_result((code, payload))
+
+        self.driver.request(bus, address, function, register, count, prio, done, tag, value)
         self._wake[bus].set()
         return await fut
 
@@ -299,11 +186,12 @@ class Metering:
 
         Probes are background jobs: they only use bus time that polls leave free.
         """
+        from pilecore import modbus
+
         found = []
         for addr in range(first, last + 1):
             code, _ = await self.request(bus, addr, 3, 0, 1, PRIO_BACKGROUND, tag="scan")
-            answered = code in (modbus.OK, modbus.E_EXCEPTION)
-            if answered:
+            if code in (modbus.OK, modbus.E_EXCEPTION):
                 found.append(addr)
             if progress:
                 progress(addr, last, code)
@@ -318,14 +206,14 @@ async def poll_once(cfg: dict[str, Any], timeout_s: float = 30.0) -> dict[str, M
     svc = Metering(cfg, poll_s=3600)
     stop = asyncio.Event()
     for pile in svc.guard.order:
-        svc._request_identity(pile, svc.now_s())
+        svc.driver.request_identity(pile)
     tasks = [asyncio.create_task(svc.run_bus(name, stop)) for name in svc.buses]
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             pending = sum(s.pending_jobs() for s in svc.scheds.values())
             if (
-                all(svc.cycles_done[k] >= 1 for k in svc.meters)
+                all(n >= 1 for n in svc.cycles_done.values())
                 and pending == 0
                 and not any(s.busy for s in svc.scheds.values())
             ):
@@ -333,10 +221,9 @@ async def poll_once(cfg: dict[str, Any], timeout_s: float = 30.0) -> dict[str, M
             await asyncio.sleep(0.01)
     finally:
         stop.set()
-        for w in svc._wake.values():
-            w.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for key, m in svc.meters.items():
-        if svc.cycles_done[key] == 0 and m.error is None:
+        svc.wake()
+        await asyncio.gather(*tasks)
+    for m in svc.meters.values():
+        if m.polls == 0 and m.error is None:
             m.error = "no answer within the time allowed"
     return svc.meters

@@ -26,19 +26,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from pilecore.gateway import parse_mqtt_url
 from pilegate.outbox import Outbox
 
 log = logging.getLogger("pilegate.mqtt")
 
 
 def parse_url(url: str) -> tuple[bool, str, int]:
-    scheme, _, rest = url.partition("://")
-    hostport = rest.split("/")[0]
-    host, sep, port = hostport.rpartition(":")
-    if not sep:
-        host, port = hostport, ""
-    tls = scheme == "mqtts"
-    return tls, host, int(port) if port else (8883 if tls else 1883)
+    """(tls, host, port) of mqtt[s]://host[:port]: the core's parser, the same on both ports."""
+    return parse_mqtt_url(url)
 
 
 class MqttLink:
@@ -76,6 +72,7 @@ class MqttLink:
         self.connects = 0
         self.last_error: str | None = None
         self.client = self._make_client(client_id)
+        self._resend: list[tuple[str, bytes]] = []  # (topic, payload) to publish again
         self._drainer = threading.Thread(target=self._drain, name="mqtt-drain", daemon=True)
 
     def topic(self, kind: str) -> str:
@@ -151,6 +148,20 @@ class MqttLink:
         """Something new is in the outbox."""
         self._kick.set()
 
+    def resend(self, first: int, last: int) -> tuple[int, int]:
+        """Publish the stored messages first..last again, through this link's drain (the
+        `resend` command).  Returns (resent, not_stored): how many of the range are stored and
+        will be published, how many are not (acked and reclaimed, or thinned)."""
+        found = []
+        for seq in range(first, last + 1):
+            msg = self.outbox.get(seq)
+            if msg is not None:
+                found.append((msg[2], msg[3]))
+        with self._lock:
+            self._resend.extend(found)
+        self._kick.set()
+        return len(found), last - first + 1 - len(found)
+
     # ------------------------------------------------------------ paho callbacks (paho's thread)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -202,6 +213,7 @@ class MqttLink:
             self._kick.wait(0.5)
             self._kick.clear()
             self.outbox.flush_acks()
+            self._drain_resend()
             while self.connected.is_set() and not self._stop.is_set():
                 with self._lock:
                     room = self.window - len(self._inflight)
@@ -234,6 +246,17 @@ class MqttLink:
                     self.last_publish = time.time()
                 if not ok:
                     break
+
+    def _drain_resend(self) -> None:
+        """Messages asked for again: QoS 1, not retained, outside the in-flight bookkeeping
+        (they are acked in the outbox already, or will be by their first publication)."""
+        while self.connected.is_set() and not self._stop.is_set():
+            with self._lock:
+                if not self._resend:
+                    return
+                topic, payload = self._resend.pop(0)
+            self.client.publish(topic, payload, qos=1, retain=False)
+            self.published += 1
 
     def inflight(self) -> int:
         with self._lock:

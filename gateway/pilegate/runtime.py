@@ -10,31 +10,32 @@ change.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
-import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt_client
 
-from pilecore import commands, envelope
+from pilecore import envelope
 from pilecore.console import AuthState
 from pilecore.envelope import Chain
+from pilecore.gateway import SiteDriver, parse_mqtt_url
 from pilecore.site import SiteCore
 from pilegate import VERSION, gpio, keys
 from pilegate.console_backend import GatewayBackend, LogRing, load_pin_record
 from pilegate.console_server import ConsoleError, ConsoleServer
 from pilegate.metering_service import Metering
-from pilegate.mqtt_link import MqttLink, parse_url
+from pilegate.mqtt_link import MqttLink
 from pilegate.outbox import Outbox, OutboxFull, signing_input_hash
 from pilegate.siteconfig import Site
 
 log = logging.getLogger("pilegate")
 EXIT_REBOOT = 75  # systemd's Restart=on-failure brings the process back
+EXIT_CRASH = 70  # EX_SOFTWARE: a task died from an unexpected exception (restarted too)
 
 
 def ntp_synchronised() -> bool:
@@ -50,7 +51,8 @@ def ntp_synchronised() -> bool:
 
 
 class Gateway:
-    """One gateway process; see the module docstring."""
+    """One gateway process; see the module docstring.  The Gateway is the Pi's hands for the
+    core's `SiteDriver` (actuate, read_input, set_clock, resend, save, log)."""
 
     def __init__(
         self,
@@ -78,27 +80,42 @@ class Gateway:
         self._wall = wall
         self.clock_offset = 0
         self.tsync_source: str | None = None
-        self.interval_s = interval_s or self.outbox.kv_get("interval_s") or tele.get("interval_s", 30)
-        self.replay = commands.ReplayGuard(self.outbox.kv_get("replay"))
+        settings = dict(self.outbox.kv_get("settings") or {})
+        if "interval_s" not in settings and self.outbox.kv_get("interval_s"):
+            settings["interval_s"] = self.outbox.kv_get("interval_s")  # saved by 0.1 releases
+        if interval_s:
+            settings["interval_s"] = interval_s
+        if poll_s:
+            settings["poll_s"] = poll_s
         sign = cfg.get("signing", {})
-        self.platform_pub = keys.load_public_pem(sign["platform_key"]) if sign.get("platform_key") else None
-        self.max_cmd_age = sign.get("command_max_age_s", 300)
-        self.events: list[dict[str, Any]] = []
+        platform_pub = keys.load_public_pem(sign["platform_key"]) if sign.get("platform_key") else None
         self.core = SiteCore(cfg, self.key.sign_der, self.gw, VERSION, self.outbox.kv_get("core"))
+        ident = {
+            "fw": VERSION,
+            "platform": "rpi",
+            "board": cfg["gateway"]["board"],
+            "config_hash": site.config_hash,
+            "kid": self.key.kid,
+            "pubkey": self.key.public_pem,
+        }
+        self.driver = SiteDriver(
+            cfg,
+            self.core,
+            self.chain,
+            self,
+            ident,
+            settings,
+            self.outbox.kv_get("replay"),
+            platform_pub,
+            save_every_s=0,  # SQLite: every change is saved within the second
+        )
+        self.events = self.driver.events  # the console's audit events go here
         if inputs is None:
             inputs = gpio.open_inputs(cfg["board_def"])
-        relays = inputs if isinstance(inputs, gpio.BoardGpio) else None
-        self.metering = Metering(
-            cfg,
-            core=self.core,
-            on_event=self.events.append,
-            wall=self.now,
-            poll_s=poll_s,
-            tsync=self.tsync,
-            inputs=inputs,
-            relays=relays,
-        )
-        self._saved_version: tuple[int, int] | None = None
+        self.inputs = inputs
+        self.relays = inputs if isinstance(inputs, gpio.BoardGpio) else None
+        self.metering = Metering(cfg, clock=time.monotonic, wall=self.now, driver=self.driver)
+        self.metering.on_step = self._step
         self.prefix = f"{cfg['mqtt'].get('prefix', 'pilegate/v1')}/{self.site_id}/{self.gw}"
         self.link = MqttLink(
             cfg["mqtt"],
@@ -111,23 +128,68 @@ class Gateway:
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_code = 0
+        self.crash: BaseException | None = None
+        self.on_step: Callable[[str], None] | None = None  # test hook: called at every loop pass
         self.started = time.monotonic()
-        self.last_telemetry_t = 0
-        self.recent_events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         self._stop: asyncio.Event | None = None
         self.log_ring = LogRing()
         logging.getLogger("pilegate").addHandler(self.log_ring)
         self.console: ConsoleServer | None = None
+
+    # ------------------------------------------------------------ settings the console reads
+
+    @property
+    def interval_s(self) -> int:
+        return self.driver.interval_s
+
+    @interval_s.setter
+    def interval_s(self, v: int) -> None:
+        self.driver.interval_s = v
+
+    @property
+    def recent_events(self) -> list[dict[str, Any]]:
+        return self.driver.recent
+
+    @property
+    def last_telemetry_t(self) -> int:
+        return self.driver.last_telemetry_t
 
     # ------------------------------------------------------------ time
 
     def now(self) -> int:
         return int(self._wall()) + self.clock_offset
 
+    @staticmethod
+    def ms() -> int:
+        return int(time.monotonic() * 1000)
+
     def tsync(self) -> str:
         if self.tsync_source:
             return self.tsync_source
         return "ntp" if ntp_synchronised() else "none"
+
+    # ------------------------------------------------------------ the driver's hands
+
+    def actuate(self, relay: str, on: bool) -> None:
+        if self.relays is not None:
+            self.relays.set(relay, on)
+
+    def read_input(self, name: str) -> int | None:
+        return self.inputs.read(name) if self.inputs is not None else None
+
+    def set_clock(self, t: int) -> int:
+        self.clock_offset = t - int(self._wall())
+        self.tsync_source = "platform"
+        return self.clock_offset
+
+    def resend(self, first: int, last: int) -> tuple[int, int]:
+        return self.link.resend(first, last)
+
+    def save(self, name: str, obj: Any) -> None:
+        self.outbox.kv_put(name, obj)
+
+    def log(self, level: str, text: str) -> None:
+        log.log(logging.getLevelName(level.upper()), "%s", text)
 
     # ------------------------------------------------------------ chain and outbox
 
@@ -139,125 +201,60 @@ class Gateway:
             return last[0], signing_input_hash(last[1])
         return stored
 
-    def seal_many(self, items: list[tuple[str, Any]]) -> int:
-        """Sign messages, store them in one transaction (a group commit: one fsync), then
-        publish.  Returns how many of `items`, from the first, were stored: the chain advances
-        by exactly those, so no seq is skipped or reused.  The caller keeps the rest."""
-        if not items:
-            return 0
+    def flush(self) -> int:
+        """Sign what the driver has waiting, store it in one transaction (a group commit: one
+        fsync), then publish.  The driver keeps (or counts) what the outbox refused."""
+        d = self.driver
+        now = self.now()
+        d.outbox_dropped(now, self.outbox.take_dropped())
         hist = not self.link.connected.is_set() or self.outbox.depth() > 0
-        prepared = self.chain.prepare_many(items, self.now(), self.tsync(), hist=hist)
+        prepared = d.seal(now, self.tsync(), hist)
+        if not prepared:
+            return 0
+        why = None
         try:
             n = self.outbox.put_many(
                 [(p.seq, p.kind, f"{self.prefix}/{p.kind}", p.jws.encode(), p.hash) for p in prepared]
             )
-        except OutboxFull as exc:
-            log.error("%s", exc)
-            return 0
-        if n < len(prepared):
-            log.warning("outbox full: %d message(s) not stored yet", len(prepared) - n)
-        self.chain.commit_many(prepared[:n])
+        except OutboxFull as exc:  # any refusal of storage: nothing of the batch was stored
+            n, why = 0, str(exc) or "outbox full"
+        d.stored(prepared, n, now, why or ("outbox full" if n < len(prepared) else None))
         if n:
             self.link.kick()
         return n
 
-    def seal(self, kind: str, data: Any) -> int | None:
-        """Sign, store durably, then publish one message: its seq, or None if refused."""
-        return self.chain.seq if self.seal_many([(kind, data)]) == 1 else None
-
     def _state_msg(self, state: str, reason: str | None = None) -> str:
-        data: dict[str, Any] = {"state": state, "since": self.now()}
-        if reason:
-            data["reason"] = reason
-        return self.chain.unchained("state", data, self.now(), self.tsync())
-
-    # ------------------------------------------------------------ content
+        return self.driver.state_message(self.now(), self.tsync(), state, reason)
 
     def birth(self) -> dict[str, Any]:
-        cfg = self.cfg
-        return {
-            "fw": VERSION,
-            "platform": "rpi",
-            "board": cfg["gateway"]["board"],
-            "config_hash": self.site.config_hash,
-            "kid": self.key.kid,
-            "pubkey": self.key.public_pem,
-            "interval_s": self.interval_s,
-            "piles": [
-                {
-                    "pile": p["id"],
-                    "bus": p["meter"]["bus"],
-                    "address": p["meter"]["address"],
-                    "profile": p["meter"]["profile"],
-                    "serial": self.core.guard.piles[p["id"]].bound,
-                    "interlock": p.get("interlock", "report"),
-                }
-                for p in cfg["pile"]
-            ],
-            "bays": [{"bay": b["id"], "pile": b["pile"]} for b in cfg.get("bay", [])],
-        }
+        return self.driver.birth()
 
     def telemetry(self) -> dict[str, Any]:
-        data = self.core.telemetry(self.now(), self.last_telemetry_t, self.interval_s)
-        for item in data["piles"]:
-            err = self.metering.meters[item["pile"]].error
-            if err:
-                item["error"] = err
-        return data
+        return self.driver.telemetry(self.now())
 
     # ------------------------------------------------------------ loops
 
-    async def _telemetry_loop(self, stop: asyncio.Event) -> None:
-        next_t = time.monotonic() + min(self.interval_s, 5)
+    def _step(self, name: str) -> None:
+        if self.on_step is not None:
+            self.on_step(name)
+
+    async def _seconds(self, stop: asyncio.Event) -> None:
+        """Once a second: the driver's second (supervision, bays, interlocks, telemetry when
+        due, billing), then the flush; a reboot when the driver says it is due."""
+        next_t = time.monotonic()
         while not stop.is_set():
+            self._step("second")
+            self.driver.second(self.now(), self.ms(), self.tsync())
+            self.metering.wake()
+            self.flush()
+            if self.driver.reboot_due(self.ms(), self.outbox.depth()):
+                self.driver.reboot_at_ms = None
+                self.request_stop(reboot=True)
+            next_t += 1.0
+            if next_t < time.monotonic():
+                next_t = time.monotonic() + 1.0  # fell behind: do not try to catch up
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_t - time.monotonic()))
-            if stop.is_set():
-                break
-            self.seal("telemetry", self.telemetry())
-            self.last_telemetry_t = self.now()
-            next_t += self.interval_s
-            if next_t < time.monotonic():
-                next_t = time.monotonic() + self.interval_s
-
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Every second: flush events and billing records, report thinned telemetry, persist
-        changed state."""
-        while not stop.is_set():
-            self._flush_events()
-            self._save_state()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-        self._flush_events()
-        self._save_state()
-
-    def _flush_events(self) -> None:
-        dropped = self.outbox.take_dropped()
-        if dropped:
-            self.events.append(
-                {"type": "outbox.dropped", "t": self.now(), "dropped": [{"seq": s, "hash": h} for s, h in dropped]}
-            )
-        items: list[tuple[str, Any]] = []
-        if self.events:
-            batch, self.events[:] = list(self.events), []
-            self.recent_events.extend(batch)
-            items.append(("event", {"events": batch}))
-        items += [("billing", record) for record in self.core.take_billing()]
-        stored = self.seal_many(items)
-        # Events and billing records are never dropped: what a full outbox refused waits here
-        # for the next round (the platform's acks free space).
-        for kind, data in items[stored:]:
-            if kind == "event":
-                self.events[:0] = data["events"]
-            else:
-                self.core.billing.append(data)
-
-    def _save_state(self) -> None:
-        """Persist the core's state when it changed (bindings, sessions, bays, pagination)."""
-        version = (self.core.version, self.core.bays_version())
-        if version != self._saved_version:
-            self.outbox.kv_put("core", self.core.snapshot())
-            self._saved_version = version
 
     def _console(self) -> ConsoleServer | None:
         con = self.cfg.get("console", {})
@@ -286,7 +283,7 @@ class Gateway:
         url = bays.get("plate_broker")
         if not url:
             return None
-        tls, host, port = parse_url(url)
+        tls, host, port = parse_mqtt_url(url)
         c = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=f"{self.gw}-plates")
         if tls:
             c.tls_set()
@@ -299,17 +296,9 @@ class Gateway:
         return c
 
     def _plate(self, payload: bytes) -> None:
-        """One plate read: {"camera", "plate", "colour", "t"(optional)}; malformed ones are logged."""
-        try:
-            msg = json.loads(payload)
-            camera, plate, colour = msg["camera"], msg["plate"], msg["colour"]
-            if not all(isinstance(v, str) for v in (camera, plate, colour)):
-                raise ValueError("camera, plate and colour must be strings")
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("plate reader sent an unusable message (%s): %r", exc, payload[:200])
-            return
-        t = msg.get("t") if isinstance(msg.get("t"), int) else self.now()
-        self.events.extend(self.core.plate(min(t, self.now()), camera, plate, colour))
+        why = self.driver.plate(self.now(), payload)
+        if why:
+            log.warning("%s: %r", why, payload[:200])
 
     def request_stop(self, reboot: bool = False) -> None:
         """Stop the process (systemd restarts it; a reboot request exits with EXIT_REBOOT)."""
@@ -331,32 +320,46 @@ class Gateway:
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / name).unlink()
 
+    def _crashed(self, what: str, exc: BaseException) -> None:
+        """No silent stop: an unexpected exception in any task or callback ends the gateway
+        with EXIT_CRASH (systemd restarts it), after logging it with its traceback."""
+        log.critical("%s died: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+        if self.crash is None:
+            self.crash = exc
+            self.exit_code = EXIT_CRASH
+        if self._stop is not None:
+            self._stop.set()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if exc is None:
+            loop.default_exception_handler(context)
+            return
+        self._crashed(context.get("message", "a callback"), exc)
+
     async def run(self, stop: asyncio.Event) -> int:
         self._stop = stop
         self._wipe = False
         self.loop = asyncio.get_running_loop()
-        self.events.append(
-            {
-                "type": "gateway.started",
-                "t": self.now(),
-                "epoch": self.epoch,
-                "fw": VERSION,
-                "config_hash": self.site.config_hash,
-            }
-        )
-        self.seal("birth", self.birth())
+        self.loop.set_exception_handler(self._loop_exception)
+        self.driver.started(self.now(), self.epoch)
+        self.flush()
         self.link.start()
-        tasks = [
-            asyncio.create_task(self.metering.run(stop)),
-            asyncio.create_task(self._telemetry_loop(stop)),
-            asyncio.create_task(self._housekeeping(stop)),
-        ]
+        tasks = {asyncio.create_task(self.metering.run_bus(name, stop)): "bus " + name for name in self.metering.buses}
+        tasks[asyncio.create_task(self._seconds(stop))] = "the once-a-second loop"
         self.console = self._console()
         plates = self._start_plate_reader()
         if self.console is not None:
-            tasks.append(asyncio.create_task(self._serve_console(self.console, stop)))
-        await stop.wait()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            tasks[asyncio.create_task(self._serve_console(self.console, stop))] = "the console"
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        self.metering.wake()
+        await asyncio.wait(tasks)
+        for task, what in tasks.items():
+            exc = task.exception()
+            if exc is not None:
+                self._crashed(what, exc)
         if plates is not None:
             plates.disconnect()
             plates.loop_stop()
@@ -365,8 +368,14 @@ class Gateway:
             self.outbox.close()
             self._do_wipe()
             return self.exit_code
+        reason = "stopped" if self.crash is None else f"crashed: {type(self.crash).__name__}"
+        try:  # store what can be stored: events (the crash too), billing, state
+            self.flush()
+            self.driver.save_state(self.now(), True)
+        except Exception as exc:  # the crash may have been the outbox itself
+            log.error("could not store the last messages: %s", exc)
         await self._drain_before_exit(2.0)
-        self.link.stop(publish_offline=self._state_msg("offline", "stopped"))
+        self.link.stop(publish_offline=self._state_msg("offline", reason))
         self.outbox.close()
         return self.exit_code
 
@@ -382,66 +391,7 @@ class Gateway:
             self.loop.call_soon_threadsafe(self.command, payload)
 
     def command(self, payload: bytes) -> dict[str, Any]:
-        """Check and apply one command; always answer with a signed ack."""
-        try:
-            text = payload.decode("ascii")
-        except UnicodeDecodeError:
-            text = ""
-        cmd, why = commands.check(text, self.platform_pub, self.gw, self.now(), self.replay, self.max_cmd_age)
-        if cmd is None:
-            ack = {"cmd_id": _peek_id(text), "ok": False, "reason": why}
-            self.events.append({"type": "command.rejected", "t": self.now(), "reason": why})
-        else:
-            self.outbox.kv_put("replay", self.replay.snapshot())  # executed once, even if it fails
-            try:
-                ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": True, "result": self._apply(cmd)}
-            except CommandFailed as exc:
-                ack = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "ok": False, "reason": str(exc)}
-        self.seal("ack", ack)
+        """Check and apply one command (the driver's); its signed ack is stored at once."""
+        ack = self.driver.command(payload, self.now(), self.ms())
+        self.flush()
         return ack
-
-    def _apply(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        name, args = cmd["cmd"], cmd["args"]
-        if name == "set_interval":
-            self.interval_s = args["interval_s"]
-            self.outbox.kv_put("interval_s", self.interval_s)
-            return {"interval_s": self.interval_s}
-        if name == "sync_time":
-            self.clock_offset = args["t"] - int(self._wall())
-            self.tsync_source = "platform"
-            return {"offset_s": self.clock_offset}
-        if name == "resend":
-            sent = missing = 0
-            for seq in range(args["from_seq"], args["to_seq"] + 1):
-                msg = self.outbox.get(seq)
-                if msg is None:
-                    missing += 1
-                    continue
-                self.link.client.publish(msg[2], msg[3], qos=1, retain=(msg[1] == "birth"))
-                sent += 1
-            return {"resent": sent, "not_stored": missing}
-        if name == "set_tariff":
-            why = self.core.set_tariff(args["tariff"])
-            if why:
-                raise CommandFailed(f"tariff refused: {why}")
-            self._save_state()
-            return {"tariff": args["tariff"].get("id"), "version": args["tariff"].get("version")}
-        if name == "reboot":
-            if self.loop is not None:
-                self.loop.call_later(1.0, self.request_stop, True)
-            return {"rebooting_in_s": 1}
-        return {}
-
-
-class CommandFailed(Exception):
-    """A verified command whose arguments the gateway cannot apply; nothing was changed."""
-
-
-def _peek_id(text: str) -> str | None:
-    """The id of a rejected command if it can be read (for the ack), else None."""
-    try:
-        body = json.loads(envelope.b64url_decode(text.split(".")[1]))
-        cid = body.get("id")
-        return cid if isinstance(cid, str) and len(cid) <= 64 else None
-    except (ValueError, IndexError, AttributeError):
-        return None

@@ -200,7 +200,7 @@ def test_birth_is_retained_and_resends_are_not():
     link.step(1)
     pubs = [e for e in log if e[0] == "publish"][1:]
     assert pubs == [("publish", b"p/birth", b"b1", True, 1), ("publish", b"p/event", b"e2", False, 1)]
-    assert link.resend(1, 3) == 3
+    assert link.resend(1, 3) == (2, 1)  # (resent, not_stored): seq 3 was never stored
     link.step(2)
     pubs = [e for e in log if e[0] == "publish"][3:]
     assert pubs == [("publish", b"p/birth", b"b1", False, 1), ("publish", b"p/event", b"e2", False, 1)]
