@@ -70,7 +70,7 @@ class Metering:
         self.buses = driver.buses
         self.ports = {name: bus_port(b, cfg) for name, b in self.buses.items()}
         self.raw = driver.raw
-        self._futures: dict[tuple[str, int], asyncio.Future] = {}
+        self._futures: dict[tuple[str, int], asyncio.Future[tuple[int, Any]]] = {}
         self._wake = {name: asyncio.Event() for name in self.buses}
         self.on_step: Callable[[str], None] | None = None  # test hook: called at every bus pass
 
@@ -169,7 +169,7 @@ class Metering:
         tag: Any = None,
     ) -> tuple[int, Any]:
         """Queue a raw request on a running bus; wait for (code, payload)."""
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
 
         def done(code: int, payload: Any) -> None:
             if not fut.done():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt_client
+from paho.mqtt.enums import CallbackAPIVersion
 
 from pilecore import envelope
 from pilecore.console import AuthState
@@ -60,7 +61,7 @@ class Gateway:
         data_dir: Path | None = None,
         poll_s: float | None = None,
         interval_s: int | None = None,
-        wall=time.time,
+        wall: Callable[[], float] = time.time,
         inputs: Any = None,
     ):
         self.site = site
@@ -284,12 +285,18 @@ class Gateway:
         if not url:
             return None
         tls, host, port = parse_mqtt_url(url)
-        c = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=f"{self.gw}-plates")
+        c = mqtt_client.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.gw}-plates")
         if tls:
             c.tls_set()
         topic = bays.get("plate_topic", "pilegate/local/plates")
         c.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
-        c.on_message = lambda client, userdata, msg: self.loop.call_soon_threadsafe(self._plate, bytes(msg.payload))
+        loop = self.loop
+        assert loop is not None  # started from run()
+
+        def on_message(client: mqtt_client.Client, userdata: Any, msg: mqtt_client.MQTTMessage) -> None:
+            loop.call_soon_threadsafe(self._plate, bytes(msg.payload))
+
+        c.on_message = on_message
         c.reconnect_delay_set(1, 30)
         c.connect_async(host, port, keepalive=30)
         c.loop_start()
@@ -316,7 +323,7 @@ class Gateway:
         self.request_stop()
 
     def _do_wipe(self) -> None:
-        for name in (keys.KEY_FILE, "outbox.db", "outbox.db-wal", "outbox.db-shm", "console-pin"):
+        for name in (keys.KEY_FILE, "outbox.db", "outbox.db-wal", "outbox.db-shm", "outbox.db.reserve", "console-pin"):
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / name).unlink()
 
