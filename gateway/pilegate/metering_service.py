@@ -104,6 +104,11 @@ class Metering:
         return int(self.wall())
 
     @property
+    def poll_ms(self) -> int:
+        """The meters' configured poll period."""
+        return int(self.driver.poll_ms)
+
+    @property
     def cycles_done(self) -> dict[str, int]:
         """Poll cycles each meter finished (ok or not)."""
         return {k: m.polls for k, m in self.meters.items()}
