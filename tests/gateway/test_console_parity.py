@@ -137,7 +137,8 @@ def _rows(answer: Any, cmd: str) -> list[dict[str, Any]]:
 
 def test_pi_and_esp32_console_answers_agree_with_the_docs_and_each_other(sim_site, broker, tmp_path):
     s = sim_site(
-        pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"),
+        pile_block("P1", 1, "eastron-sdm120", serial="12345678")
+        + pile_block("P2", 2, "eastron-sdm120", serial="12345679"),
         loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(5000, 1)},
     )
     s.clock.advance(3600)
