@@ -8,15 +8,24 @@
   messages in flight; each PUBACK marks its message acked in the outbox.  After a reconnect
   paho sends its unacknowledged messages again; after a restart everything unacked in the
   outbox is published again (the receiver drops duplicates by seq and hash).
-- Reconnects back off exponentially; the first delay is randomised per disconnect so a fleet
-  that lost the same broker does not reconnect in lockstep.
+- Every failed attempt, whatever refused it (TCP, TLS, the broker's CONNACK, a connection
+  lost before it was proven), backs off exponentially with jitter, as the ESP32 port does:
+  attempt n waits a delay drawn from [d/2, d], d = backoff_min_s * 2**(n-1) capped at
+  backoff_max_s, so a fleet after a credential rotation does not storm the broker.  The count
+  is reset only by a connection that really worked: the broker acknowledged a publish on it.
+- The log names the cause (`describe_failure`): bad user name or password, not authorised,
+  the broker wants a client certificate, the broker refused the client certificate, TLS
+  verification of the broker failed, connection refused, ... instead of paho's
+  "Unspecified error".
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -37,6 +46,62 @@ def parse_url(url: str) -> tuple[bool, str, int]:
     return parse_mqtt_url(url)
 
 
+def backoff_delay(failures: int, min_s: float, max_s: float, rand: Callable[[], float]) -> float:
+    """Seconds to wait after `failures` (1, 2, ...) consecutive failures: drawn from [d/2, d],
+    d = min_s * 2**(failures-1) capped at max_s; `rand()` is uniform in [0, 1]."""
+    d = min(max_s, min_s * 2 ** min(max(failures - 1, 0), 30))
+    return d / 2 + (d / 2) * rand()
+
+
+# TLS alerts the broker sends about OUR certificate, and what they mean to an installer.
+_CLIENT_CERT_REFUSED = (
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "UNSUPPORTED_CERTIFICATE",
+    "DECRYPT_ERROR",
+    "ACCESS_DENIED",
+)
+
+
+def describe_failure(error: BaseException | str, host: str = "", port: int = 0) -> str:
+    """What refused a connection, in words an installer can act on.
+
+    `error` is an exception from connecting, a paho CONNACK reason (its text) or the text of a
+    socket error paho logged ("failed to receive on socket: ...")."""
+    text = str(error)
+    where = f"{host}:{port}" if host else "the broker"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        why = getattr(error, "verify_message", None) or text
+        return (
+            f"TLS verification of the broker failed: certificate verify failed: {why} "
+            "(check mqtt.ca_file, the host name in mqtt.url and the gateway's clock)"
+        )
+    if "CERTIFICATE_REQUIRED" in text:
+        return "the broker wants a client certificate: set mqtt.cert_file and mqtt.key_file"
+    if any(f"ALERT_{name}" in text for name in _CLIENT_CERT_REFUSED):
+        return f"the broker refused the client certificate ({text}): check mqtt.cert_file, mqtt.key_file"
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused: nothing listens on {where} (check mqtt.url, the broker, a firewall)"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve {host or 'the broker host'}: {text} (check mqtt.url and DNS)"
+    if isinstance(error, TimeoutError | socket.timeout):
+        return f"no answer from {where} (check the network and mqtt.url)"
+    low = text.lower()
+    if "bad user name or password" in low:
+        return "bad user name or password: check mqtt.username and the file mqtt.password_file"
+    if "not authori" in low:
+        return (
+            "not authorised: the broker refused this client's credentials "
+            "(check mqtt.username, mqtt.password_file, the client certificate and the broker's ACL)"
+        )
+    if "unspecified error" in low or not text:
+        return "connection lost"
+    return text
+
+
 class MqttLink:
     """See the module docstring."""
 
@@ -50,6 +115,9 @@ class MqttLink:
         online: Callable[[], str],
         on_command: Callable[[bytes], None] | None = None,
         window: int = 256,
+        backoff_min_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        rand: Callable[[], float] = random.random,
     ):
         self.cfg = mqtt_cfg
         self.prefix = prefix
@@ -71,6 +139,15 @@ class MqttLink:
         self.acked = 0
         self.connects = 0
         self.last_error: str | None = None
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.rand = rand
+        self.attempts = 0  # connection attempts made (TCP connects)
+        self.failures = 0  # consecutive failures since a connection last really worked
+        self.delays: collections.deque[float] = collections.deque(maxlen=16)  # the last backoff delays
+        self._proven = False  # the broker acknowledged a publish on this connection
+        self._refusal: str | None = None  # why the broker refused this attempt (CONNACK)
+        self._sock_error: str | None = None  # the last socket error paho logged
         self.client = self._make_client(client_id)
         self._resend: list[tuple[str, bytes]] = []  # (topic, payload) to publish again
         self._drainer = threading.Thread(target=self._drain, name="mqtt-drain", daemon=True)
@@ -100,30 +177,50 @@ class MqttLink:
                 password = Path(self.cfg["password_file"]).read_text().strip()
             c.username_pw_set(self.cfg["username"], password)
         c.max_inflight_messages_set(self.window)
-        c.reconnect_delay_set(1, 60)
+        c.reconnect_delay_set(self.backoff_min_s, self.backoff_max_s)  # type: ignore[arg-type]
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_log = self._on_log
         c.will_set(self.topic("state"), self.will(), qos=1, retain=True)
         self._wrap_reconnect(c)
         return c
 
     def _wrap_reconnect(self, c: mqtt.Client) -> None:
-        """paho retries failed connections silently; say why (TLS, refused, DNS) once per cause."""
+        """paho retries failed connections silently: count each attempt and back off on a
+        failure to connect (TCP, DNS, TLS), naming the cause."""
         original = c.reconnect
 
         def reconnect() -> Any:
+            self.attempts += 1
+            self._refusal = self._sock_error = None
+            self._proven = False
             try:
                 return original()
             except OSError as exc:
-                text = f"cannot connect to {self.host}:{self.port}: {exc}"
-                if text != self.last_error:
-                    log.warning("MQTT %s", text)
-                self.last_error = text
+                self._failed(describe_failure(exc, self.host, self.port))
                 raise
 
         c.reconnect = reconnect  # type: ignore[method-assign]
+
+    def _failed(self, cause: str) -> None:
+        """One failed attempt (or a lost connection): choose the next delay, say why."""
+        self.failures += 1
+        delay = backoff_delay(self.failures, self.backoff_min_s, self.backoff_max_s, self.rand)
+        self.delays.append(delay)
+        # paho waits its current delay before the next attempt; min = max makes it ours.
+        self.client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+        text = f"cannot connect to {self.host}:{self.port}: {cause}"
+        if text != self.last_error:
+            log.warning("MQTT %s; retrying with backoff (next attempt in %.3g s)", text, delay)
+        else:
+            log.info("MQTT attempt %d failed again: %s; next attempt in %.3g s", self.failures, cause, delay)
+        self.last_error = text
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and buf.startswith("failed to receive on socket"):
+            self._sock_error = buf.partition(": ")[2]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -164,10 +261,10 @@ class MqttLink:
 
     # ------------------------------------------------------------ paho callbacks (paho's thread)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
-            self.last_error = f"broker refused the connection: {reason_code}"
-            log.warning(self.last_error)
+            # paho calls _on_disconnect next, which counts the failure and backs off
+            self._refusal = describe_failure(str(reason_code), self.host, self.port)
             return
         self.connects += 1
         self.last_error = None
@@ -179,15 +276,21 @@ class MqttLink:
         self.connected.set()
         self._kick.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self.connected.clear()
-        if not self._stop.is_set():
-            self.last_error = f"disconnected: {reason_code}"
-            log.info("MQTT %s", self.last_error)
-            client.reconnect_delay_set(random.randint(1, 3), 60)
-            client.will_set(self.topic("state"), self.will(), qos=1, retain=True)
+        if self._stop.is_set():
+            return
+        if self._proven:  # a connection that worked: start the backoff from the beginning
+            self.failures = 0
+            self._proven = False
+        self._failed(self._refusal or describe_failure(self._sock_error or str(reason_code), self.host, self.port))
+        client.will_set(self.topic("state"), self.will(), qos=1, retain=True)
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if not self._proven:  # the broker takes our messages: this connection really works
+            self._proven = True
+            self.failures = 0
+            self.last_error = None
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
@@ -202,7 +305,7 @@ class MqttLink:
         if wake:  # wake the drain only when half the window is free again
             self._kick.set()
 
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self.on_command is not None and msg.topic == self.topic("cmd"):
             self.on_command(bytes(msg.payload))
 

@@ -53,7 +53,14 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.chmod(0o600)
 
 
-def _cert(subject: str, key, issuer_name, issuer_key, ca: bool, san: list | None = None) -> x509.Certificate:
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer_name: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    ca: bool,
+    san: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     b = (
         x509.CertificateBuilder()
@@ -103,9 +110,15 @@ class Broker:
         require_client_cert: bool = False,
         port: int | None = None,
         persistence: bool = False,
+        users: dict[str, str] | None = None,
+        log_connections: bool = False,
     ):
         """persistence: keep retained messages and persistent sessions (with their queued
-        messages) across a clean stop and start, as a production broker does."""
+        messages) across a clean stop and start, as a production broker does.
+        users: user name -> password; anonymous clients are then refused (a password file
+        made with Debian's mosquitto_passwd).  log_connections: log every connection attempt
+        (mosquitto's `notice` lines: "New connection from ...", "... not authorised"), so a
+        test can count them with `connection_attempts()`."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls = tls
@@ -113,7 +126,10 @@ class Broker:
         self.port = port or free_port()
         self.pki = make_pki(self.workdir / "pki") if tls else None
         self.persistence = persistence
-        self.proc: subprocess.Popen | None = None
+        self.users = users
+        self.log_connections = log_connections
+        self._baseline = 0
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "mosquitto.log"
 
     @property
@@ -123,7 +139,8 @@ class Broker:
     def _config(self) -> Path:
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            "allow_anonymous false" if self.users else "allow_anonymous true",
+            f"password_file {self._password_file()}" if self.users else "",
             "persistence true" if self.persistence else "persistence false",
             f"persistence_location {self.workdir}/" if self.persistence else "",
             # run as root (CI), mosquitto would drop to user "mosquitto" and lose access to
@@ -134,6 +151,7 @@ class Broker:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            "log_type notice" if self.log_connections else "",
         ]
         if self.pki is not None:
             lines += [f"cafile {self.pki.ca}", f"certfile {self.pki.server_cert}", f"keyfile {self.pki.server_key}"]
@@ -143,8 +161,34 @@ class Broker:
         conf.write_text("\n".join(ln for ln in lines if ln) + "\n")
         return conf
 
+    def _password_file(self) -> Path:
+        path = self.workdir / "passwd"
+        path.write_text("")
+        path.chmod(0o600)
+        for user, password in (self.users or {}).items():
+            subprocess.run(
+                [shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(path), user, password],
+                check=True,
+                capture_output=True,
+            )
+        return path
+
+    def _logged_connections(self) -> int:
+        if not self.log.exists():
+            return 0
+        # "New connection from" once MQTT may start (after the TLS handshake, with TLS); "Client
+        # connection from ... failed" for a connection whose TLS handshake failed
+        lines = self.log.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if "New connection from" in line or "Client connection from" in line)
+
+    def connection_attempts(self) -> int:
+        """TCP connections the broker logged since start(), not counting start()'s own probe
+        (needs log_connections=True)."""
+        return self._logged_connections() - self._baseline
+
     def start(self, timeout: float = 10.0) -> Broker:
         conf = self._config()
+        self._baseline = self._logged_connections()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
@@ -153,9 +197,15 @@ class Broker:
                 raise RuntimeError(f"mosquitto exited at start: {self.log.read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                    pass
             except OSError:
                 time.sleep(0.02)
+                continue
+            if self.log_connections:  # the probe is logged too: wait for it, then start counting
+                while self._logged_connections() <= self._baseline and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                self._baseline = self._logged_connections()
+            return self
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout} s")
 
