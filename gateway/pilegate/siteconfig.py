@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import ssl
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,8 +204,12 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def load_site(path: Path | str) -> tuple[Site | None, list[Problem]]:
-    """Read, validate and compile a site file. Returns (site, []) or (None, problems)."""
+def load_site(path: Path | str, files: bool = False) -> tuple[Site | None, list[Problem]]:
+    """Read, validate and compile a site file. Returns (site, []) or (None, problems).
+
+    files: also check the files the site names (check_named_files), as `pilegate check` and
+    `pilegate run` do on the Pi; off when compiling for an ESP32, whose files are on the device.
+    """
     path = Path(path)
     data, problems = read_toml(path)
     if data is None:
@@ -214,6 +221,8 @@ def load_site(path: Path | str) -> tuple[Site | None, list[Problem]]:
     compiled, errs = core_config.validate_site(data, boards, profiles, sensors)
     text = path.read_bytes().decode("utf-8")
     problems = [Problem(str(path), k, m, find_line(text, k)) for k, m in errs]
+    if files:
+        problems += check_named_files(data, path, text)
     if problems:
         # A broken board or profile file explains an "unknown board/profile" problem.
         return None, board_problems + profile_problems + problems
@@ -227,6 +236,130 @@ def load_site_or_raise(path: Path | str) -> Site:
     if site is None:
         raise ConfigError(problems)
     return site
+
+
+# ---------------------------------------------------------------- files the site names
+
+# (table, key, what the file holds, private: must not be readable by group or others)
+NAMED_FILES = (
+    ("mqtt", "ca_file", "the broker's CA certificate (PEM)", False),
+    ("mqtt", "cert_file", "the client certificate (PEM)", False),
+    ("mqtt", "key_file", "the client certificate's private key", True),
+    ("mqtt", "password_file", "the broker password", True),
+    ("signing", "platform_key", "the platform's command public key (PEM)", False),
+)
+
+
+def named_files(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key path, file path) of every file the site names, e.g. ("mqtt.ca_file", "/etc/...")."""
+    out = []
+    for table, key, _, _ in NAMED_FILES:
+        section = data.get(table)
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str) and value:
+            out.append((f"{table}.{key}", value))
+    return out
+
+
+def check_named_files(data: dict[str, Any], site_path: Path, text: str = "") -> list[Problem]:
+    """Every file the site names exists, is readable, is private if it holds a secret (no
+    access for group or others: mode 0600 or 0400), and holds what it should (a CA bundle, a
+    certificate and its key that belong together, a password, a P-256 public key).  Paths are
+    opened as the gateway opens them: relative ones from the current directory."""
+    problems: list[Problem] = []
+    readable: dict[str, str] = {}
+
+    def problem(keypath: str, message: str) -> None:
+        problems.append(Problem(str(site_path), keypath, message, find_line(text, keypath)))
+
+    for table, key, what, private in NAMED_FILES:
+        keypath = f"{table}.{key}"
+        value = dict(named_files(data)).get(keypath)
+        if value is None:
+            continue
+        error = _file_problem(value, what, private)
+        if error:
+            problem(keypath, error)
+        else:
+            readable[keypath] = value
+    for keypath, error in _content_problems(readable):
+        problem(keypath, error)
+    return problems
+
+
+def _file_problem(name: str, what: str, private: bool) -> str | None:
+    """Why the file `name` cannot serve as `what`, or None."""
+    path = Path(name)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{name}: not found; put {what} there, or correct the path"
+    except OSError as exc:
+        return f"{name}: cannot be reached ({exc.strerror}); check the path and the directories' permissions"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{name}: not a regular file; name the file that holds {what}"
+    mode = stat.S_IMODE(st.st_mode)
+    if private and mode & 0o077:
+        return (
+            f"{name} has mode {mode:04o}: other users can read {what}; "
+            f"it must be 0600 (owner only): run 'chmod 600 {name}'"
+        )
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        return (
+            f"{name}: cannot be read by user {_user()} (permission denied); the user that runs the "
+            "gateway must be able to read it: check as that user, or fix the file's owner"
+        )
+    except OSError as exc:
+        return f"{name}: cannot be read ({exc.strerror})"
+    return None
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
+def _content_problems(files: dict[str, str]) -> list[tuple[str, str]]:
+    """Each readable file holds what its key promises."""
+    out: list[tuple[str, str]] = []
+    ca = files.get("mqtt.ca_file")
+    if ca:
+        try:
+            ssl.create_default_context(cafile=ca)
+        except (ssl.SSLError, ValueError) as exc:
+            out.append(("mqtt.ca_file", f"{ca}: not a CA certificate in PEM ({exc}); give the broker's CA bundle"))
+    cert, key = files.get("mqtt.cert_file"), files.get("mqtt.key_file")
+    if cert and key:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            ctx.load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, ValueError) as exc:
+            out.append(
+                (
+                    "mqtt.cert_file",
+                    f"{cert} with key {key}: not a PEM certificate and its unencrypted private key ({exc}); "
+                    "give the client certificate and the key it was issued for",
+                )
+            )
+    pw = files.get("mqtt.password_file")
+    if pw and not Path(pw).read_bytes().strip():
+        out.append(("mqtt.password_file", f"{pw}: empty; write the broker password into it"))
+    pk = files.get("signing.platform_key")
+    if pk:
+        from pilegate import keys
+
+        try:
+            keys.load_public_pem(pk)
+        except (ValueError, keys.KeyFileError) as exc:
+            out.append(("signing.platform_key", f"{pk}: not an ECDSA P-256 public key in PEM ({exc})"))
+    return out
 
 
 # ---------------------------------------------------------------- key path -> line number

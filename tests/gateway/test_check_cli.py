@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pilegate.keys import DeviceKey
+from pilehil.broker import make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "site.toml"
@@ -32,7 +36,7 @@ def variant(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
 
 
 def test_example_site_is_valid():
-    proc = run_check(EXAMPLE)
+    proc = run_check("--no-files", EXAMPLE)  # its certificates live in /etc/pilegate on a gateway
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout and "8 pile(s)" in proc.stdout
 
@@ -90,7 +94,7 @@ def test_several_problems_are_all_listed(tmp_path):
     text = text.replace('baud = 9600\nparity = "N"', 'baud = 9601\nparity = "N"')
     path = tmp_path / "site.toml"
     path.write_text(text)
-    proc = run_check(path)
+    proc = run_check("--no-files", path)  # the example's /etc/pilegate files are not here
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(str(path) + ":")]
     keys = {ln.split(":")[1] for ln in lines}
@@ -158,3 +162,107 @@ def test_nan_in_the_site_file_is_refused(tmp_path, key):
     proc = run_check(path)
     assert proc.returncode == 2
     assert "nan is not a number" in proc.stderr
+
+
+# ---------------------------------------------------------------- the files a site names (#10)
+
+
+def site_with_files(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    """The example with every file it names made for real in tmp_path (CA, client
+    certificate and key, password file, platform key), with the modes they need."""
+    pki = make_pki(tmp_path / "pki")
+    files = {
+        "ca": pki.ca,
+        "cert": pki.client_cert,
+        "key": pki.client_key,
+        "pw": tmp_path / "mqtt-password",
+        "platform": tmp_path / "platform-cmd.pub.pem",
+    }
+    files["pw"].write_text("s3cret\n")
+    files["pw"].chmod(0o600)
+    files["platform"].write_text(DeviceKey(ec.generate_private_key(ec.SECP256R1())).public_pem)
+    text = EXAMPLE.read_text()
+    for old, new in (
+        ("/etc/pilegate/platform-ca.pem", files["ca"]),
+        ("/etc/pilegate/client.pem", files["cert"]),
+        ("/etc/pilegate/client.key", files["key"]),
+        ("/etc/pilegate/platform-cmd.pub.pem", files["platform"]),
+    ):
+        assert old in text
+        text = text.replace(old, str(new))
+    text = text.replace("tls_verify = true\n", f'tls_verify = true\nusername = "gw"\npassword_file = "{files["pw"]}"\n')
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path, files
+
+
+def test_a_site_whose_files_are_in_place_is_valid(tmp_path):
+    path, _ = site_with_files(tmp_path)
+    proc = run_check(path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_private_key_readable_by_others_is_refused_with_the_fix(tmp_path):
+    path, files = site_with_files(tmp_path)
+    files["key"].chmod(0o644)
+    files["pw"].chmod(0o640)
+    proc = run_check(path)
+    assert proc.returncode == 2
+    key, pw = files["key"], files["pw"]
+    assert f"{path}:mqtt.key_file: {key} has mode 0644: other users can read" in proc.stderr
+    assert f"run 'chmod 600 {key}' (line 18)" in proc.stderr
+    assert f"{path}:mqtt.password_file: {pw} has mode 0640" in proc.stderr
+    files["key"].chmod(0o400)  # read-only for the owner is private too
+    files["pw"].chmod(0o600)
+    assert run_check(path).returncode == 0
+
+
+def test_a_missing_file_is_named_with_its_key_and_line(tmp_path):
+    path, files = site_with_files(tmp_path)
+    files["ca"].unlink()
+    files["platform"].unlink()
+    proc = run_check(path)
+    assert proc.returncode == 2
+    assert f"{path}:mqtt.ca_file: {files['ca']}: not found; put the broker's CA certificate (PEM) there" in proc.stderr
+    assert "(line 16)" in proc.stderr
+    assert f"{path}:signing.platform_key: {files['platform']}: not found" in proc.stderr
+    assert "Errno" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_files_that_hold_the_wrong_thing_are_named(tmp_path):
+    path, files = site_with_files(tmp_path)
+    other = make_pki(tmp_path / "other")
+    files["ca"].write_text("not a certificate\n")
+    files["key"].write_bytes(other.client_key.read_bytes())  # a key, but not this certificate's
+    files["pw"].write_text("\n")
+    files["platform"].write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    proc = run_check(path)
+    assert proc.returncode == 2
+    assert f"{path}:mqtt.ca_file: {files['ca']}: not a CA certificate in PEM" in proc.stderr
+    assert (
+        f"{path}:mqtt.cert_file: {files['cert']} with key {files['key']}: not a PEM certificate and its" in proc.stderr
+    )
+    assert f"{path}:mqtt.password_file: {files['pw']}: empty" in proc.stderr
+    assert f"{path}:signing.platform_key: {files['platform']}: not an ECDSA P-256 public key" in proc.stderr
+
+
+def test_json_for_an_esp32_does_not_check_files_on_the_device(tmp_path):
+    proc = run_check("--json", EXAMPLE)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{EXAMPLE}:mqtt.ca_file: note: /etc/pilegate/platform-ca.pem is read on the ESP32" in proc.stderr
+    json.loads(proc.stdout)
+
+
+def test_run_names_a_missing_file_instead_of_errno(tmp_path):
+    path, files = site_with_files(tmp_path)
+    files["ca"].unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "run", str(path), "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert f"{path}:mqtt.ca_file: {files['ca']}: not found" in proc.stderr
+    assert "Errno" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started
