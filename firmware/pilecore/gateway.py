@@ -70,6 +70,7 @@ class Meter:
         self.reading = None
         self.error = None
         self.identity = None
+        self.identity_error = None  # why the last identity read failed, if it did
         self.polls = 0
         self.failures = 0
         self.faults = []
@@ -291,8 +292,15 @@ class SiteDriver:
         tag = job.tag
         if isinstance(tag, tuple) and tag[0] == "identity":
             ident, events = self.core.identity_result(now, tag[1], code, payload)
+            m = self.meters[tag[1]]
+            m.identity_error = None
             if ident is not None:
-                self.meters[tag[1]].identity = ident
+                m.identity = ident
+            else:  # `pilegate read` shows why (issue 9, defect #7)
+                m.identity_error = "failed"
+                for ev in events:
+                    if ev["type"] == "meter.identity_failed":
+                        m.identity_error = ev["reason"]
             self.emit(events)
         elif isinstance(tag, tuple) and tag[0] == "coil" and code != modbus.OK:
             self.emit(self.core.interlock_failed(now, tag[1], modbus.describe(code, payload)))

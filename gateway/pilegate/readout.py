@@ -4,20 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from pilecore import metering
 from pilegate.metering_service import Meter
 
 
 def rows(cfg: dict[str, Any], meters: dict[str, Meter]) -> list[dict[str, Any]]:
     """One dict per pile: pile, serial, energy_kwh, power_w, voltage_v, current_a,
-    frequency_hz, power_factor, error (None when the meter answered correctly)."""
+    frequency_hz, power_factor, error (None when the meter answered correctly: its values read
+    and, for a model with a serial number register, its serial read and matching the serial
+    commissioned for the pile, if any)."""
     out = []
     for pile in cfg["pile"]:
         m = meters[pile["id"]]
         r = m.reading or {}
         error = m.error
         bound = pile["meter"].get("serial") or None
-        if error is None and m.identity is None and bound is not None:
+        has_serial = metering.identity_read(m.profile.get("identity")) is not None
+        if error is None and m.identity is None and has_serial:
+            # whether or not a serial is bound yet: an installer reading serials to commission
+            # must see that this one was not read (issue 9, defect #7)
             error = "serial number could not be read"
+            if m.identity_error:
+                error += f" ({m.identity_error})"
         elif bound is not None and m.identity is not None and m.identity != bound:
             error = f"wrong meter: serial {m.identity}, but {bound} is bound to this pile"
         wh = r.get("energy_wh")

@@ -97,6 +97,28 @@ def test_pilegate_read_exits_1_when_a_meter_fails(sim_site):
     assert "FAILED: timeout" in proc.stdout and "1 failed" in proc.stdout
 
 
+def test_pilegate_read_shows_a_serial_it_could_not_read_as_an_error(sim_site):
+    # issue 9 defect #7: no serial bound yet (the moment an installer reads serials to
+    # commission) and the serial register refuses: that is a failure, not "ok"
+    s = sim_site(pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"))
+    s.meter(1).add_exception(2, 0xFC00, 0xFC01, function=3)  # the serial number register only
+    proc = subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "read", str(s.path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = {r["pile"]: r for r in json.loads(proc.stdout)}
+    assert rows["P1"]["serial"] is None and rows["P1"]["energy_kwh"] is not None  # values read
+    assert rows["P1"]["error"] == "serial number could not be read (exception 2: illegal data address)"
+    assert rows["P2"]["error"] is None and rows["P2"]["serial"] == s.meter(2).serial
+    table = subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "read", str(s.path)], capture_output=True, text=True, timeout=60
+    )
+    assert "FAILED: serial number could not be read" in table.stdout and "1 failed" in table.stdout
+
+
 class Runner:
     """Runs a Metering service against the simulator with a manual wall clock for the guard."""
 
