@@ -141,6 +141,20 @@ def _dumps(v):
 # Values
 
 
+def resolution_for_step(step_wh):
+    """The coarsest OCMF resolution (1000, 100, 10 or 1 Wh: RV's decimals) that writes every
+    multiple of a meter's energy step exactly: the largest power of ten dividing the step.
+    A 10 Wh step gives 10 (two decimals); 400 Wh (a CT ratio of 40 on 10 Wh) gives 100; a step
+    that is not a whole number of Wh gives 1.  So RV is written at the meter's resolution and a
+    short session never rounds to nothing (issue 9, defect #8)."""
+    if not isinstance(step_wh, int) or isinstance(step_wh, bool) or step_wh < 1:
+        return 1
+    for r in (1000, 100, 10):
+        if step_wh % r == 0:
+            return r
+    return 1
+
+
 def kwh(wh, resolution_wh=1):
     """Energy register `wh` (int Wh) as kWh text with the decimals of the meter's resolution.
 

@@ -52,7 +52,7 @@ _TOP_KEYS = (
     "ratios",
     "recognize",
 )
-_VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function")
+_VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function", "decimals")
 _SERIAL_KEYS = ("baud", "parity", "stopbits")
 _IDENTITY_KEYS = ("kind", "register", "type", "count", "function", "note")
 _RECOGNIZE_KEYS = ("checks", "note")
@@ -438,8 +438,43 @@ def _check_value(vname, spec, path, phases, max_block, errors):
     unit = _UNITS[vname]
     if spec.get("unit") != unit:
         errors.append((path + ".unit", "must be the canonical unit %r, got %r" % (unit, spec.get("unit"))))
+    if "decimals" in spec:
+        d = spec["decimals"]
+        if vtype != "f32":
+            errors.append((path + ".decimals", "only for an f32 value (an integer's step is its scale)"))
+        elif not _is_int(d) or not 0 <= d <= 6:
+            errors.append((path + ".decimals", "must be the decimals the maker states, 0..6, got %r" % (d,)))
     _check_range(vname, spec, path, errors)
     return spans
+
+
+def energy_step_wh(p, ratio=1):
+    """The step of a profile's energy register in Wh: the least change the meter delivers.
+
+    Derived from the profile data alone, so every profile gets it: an integer register counts
+    in steps of its scale (scale 0.01 kWh -> 10 Wh); a DL/T 645 item in steps of its last
+    decimal times its scale (2 decimals of kWh -> 10 Wh); an f32 register in steps of the
+    decimals its maker states (`decimals`), and without them as finely as the gateway decodes
+    energy, 1 Wh (the float carries its own precision; nothing coarser is known).  `ratio` is a
+    factor applied by the meter's PT/CT ratios where the energy is scaled by them.  Never less
+    than 1 Wh (energy is decoded to the Wh).  Returns an int when the step is a whole number of
+    Wh, else a float.
+    """
+    spec = p["values"]["energy_import"]
+    scale = spec.get("scale", 1)
+    if protocol(p) == "dlt645":
+        decimals = spec.get("decimals", 0)
+    elif spec.get("type") == "f32":
+        decimals = spec.get("decimals")
+        if decimals is None:
+            return 1
+    else:
+        decimals = 0
+    step = scale * ratio * 1000 / 10**decimals
+    whole = int(step + 0.5)
+    if abs(step - whole) <= 1e-6 * step:
+        step = whole
+    return step if step >= 1 else 1
 
 
 def _check_range(vname, spec, path, errors):

@@ -20,6 +20,7 @@ Outputs:
 
 from pilecore import bays as _bays
 from pilecore import metering, modbus, ocmf, sessions
+from pilecore import profile as _profile
 from pilecore import tariff as _tariff
 
 EVENT_RING = 64
@@ -193,12 +194,9 @@ class SiteCore:
             if p["id"] == pile:
                 m = p["meter"]
         prof = self.cfg["profiles"][m["profile"]]
-        scale = prof["values"]["energy_import"].get("scale", 1)
-        resolution = 1
-        for res in (1000, 100, 10):
-            if scale * 1000 >= res:
-                resolution = res
-                break
+        # RV at the meter's resolution, derived from what its energy register really delivers
+        # (type, scale, decimals): a kWh float is not a 1 kWh resolution (issue 9, defect #8)
+        resolution = ocmf.resolution_for_step(_profile.energy_step_wh(prof))
         self.pg += 1
         ctx = {
             "GS": self.gw_serial,

@@ -261,3 +261,15 @@ def test_tracker_to_record_end_to_end():
     b, e = readings(text)
     assert (b["RV"], b["ST"]) == (2935.6, "G")
     assert (e["RV"], e["ST"], e["EF"]) == (2965.149, "T", "E")
+
+
+def test_resolution_is_the_coarsest_power_of_ten_that_writes_every_step_exactly():
+    # issue 9 defect #8: a kWh float is not a 1 kWh resolution
+    assert ocmf.resolution_for_step(1) == 1
+    assert ocmf.resolution_for_step(10) == 10
+    assert ocmf.resolution_for_step(100) == 100
+    assert ocmf.resolution_for_step(1000) == 1000
+    assert ocmf.resolution_for_step(400) == 100  # 10 Wh times a CT ratio of 40
+    assert ocmf.resolution_for_step(25) == 1
+    assert ocmf.resolution_for_step(2.5) == 1
+    assert ocmf.kwh(110117, ocmf.resolution_for_step(1)) == "110.117"

@@ -474,3 +474,33 @@ def test_recognize_recipe_is_checked():
         assert k in got, (k, got)
     p["recognize"] = {"checks": [], "note": "x"}
     assert "recognize.checks" in keys(profile.validate_profile(p, "acme-m3"))
+
+
+def _energy(**spec):
+    base = {"scale": 1.0, "unit": "kWh"}
+    for k in spec:
+        base[k] = spec[k]
+    return {"values": {"energy_import": base}}
+
+
+def test_energy_step_is_derived_from_what_the_register_delivers():
+    # issue 9 defect #8: the billing resolution comes from the profile data, for every profile
+    assert profile.energy_step_wh(_energy(type="f32")) == 1  # a float: as fine as Wh decoding
+    assert profile.energy_step_wh(_energy(type="f32", decimals=2)) == 10  # the maker says 0.01 kWh
+    assert profile.energy_step_wh(_energy(type="u32", scale=0.01)) == 10
+    assert profile.energy_step_wh(_energy(type="u32", scale=0.1)) == 100
+    assert profile.energy_step_wh(_energy(type="u64", scale=0.001)) == 1
+    assert profile.energy_step_wh(_energy(type="u32", scale=1.0)) == 1000
+    assert profile.energy_step_wh(_energy(type="u32", scale=0.01), ratio=40) == 400
+    dlt = _energy(di=0x00010000, bytes=4, decimals=2)
+    dlt["protocol"] = "dlt645"
+    assert profile.energy_step_wh(dlt) == 10
+
+
+def test_decimals_only_for_a_float_energy():
+    errs = []
+    profile._check_value("energy_import", {"type": "u32", "decimals": 2}, "values.energy_import", 1, 125, errs)
+    assert ("values.energy_import.decimals", "only for an f32 value (an integer's step is its scale)") in errs
+    errs = []
+    profile._check_value("energy_import", {"type": "f32", "decimals": 9}, "values.energy_import", 1, 125, errs)
+    assert any(e[0] == "values.energy_import.decimals" for e in errs)
