@@ -88,6 +88,7 @@ def pi_answers(s: Any, broker: Any, platform: Platform, tmp_path: Path, pin_reco
         return ask(command, pin)
     finally:
         stop(gw)
+        term.close()
 
 
 def esp32_answers(s: Any, tmp_path: Path, pin_record: str, pin: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -51,3 +52,9 @@ class Terminal:
             except OSError:
                 return
         self.buf = b""
+
+    def close(self) -> None:
+        """Close both ends (the pty's number is free again for the next test)."""
+        for fd in (self.master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
