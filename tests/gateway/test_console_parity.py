@@ -73,17 +73,17 @@ def pi_answers(s: Any, broker: Any, platform: Platform, tmp_path: Path, pin_reco
     (data / "console-pin").chmod(0o600)
     gw = start_gateway(site_path, data)
     try:
-        term.read_until(r"pilegate> $", 30)
+        term.read_until(r"pilegate> $", 60)
 
         def metered() -> bool:
             rows = _json_line(term.command("piles --json"))["piles"]
             return all(r["metered"] and r["power_w"] for r in rows)
 
-        wait_for(metered, 30, "both piles metered on the Pi")
+        wait_for(metered, 60, "both piles metered on the Pi")
 
         def command(line: str) -> str:
             term.send(line + "\r")
-            return term.read_until(r"(pilegate[>#] |PIN: )$")
+            return term.read_until(r"(pilegate[>#] |PIN: )$", 60)
 
         return ask(command, pin)
     finally:
@@ -112,16 +112,16 @@ def esp32_answers(s: Any, tmp_path: Path, pin_record: str, pin: str) -> dict[str
         def command(line: str) -> str:
             term.out = b""
             term.send(line.encode() + b"\r")
-            wait_for(lambda: re.search(rb"(pilegate[>#]|PIN:) $", term.read()), 10, line, step=0.005, tick=app.step)
+            wait_for(lambda: re.search(rb"(pilegate[>#]|PIN:) $", term.read()), 60, line, step=0.005, tick=app.step)
             return term.read().decode()
 
-        wait_for(lambda: b"pilegate> " in term.read(), 10, "the ESP32 prompt", step=0.005, tick=app.step)
+        wait_for(lambda: b"pilegate> " in term.read(), 60, "the ESP32 prompt", step=0.005, tick=app.step)
 
         def metered() -> bool:
             rows = _json_line(command("piles --json"))["piles"]
             return all(r["metered"] and r["power_w"] for r in rows)
 
-        wait_for(metered, 30, "both piles metered on the ESP32", step=0.005, tick=app.step)
+        wait_for(metered, 60, "both piles metered on the ESP32", step=0.005, tick=app.step)
         return ask(command, pin)
     finally:
         app.close()
