@@ -8,7 +8,10 @@ a traceback unless they ask for one with --debug.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import time
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -82,7 +85,6 @@ def _cmd_read(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
     import signal
 
     from pilegate.keys import KeyFileError
@@ -98,8 +100,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         # pymodbus's asyncio clients must be created inside the running loop
         try:
-            gw = Gateway(site, data_dir=args.data_dir, poll_s=args.poll, interval_s=args.interval)
-        except (KeyFileError, OSError) as exc:
+            hil = _hil_clock()
+            kw: dict[str, Any] = {} if hil is None else {"wall": hil[0], "mono": hil[1]}
+            gw = Gateway(site, data_dir=args.data_dir, poll_s=args.poll, interval_s=args.interval, **kw)
+            if hil is not None:
+                gw.tick_s = 1.0 / hil[2]  # one site second
+        except (KeyFileError, OSError, ValueError) as exc:
             print(f"pilegate run: {exc}", file=sys.stderr)
             return 2
         stop = asyncio.Event()
@@ -109,6 +115,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return await gw.run(stop)
 
     return asyncio.run(main())
+
+
+def _hil_clock() -> tuple[Any, Any, float] | None:
+    """(wall, monotonic, speed) of the HIL rig's shared site clock, or None outside a rig.
+
+    Only the HIL rig sets PILEGATE_HIL_CLOCK="start=S,speed=X,t0=M" (docs/hil.md): site time is
+    S + (CLOCK_MONOTONIC - M) * X, the same in the rig's simulator and in this process, so an
+    hour of site time passes in 3600/X seconds.  Bus timeouts stay in real time."""
+    text = os.environ.get("PILEGATE_HIL_CLOCK")
+    if not text:
+        return None
+    f: dict[str, float] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        f[key.strip()] = float(value)
+    start, speed, t0 = f["start"], f["speed"], f["t0"]
+    if speed <= 0:
+        raise ValueError("PILEGATE_HIL_CLOCK: speed must be > 0")
+    log = logging.getLogger("pilegate")
+    log.warning("HIL site clock: %s x real time from %s (PILEGATE_HIL_CLOCK; never on a real site)", speed, start)
+    return (
+        lambda: start + (time.monotonic() - t0) * speed,
+        lambda: (time.monotonic() - t0) * speed,
+        speed,
+    )
 
 
 def _site_and_key(args: argparse.Namespace) -> tuple[Any, Any, bool, Path] | None:

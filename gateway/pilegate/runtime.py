@@ -62,6 +62,7 @@ class Gateway:
         poll_s: float | None = None,
         interval_s: int | None = None,
         wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
         inputs: Any = None,
     ):
         self.site = site
@@ -79,6 +80,10 @@ class Gateway:
         seq, head = self._recover_chain()
         self.chain = Chain(self.gw, self.site_id, self.key.kid, self.key.sign_raw, self.epoch, seq, head)
         self._wall = wall
+        # the HIL rig's seam (pilegate.cli._hil_clock): `mono` drives the schedulers and the
+        # driver's milliseconds, and the once-a-second loop runs every `tick_s` real seconds
+        self._mono = mono
+        self.tick_s = 1.0
         self.clock_offset = 0
         self.tsync_source: str | None = None
         settings = dict(self.outbox.kv_get("settings") or {})
@@ -115,7 +120,7 @@ class Gateway:
             inputs = gpio.open_inputs(cfg["board_def"])
         self.inputs = inputs
         self.relays = inputs if isinstance(inputs, gpio.BoardGpio) else None
-        self.metering = Metering(cfg, clock=time.monotonic, wall=self.now, driver=self.driver)
+        self.metering = Metering(cfg, clock=mono, wall=self.now, driver=self.driver)
         self.metering.on_step = self._step
         self.prefix = f"{cfg['mqtt'].get('prefix', 'pilegate/v1')}/{self.site_id}/{self.gw}"
         self.link = MqttLink(
@@ -160,9 +165,8 @@ class Gateway:
     def now(self) -> int:
         return int(self._wall()) + self.clock_offset
 
-    @staticmethod
-    def ms() -> int:
-        return int(time.monotonic() * 1000)
+    def ms(self) -> int:
+        return int(self._mono() * 1000)
 
     def tsync(self) -> str:
         if self.tsync_source:
@@ -251,9 +255,9 @@ class Gateway:
             if self.driver.reboot_due(self.ms(), self.outbox.depth()):
                 self.driver.reboot_at_ms = None
                 self.request_stop(reboot=True)
-            next_t += 1.0
+            next_t += self.tick_s
             if next_t < time.monotonic():
-                next_t = time.monotonic() + 1.0  # fell behind: do not try to catch up
+                next_t = time.monotonic() + self.tick_s  # fell behind: do not try to catch up
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_t - time.monotonic()))
 

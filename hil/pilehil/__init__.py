@@ -1,6 +1,6 @@
 """pilehil: the hardware-in-the-loop rig's simulated meters (see docs/simulator.md)."""
 
-from .clock import ManualClock, ScaledClock
+from .clock import ManualClock, ScaledClock, SiteClock
 from .device import BusDevice, ExceptionFault, MeterFaults
 from .load import ConstantLoad, EvSessions, Load, Session, idle, parse_load
 from .meter import SimMeter
@@ -31,6 +31,7 @@ __all__ = [
     "Session",
     "SimMeter",
     "Site",
+    "SiteClock",
     "add_crc",
     "client_for",
     "crc16",
