@@ -50,7 +50,8 @@ class ScenarioError(ValueError):
 
 
 def seconds(value: Any) -> int:
-    """'HH:MM:SS', 'MM:SS' or whole seconds -> int seconds; ValueError otherwise."""
+    """'HH:MM:SS', 'MM:SS' or whole seconds (>= 0) -> int seconds; '-HH:MM:SS' is before the
+    start (the rig's lead time, when the gateway boots); ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a time")
     if isinstance(value, int):
@@ -58,13 +59,16 @@ def seconds(value: Any) -> int:
             raise ValueError(f"{value} is negative")
         return value
     if isinstance(value, str):
-        parts = value.split(":")
+        sign = -1 if value.startswith("-") else 1
+        parts = value.lstrip("-").split(":")
         if 1 <= len(parts) <= 3 and all(p.isdigit() for p in parts):
             total = 0
             for p in parts:
                 total = total * 60 + int(p)
-            return total
-    raise ValueError(f"{value!r} is not a time: write 'HH:MM:SS' from the scenario start, or seconds")
+            return sign * total
+    raise ValueError(
+        f"{value!r} is not a time: write 'HH:MM:SS' from the scenario start ('-HH:MM:SS' before it), or seconds"
+    )
 
 
 def hms(s: float) -> str:
@@ -207,11 +211,9 @@ def load(path: Path | str) -> Scenario:
     known |= {"real_board_note", "data_fs_kb", "smoke"}
     for k in sorted(set(sc) - known):
         problems.append((f"scenario.{k}", f"unknown key (allowed: {', '.join(sorted(known))})"))
-    for k in ("title", "site", "start", "duration"):
-        if k not in sc:
-            problems.append((f"scenario.{k}", "missing"))
-    if problems:
-        raise ScenarioError(path, problems)
+    missing = [k for k in ("title", "site", "start", "duration") if k not in sc]
+    if missing:
+        raise ScenarioError(path, problems + [(f"scenario.{k}", "missing") for k in missing])
     site = (path.parent / sc["site"]).resolve()
     if not site.is_file():
         problems.append(("scenario.site", f"{site} does not exist (the path is relative to the scenario file)"))

@@ -127,6 +127,8 @@ def _site_doc(ctx: DutContext) -> Any:
     doc["mqtt"]["allow_insecure"] = True
     doc.setdefault("signing", tomlkit.table())["platform_key"] = str(ctx.platform_key)
     doc["gateway"]["data_dir"] = str(ctx.data_dir)
+    if "bays" in doc and any(b.get("camera") for b in doc.get("bay", [])):
+        doc["bays"]["plate_broker"] = ctx.broker_url  # the cameras publish to the rig's broker
     return doc
 
 
@@ -161,7 +163,10 @@ class Dut:
             out = link.command("keys")
         finally:
             link.close()
-        return out[out.index("-----BEGIN") : out.index("-----END PUBLIC KEY-----") + 24]
+        out = out.replace("\r\n", "\n")
+        if "-----BEGIN PUBLIC KEY-----" not in out:
+            raise DutError(f"the console's `keys` did not show a public key: {out[-300:]!r}")
+        return out[out.index("-----BEGIN") : out.index("-----END PUBLIC KEY-----") + 24] + "\n"
 
     def log(self) -> str:
         return ""
@@ -361,6 +366,51 @@ class RigFile:
         return cls(**rig)
 
 
+class BusBridge:
+    """Copies bytes both ways between the simulator's pty and the bench's USB-RS485 adapter, so
+    the simulated meters answer on the real RS-485 pair (half-duplex: the adapter's own
+    direction control handles the line)."""
+
+    def __init__(self, sim_path: str, device: str, baud: int = 9600) -> None:
+        import termios
+        import threading
+
+        self.fds = []
+        for path in (sim_path, device):
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            if os.isatty(fd):
+                tty.setraw(fd)
+                attrs = termios.tcgetattr(fd)
+                speed = getattr(termios, f"B{baud}", termios.B9600)
+                attrs[4] = attrs[5] = speed
+                termios.tcsetattr(fd, termios.TCSANOW, attrs)
+            self.fds.append(fd)
+        self.bytes = [0, 0]  # sim -> device, device -> sim
+        self._stop = False
+        self.thread = threading.Thread(target=self._pump, name="hil-bus-bridge", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        a, b = self.fds
+        while not self._stop:
+            try:
+                ready, _, _ = select.select([a, b], [], [], 0.05)
+                for fd in ready:
+                    data = os.read(fd, 4096)
+                    os.write(b if fd == a else a, data)
+                    self.bytes[0 if fd == a else 1] += len(data)
+            except OSError:
+                if self._stop:
+                    return
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        for fd in self.fds:
+            os.close(fd)
+
+
 class SerialDut(Dut):
     """A real ESP32 board: console on a USB serial port, meters on a USB-RS485 adapter that the
     rig's simulated site serves (the runner bridges the simulator's bus to `bus`), power through
@@ -380,6 +430,7 @@ class SerialDut(Dut):
         if not self.rig.bus:
             raise DutError("a serial DUT needs --bus (the USB-RS485 adapter wired to the board's RS-485 port)")
         self.fd: int | None = None
+        self.bridge: BusBridge | None = None
         self.power_log: list[str] = []
 
     def _run(self, what: str, cmd: str, **fmt: str) -> None:
@@ -409,6 +460,10 @@ class SerialDut(Dut):
             raise DutError("the site for the board does not check:\n" + "\n".join(map(str, problems)))
         self.config = ctx.workdir / "config.json"
         self.config.write_bytes(site.json_bytes + b"\n")
+        sim_bus = next(iter(ctx.endpoints.values()))
+        if not sim_bus.startswith("/"):
+            raise DutError("a serial DUT needs the scenario site's bus on a pseudo-terminal (a serial port)")
+        self.bridge = BusBridge(sim_bus, self.rig.bus, int(doc["bus"][0].get("baud", 9600)))
         self._run("flash", self.rig.flash, config=str(self.config), port=self.rig.console)
 
     def _open(self) -> int:
@@ -434,6 +489,10 @@ class SerialDut(Dut):
         self.starts += 1
 
     def stop(self) -> str:
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+        self.close()
         return "\n".join(self.power_log)
 
     def power_cut(self) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-_ROWS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,8 +35,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--hil-all", action="store_true", help="every scenario even without --dut (default: smoke only)")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_ROWS_KEY] = []
+def _save_row(config: pytest.Config, row: dict[str, Any]) -> None:
+    """One JSON file per scenario and DUT, so xdist workers and the controller build one index:
+    the latest result of each scenario on each DUT."""
+    import json
+
+    folder = Path(config.getoption("--hil-report")) / "rows"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{row['scenario']}--{row['dut']}.json").write_text(json.dumps(row))
 
 
 def _cases(config: pytest.Config) -> list[Any]:
@@ -81,7 +86,6 @@ def hil_run(request: pytest.FixtureRequest, hil_scenario: Any, hil_dut: str) -> 
     from piletools.rig.duts import DutError, make_dut
 
     cfg = request.config
-    rows = cfg.stash[_ROWS_KEY]
     out = Path(cfg.getoption("--hil-report"))
     if isinstance(hil_scenario, ScenarioError):
         pytest.fail(str(hil_scenario), pytrace=False)
@@ -97,14 +101,15 @@ def hil_run(request: pytest.FixtureRequest, hil_scenario: Any, hil_dut: str) -> 
     if defect:
         request.node.add_marker(pytest.mark.xfail(reason=defect, strict=False))
     row: dict[str, Any] = {"scenario": sc.id, "title": sc.title, "dut": kind, "status": "SKIPPED", "wall_s": 0}
-    rows.append(row)
     try:
         run = runner.run(sc, dut, out / "runs" / kind / sc.id, cfg.getoption("--broker"))
     except runner.SkipScenario as exc:
         row["failed"] = [str(exc)]
+        _save_row(cfg, row)
         pytest.skip(str(exc))
     except DutError as exc:
         row.update(status="FAIL", failed=[str(exc)])
+        _save_row(cfg, row)
         pytest.fail(str(exc), pytrace=False)
     checks = expect.judge(run)
     page = report.write_page(out, run, checks, defect)
@@ -115,13 +120,19 @@ def hil_run(request: pytest.FixtureRequest, hil_scenario: Any, hil_dut: str) -> 
         page=page.name,
         failed=[f"{c.kind}: {c.name}" for c in failed],
     )
+    _save_row(cfg, row)
     request.node.user_properties.append(("report", str(page)))
     return run, checks, page
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    rows = session.config.stash.get(_ROWS_KEY, [])
+    import json
+
+    if hasattr(session.config, "workerinput"):
+        return
+    out = Path(session.config.getoption("--hil-report"))
+    rows = [json.loads(f.read_text()) for f in sorted((out / "rows").glob("*.json"))] if (out / "rows").is_dir() else []
     if rows:
         from piletools.rig import report
 
-        report.write_index(Path(session.config.getoption("--hil-report")), rows)
+        report.write_index(out, rows)

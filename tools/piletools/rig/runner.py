@@ -197,7 +197,7 @@ class Platform:
         else:
             key = self.stranger if how == "stranger" else self.key
             iat = now - int(args.get("age_s", 1))
-            jws = commands.make(self.gw, cid, name, dict(args.get("args", {})), iat, iat + 120, key.sign_raw, key.kid)
+            jws = commands.make(self.gw, cid, name, dict(args.get("args", {})), iat, iat + 600, key.sign_raw, key.kid)
             if args.get("tamper"):
                 h, p, s = jws.split(".")
                 body = json.loads(envelope.b64url_decode(p))
@@ -444,14 +444,14 @@ class Runner:
             raise SkipScenario("disk.fill needs [scenario] data_fs_kb (a small file system for the data dir)")
         path = self.workdir / "data" / "ballast"
         n = 0
-        with open(path, "ab") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-                    n += 4096
-            except OSError:
-                pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for size in (65536, 4096, 512, 1):  # down to the last byte
+                with contextlib.suppress(OSError):
+                    while True:
+                        n += os.write(fd, b"\0" * size)
+        finally:
+            os.close(fd)
         return f"ballast {n // 1024} KiB: the data file system is full"
 
     def _console(self, args: dict[str, Any]) -> None:
