@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast test-py test-mpy lint firmware bench demo lock clean
+.PHONY: help setup test test-fast test-py test-mpy lint firmware bench demo lock clean hil
 # pytest workers: the suite mostly waits on real parts (brokers, buses, processes), so more
 # workers than cores pays; override with `make test PYTEST_WORKERS=0` to run serially.
 PYTEST_WORKERS ?= 4
@@ -38,6 +38,13 @@ firmware: ## compile firmware/ with mpy-cross into build/firmware/, with module 
 
 bench: ## benchmarks, each printed as a ratio against a baseline measured in the same run
 	@$(VENV)/bin/pilegate bench all
+
+HIL_DUTS ?= pi mpy
+hil: ## every HIL scenario on the simulated DUTs (HIL_DUTS="pi mpy"); report in build/hil/index.html
+	@mkdir -p build/hil
+	@$(PY) -m pytest tests/hil/test_scenarios.py -p no:cacheprovider -n 2 -q $(foreach d,$(HIL_DUTS),--dut=$(d)) \
+	  --junitxml=build/hil/junit.xml -o junit_family=xunit2; \
+	  status=$$?; echo "HIL report: build/hil/index.html"; exit $$status
 
 demo: ## private broker + simulated 8-pile site + gateway + verifier; Ctrl-C stops all
 	@$(VENV)/bin/pilegate demo

@@ -109,13 +109,16 @@ def test_the_site_clock_is_the_same_in_every_process():
     again = SiteClock.parse(env)
     assert (again.start, again.speed, again.t0) == (clock.start, clock.speed, clock.t0)
     # another process computes the same site time from the environment alone
-    code = "import os,time; from pilehil.clock import SiteClock; c=SiteClock.parse(os.environ['C']); print(c.real_at(1_780_000_600))"
+    code = (
+        "import os; from pilehil.clock import SiteClock; print(SiteClock.parse(os.environ['C']).real_at(1_780_000_600))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, C=env), capture_output=True, text=True)
     assert float(out.stdout) == pytest.approx(clock.t0 + 5.0)
     with pytest.raises(ValueError, match="speed"):
         SiteClock.parse("start=1,t0=2")
 
 
+@pytest.mark.slow
 def test_pilegate_run_refuses_a_bad_hil_clock_without_a_traceback(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pilegate.cli", "run", str(SCENARIOS / "sites" / "four-bays.toml")],
@@ -175,6 +178,7 @@ class FakeBoard:
             os.close(fd)
 
 
+@pytest.mark.slow
 def test_the_serial_dut_up_to_the_hardware(tmp_path):
     """Flash and power commands, the compiled site, the console dialogue, the key, and the
     simulated meters answering on the board's RS-485 adapter, all on pseudo-terminals."""
@@ -193,7 +197,7 @@ boot_s = 5
     )
     sc = load(SCENARIOS / "meter-swapped.toml")
     site, _ = siteconfig.load_site(sc.site)
-    sim, meters = sitesim.build(site.config, scenario=False)
+    sim, _ = sitesim.build(site.config, scenario=False)
     endpoints = sim.start()
     dut = SerialDut(board.console_path, rig=RigFile.load(rig_file))
     try:
@@ -277,6 +281,7 @@ def test_a_failed_expectation_reads_from_the_report_alone(tmp_path):
     assert "FAIL" in index.read_text()
 
 
+@pytest.mark.slow
 def test_report_screenshot(tmp_path):
     """The screenshot in docs/hil.md: the smoke scenario's page from a real run on pi."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -285,8 +290,16 @@ def test_report_screenshot(tmp_path):
         pytest.skip("needs headless Chromium (apt-get install chromium) and a run of the smoke scenario on pi")
     out = tmp_path / "shot.png"
     subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={out}", "--window-size=1180,900",
-         "--hide-scrollbars", page.as_uri()],
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={out}",
+            "--window-size=1180,900",
+            "--hide-scrollbars",
+            page.as_uri(),
+        ],
         capture_output=True,
         timeout=120,
         check=False,

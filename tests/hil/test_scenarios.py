@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a broker, the simulated site and a gateway process per test
+
 
 def test_scenario(hil_run: Any) -> None:
     _run, checks, page = hil_run

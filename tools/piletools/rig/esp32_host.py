@@ -112,7 +112,7 @@ class HostHw:
 
     def mqtt_factory(self, mq: dict[str, Any], client_id: str, timeout_s: float) -> Any:
         sys.path.insert(0, str(ROOT / "tests" / "helpers"))
-        import umqtt_compat
+        import umqtt_compat  # type: ignore[import-not-found]
 
         from pilefw.mqtt import parse_url
 

@@ -55,15 +55,13 @@ def _short(ev: dict[str, Any], run: Any) -> str:
 def _events_matching(run: Any, e: dict[str, Any]) -> list[dict[str, Any]]:
     want = {k: v for k, v in e.items() if k not in CONTROL}
     want.update(e.get("fields", {}))
-    lo, hi = None, None
-    if "within" in e:
-        lo, hi = seconds(e["within"][0]), seconds(e["within"][1])
+    window = (seconds(e["within"][0]), seconds(e["within"][1])) if "within" in e else None
     out = []
     for ev in run.events():
         if not _match_fields(ev, want):
             continue
         t = _rel(run, ev.get("t"))
-        if lo is not None and (t is None or not lo <= t <= hi):
+        if window is not None and (t is None or not window[0] <= t <= window[1]):
             continue
         out.append(ev)
     return out

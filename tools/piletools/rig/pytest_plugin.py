@@ -83,7 +83,7 @@ def hil_run(request: pytest.FixtureRequest, hil_scenario: Any, hil_dut: str) -> 
     checks and the page to read; xfail when the scenario names a defect for this DUT."""
     from pilehil.scenario import ScenarioError
     from piletools.rig import expect, report, runner
-    from piletools.rig.duts import DutError, make_dut
+    from piletools.rig.duts import DutError, DutUnavailable, make_dut
 
     cfg = request.config
     out = Path(cfg.getoption("--hil-report"))
@@ -103,7 +103,7 @@ def hil_run(request: pytest.FixtureRequest, hil_scenario: Any, hil_dut: str) -> 
     row: dict[str, Any] = {"scenario": sc.id, "title": sc.title, "dut": kind, "status": "SKIPPED", "wall_s": 0}
     try:
         run = runner.run(sc, dut, out / "runs" / kind / sc.id, cfg.getoption("--broker"))
-    except runner.SkipScenario as exc:
+    except (runner.SkipScenario, DutUnavailable) as exc:
         row["failed"] = [str(exc)]
         _save_row(cfg, row)
         pytest.skip(str(exc))

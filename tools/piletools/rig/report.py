@@ -59,7 +59,8 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
     top = 20
     y_bays = top + power_h + 20
     y_events = y_bays + lane_h * len(bays) + 14
-    height = y_events + 90
+    y_axis = y_events + 5 * 9 + 14
+    height = y_axis + 40
     span = max(1, t_hi - t_lo)
 
     def x(t: float) -> float:
@@ -79,8 +80,8 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
     t = (t_lo // step) * step
     while t <= t_hi:
         if t >= t_lo:
-            out.append(f'<line x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{height - 60}" stroke="#eee"/>')
-            out.append(f'<text x="{x(t):.1f}" y="{height - 48}" text-anchor="middle">{hms(t)[:5]}</text>')
+            out.append(f'<line x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{y_axis - 10}" stroke="#eee"/>')
+            out.append(f'<text x="{x(t):.1f}" y="{y_axis + 2}" text-anchor="middle">{hms(t)[:5]}</text>')
         t += step
     out.append(f'<text x="4" y="{top + 8}">{p_max / 1000:.1f} kW</text>')
     out.append(f'<text x="4" y="{top + power_h}">0</text>')
@@ -112,7 +113,9 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
             f'stroke-dasharray="3 3"><title>{_e(hms(t_rel))} {_e(what)} {_e(note)}</title></line>'
         )
         out.append(f'<text x="{x(t_rel) + 2:.1f}" y="{top + 10}" fill="#444">{_e(what)}</text>')
-    # events of the gateway
+    # events of the gateway, one lane per family
+    for lane, name in enumerate(("bay", "sensor", "meter", "interlock", "other")):
+        out.append(f'<text x="4" y="{y_events + lane * 9 + 4}" font-size="9">{name}</text>')
     for ev in run.events():
         if not isinstance(ev.get("t"), int):
             continue
@@ -120,6 +123,8 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
         kind = str(ev.get("type", "?"))
         colour = EVENT_COLOURS.get(kind.split(".")[0], "#333")
         lane = {"bay": 0, "sensor": 1, "meter": 2, "pile": 2, "interlock": 3}.get(kind.split(".")[0], 4)
+        if kind == "occupancy":
+            continue
         yy = y_events + lane * 9
         tip = _e(f"{hms(tr)} " + json.dumps(ev, ensure_ascii=False)[:300])
         out.append(f'<circle cx="{x(tr):.1f}" cy="{yy}" r="3.5" fill="{colour}"><title>{tip}</title></circle>')
@@ -128,7 +133,7 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
         if isinstance(r.get("departure"), int):
             tr = run.rel(r["departure"])
             label = f"{r.get('classification')} {r.get('fee_fen', 0) / 100:.2f} ¥"
-            out.append(f'<text x="{x(tr):.1f}" y="{y_events + 58}" text-anchor="end" fill="#b00020">{_e(label)}</text>')
+            out.append(f'<text x="{x(tr):.1f}" y="{y_axis + 16}" text-anchor="end" fill="#b00020">{_e(label)}</text>')
     out.append(
         f'<text x="{left}" y="{height - 8}" fill="#555">site time from 00:00:00 = {_e(sc.start)} (Unix s); '
         "grey: vehicle present, green: charging; dots: gateway events (hover); dashed: rig actions</text>"

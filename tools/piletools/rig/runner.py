@@ -177,7 +177,7 @@ class Platform:
 
     def publish(self, topic: str, payload: bytes | str) -> None:
         host, _, port = self.url.split("://")[1].rpartition(":")
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)  # type: ignore[attr-defined]
         c.connect(host, int(port))
         c.loop_start()
         try:
@@ -197,7 +197,7 @@ class Platform:
         else:
             key = self.stranger if how == "stranger" else self.key
             iat = now - int(args.get("age_s", 1))
-            jws = commands.make(self.gw, cid, name, dict(args.get("args", {})), iat, iat + 600, key.sign_raw, key.kid)
+            jws = commands.make(self.gw, cid, name, dict(args.get("args", {})), iat, iat + 240, key.sign_raw, key.kid)
             if args.get("tamper"):
                 h, p, s = jws.split(".")
                 body = json.loads(envelope.b64url_decode(p))
@@ -247,6 +247,8 @@ class Runner:
         self.sim: Any = None
         self.platform: Platform | None = None
         self.clock: SiteClock | None = None
+        self._flap: tuple[Any, int, int, float] | None = None
+        self._restart_at: float | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -484,9 +486,9 @@ class Runner:
 
         sc = self.sc
         pending = list(sc.actions)
-        next_sample = -LEAD_S
-        self._flap: tuple[Any, int, int, float] | None = None
-        self._restart_at: float | None = None
+        next_sample = float(-LEAD_S)
+        self._flap = None
+        self._restart_at = None
         flap_state = False
         next_flap = 0.0
         end = sc.duration + sc.settle
