@@ -29,6 +29,8 @@ READING_KEYS = {
     "power_factor": ("power_factor", False),
 }
 
+RATIO = "ratio:"  # field-name prefix of a transformer ratio read with the values
+
 # Exceptions that say "this read is not acceptable as asked" (as opposed to busy/failure).
 SHRINK_CODES = (2, 3)
 MAX_BLOCK = 125  # Modbus limit for function 3/4
@@ -49,11 +51,20 @@ class MeterPlan:
         # a read's fixed cost in character times: frames, silences and the meter's latency
         self.read_cost = FRAME_CHARS + (prof.get("response_ms", 50) * 1000) // max(1, char_us)
         self.fields = []
+        wanted_ratios = []
         for name in names or _profile.value_names():
             if name not in prof.get("values", {}):
                 continue
             for phase, (fc, reg, typ) in enumerate(_profile.value_registers(prof, name)):
                 self.fields.append((name, phase, fc, reg, typ))
+            for rname in prof["values"][name].get("ratios", ()):
+                if rname not in wanted_ratios:
+                    wanted_ratios.append(rname)
+        # Transformer ratios the meter holds (e.g. an ADL400's PT and CT ratios): read with the
+        # values, so a reading and the ratios it is scaled by come from the same poll.
+        for rname, fc, reg, typ in _profile.ratio_registers(prof, wanted_ratios):
+            self.fields.append((RATIO + rname, 0, fc, reg, typ))
+        self.ratio_values = {}
         self.widest = 1
         for f in self.fields:
             w = modbus.TYPE_WIDTH[f[4]]
@@ -159,16 +170,27 @@ class MeterPlan:
         wo = prof.get("word_order", "big")
         reading = {}
         faults = []
+        ratios = self._ratios(blocks, bo, wo)
         for i, field in enumerate(self.fields):
             name, phase, typ = field[0], field[1], field[4]
             slot = self.slots[i]
-            if slot is None or blocks[slot[0]] is None:
+            if slot is None or blocks[slot[0]] is None or name.startswith(RATIO):
                 continue
             spec = prof["values"][name]
+            factor = 1
+            for rname in spec.get("ratios", ()):
+                r = ratios.get(rname)
+                if not r:  # unread, or 0: no ratio can make this value true
+                    faults.append((name, "transformer ratio %s unreadable or 0" % rname))
+                    factor = 0
+                    break
+                factor *= r
+            if factor == 0:
+                continue
             key, per_phase = READING_KEYS[name]
             lo, hi = _range(spec, self.ranges.get(name))
             try:
-                value = self._value(blocks[slot[0]], slot[1], typ, spec, name, bo, wo, lo, hi)
+                value = self._value(blocks[slot[0]], slot[1], typ, spec, name, bo, wo, lo, hi, factor)
             except ValueError as exc:
                 faults.append((name, "undecodable: %s" % exc))
                 continue
@@ -185,15 +207,40 @@ class MeterPlan:
                 reading[key] = value
         return reading, faults
 
+    def _ratios(self, blocks, bo, wo):
+        """{ratio name: int} of the ratio registers read in this poll (absent when unread)."""
+        out = {}
+        for i, field in enumerate(self.fields):
+            slot = self.slots[i]
+            if not field[0].startswith(RATIO) or slot is None or blocks[slot[0]] is None:
+                continue
+            out[field[0][len(RATIO) :]] = modbus.decode_raw(blocks[slot[0]], slot[1], field[4], bo, wo)
+        if out:
+            self.ratio_values = out
+        return out
+
+    def energy_step_wh(self):
+        """The energy reading's resolution in Wh: one raw step times the scale and any ratios
+        (as last read from the meter; None while a ratio it needs has not been read yet)."""
+        spec = self.profile.get("values", {}).get("energy_import")
+        if spec is None:
+            return None
+        step = spec.get("scale", 1) * 1000
+        for rname in spec.get("ratios", ()):
+            if not self.ratio_values.get(rname):
+                return None
+            step *= self.ratio_values[rname]
+        return step
+
     @staticmethod
-    def _value(regs, offset, typ, spec, name, bo, wo, lo, hi):
+    def _value(regs, offset, typ, spec, name, bo, wo, lo, hi, factor=1):
         scale = spec.get("scale", 1)
         if name == "energy_import":
-            wh = modbus.decode_milli(regs, offset, typ, scale, bo, wo)
+            wh = modbus.decode_milli(regs, offset, typ, scale, bo, wo) * factor
             if wh < lo * 1000 or wh > hi * 1000:
                 return None
             return wh
-        v = modbus.decode_scaled(regs, offset, typ, scale, bo, wo)
+        v = modbus.decode_scaled(regs, offset, typ, scale, bo, wo) * factor
         if v < lo or v > hi:
             return None
         return v
@@ -294,6 +341,13 @@ class DltPlan:
             slots[i] = (len(reads) - 1, 0)
         self.reads = reads
         self.slots = slots
+
+    def energy_step_wh(self):
+        """The energy item's resolution in Wh: 10**(3 - decimals) times its scale."""
+        spec = self.profile.get("values", {}).get("energy_import")
+        if spec is None:
+            return None
+        return spec.get("scale", 1) * 10 ** (3 - spec["decimals"])
 
     def cost_chars(self):
         """Bus time of one poll in character times: frames with preambles, gaps, latency."""

@@ -52,7 +52,8 @@ _TOP_KEYS = (
     "ratios",
     "recognize",
 )
-_VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function", "decimals")
+_VALUE_KEYS = ("register", "type", "scale", "unit", "min", "max", "function", "decimals", "ratios")
+_RATIO_KEYS = ("register", "type", "function")
 _SERIAL_KEYS = ("baud", "parity", "stopbits")
 _IDENTITY_KEYS = ("kind", "register", "type", "count", "function", "note")
 _RECOGNIZE_KEYS = ("checks", "note")
@@ -173,6 +174,7 @@ def validate_profile(p, name):
     _check_quirks(p, errors)
     _check_serial(p.get("serial"), errors)
     spans = _check_values(p.get("values"), phases, max_block, errors)
+    spans.extend(_check_ratios(p, errors))
     ident = _check_identity(p.get("identity"), max_block, errors)
     if "recognize" in p:
         _check_recognize(p["recognize"], p.get("values"), phases, errors)
@@ -475,6 +477,56 @@ def energy_step_wh(p, ratio=1):
     if abs(step - whole) <= 1e-6 * step:
         step = whole
     return step if step >= 1 else 1
+
+
+def _check_ratios(p, errors):
+    """[ratios.<name>]: transformer ratios the meter holds (register, u16/u32, optional
+    function); a value's `ratios` list names those its raw reading is multiplied by."""
+    spans = []
+    ratios = p.get("ratios", {})
+    if not isinstance(ratios, dict):
+        errors.append(("ratios", "must be a table of ratio registers, got %s" % _kind(ratios)))
+        ratios = {}
+    for name in ratios:
+        spec, path = ratios[name], "ratios." + name
+        if not isinstance(spec, dict):
+            errors.append((path, "must be a table (register, type), got %s" % _kind(spec)))
+            continue
+        for key in spec:
+            if key not in _RATIO_KEYS:
+                errors.append((path + "." + key, "unknown key"))
+        if spec.get("type") not in ("u16", "u32"):
+            errors.append((path + ".type", "must be u16 or u32, got %r" % (spec.get("type"),)))
+            continue
+        function = spec.get("function")
+        if "function" in spec and (not _is_int(function) or function not in (3, 4)):
+            errors.append((path + ".function", "must be 3 or 4, got %r" % (function,)))
+            function = -1
+        width = _WIDTHS[spec["type"]]
+        if _check_register(spec.get("register"), path + ".register", width, errors):
+            spans.append((function, spec["register"], spec["register"] + width - 1, path + ".register"))
+    for vname, spec in (p.get("values") or {}).items():
+        if not isinstance(spec, dict) or "ratios" not in spec:
+            continue
+        names = spec["ratios"]
+        if not isinstance(names, list) or not names:
+            errors.append(("values.%s.ratios" % vname, "must be a non-empty list of ratio names"))
+            continue
+        for i, rname in enumerate(names):
+            if rname not in ratios:
+                errors.append(
+                    ("values.%s.ratios[%d]" % (vname, i), "no [ratios.%s] table names its register" % (rname,))
+                )
+    return spans
+
+
+def ratio_registers(p, names):
+    """[(ratio name, function, register, type)] of the ratios `names` of a valid profile."""
+    out = []
+    for name in names:
+        spec = p["ratios"][name]
+        out.append((name, spec.get("function", p["function"]), spec["register"], spec["type"]))
+    return out
 
 
 def _check_range(vname, spec, path, errors):

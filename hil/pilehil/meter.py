@@ -25,6 +25,7 @@ from .registers import (
     CANONICAL_UNITS,
     RegisterImage,
     encode_identity,
+    encode_ratios,
     encode_value,
     mapped_registers,
 )
@@ -59,6 +60,7 @@ class SimMeter(BusDevice):
         latency_ms: float | None = None,
         unmapped: str = "zero",
         baud: int | None = None,
+        ratios: Mapping[str, int] | None = None,
     ) -> None:
         if unmapped not in ("zero", "exception"):
             raise ValueError("unmapped must be 'zero' or 'exception'")
@@ -75,6 +77,9 @@ class SimMeter(BusDevice):
         #: The meter's own baud rate when it differs from its bus's (a meter left at its factory
         #: setting): on a pty bus it answers only masters set to this rate. None = the bus's.
         self.baud = baud
+        #: Transformer ratios the meter holds (profile [ratios]): 1 = direct connection.
+        self.ratios = {name: 1 for name in (profile.get("ratios") or {})}
+        self.ratios.update(ratios or {})
         self._lock = threading.Lock()
         self._t0 = self.clock()
         self._serial = serial
@@ -184,7 +189,13 @@ class SimMeter(BusDevice):
                 v = vals[name]
             else:
                 v = 0  # a value this simulator does not model (e.g. export energy)
+            factor = 1
+            for rname in self.profile["values"][name].get("ratios", ()):
+                factor *= self.ratios[rname]
+            if factor not in (0, 1):  # a secondary-side register: the primary value over the ratios
+                v = [x / factor for x in v] if isinstance(v, list) else Fraction(v) / factor
             image.update(encode_value(self.profile, name, v))
+        image.update(encode_ratios(self.profile, self.ratios))
         with self._lock:
             image.update(self._ident)
         return image

@@ -252,9 +252,24 @@ def decode_identity(profile: Profile, image: Mapping[tuple[int, int], int]) -> s
     return data.hex().lstrip("0") or "0"
 
 
+def encode_ratios(profile: Profile, ratios: Mapping[str, int]) -> RegisterImage:
+    """Register image of the transformer ratios a profile's ``[ratios]`` table names."""
+    image: RegisterImage = {}
+    byte_order, word_order = _orders(profile, {})
+    for name, spec in (profile.get("ratios") or {}).items():
+        fn = spec_function(profile, spec)
+        words = raw_to_words(int(ratios.get(name, 1)), spec["type"], byte_order, word_order)
+        for i, w in enumerate(words):
+            image[(fn, spec["register"] + i)] = w
+    return image
+
+
 def mapped_registers(profile: Profile) -> set[tuple[int, int]]:
-    """Every ``(function, register)`` a profile defines (values and identity)."""
+    """Every ``(function, register)`` a profile defines (values, ratios and identity)."""
     out: set[tuple[int, int]] = set()
+    for spec in (profile.get("ratios") or {}).values():
+        fn = spec_function(profile, spec)
+        out.update((fn, spec["register"] + i) for i in range(TYPE_WIDTH[spec["type"]]))
     for spec in (profile.get("values") or {}).values():
         fn = spec_function(profile, spec)
         for reg in spec_registers(spec):

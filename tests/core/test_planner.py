@@ -213,3 +213,58 @@ def test_latency_decides_whether_a_gap_is_worth_bridging():
     assert planner.MeterPlan(prof).reads == [[4, 0x00, 14], [4, 0x46, 4]]
     prof["response_ms"] = 100
     assert planner.MeterPlan(prof).reads == [[4, 0x00, 0x4A]]
+
+
+def ratio_meter():
+    """An ADL400-like map: energy in 0.01 kWh on the secondary side, PT and CT ratios held."""
+    return {
+        "id": "adl",
+        "kind": "meter",
+        "phases": 1,
+        "function": 3,
+        "byte_order": "big",
+        "word_order": "big",
+        "max_block": 34,
+        "min_gap_ms": 10,
+        "response_ms": 50,
+        "timeout_ms": 500,
+        "ratios": {"pt": {"register": 0x8D, "type": "u16"}, "ct": {"register": 0x8E, "type": "u16"}},
+        "values": {
+            "energy_import": {
+                "register": 0x0A,
+                "type": "u32",
+                "scale": 0.01,
+                "unit": "kWh",
+                "min": 0,
+                "max": 9999999,
+                "ratios": ["pt", "ct"],
+            },
+            "power": {"register": 0x20, "type": "s32", "scale": 1.0, "unit": "W", "min": -9e5, "max": 9e5},
+        },
+    }
+
+
+def test_ratios_are_read_with_the_values_and_scale_energy_exactly():
+    plan = planner.MeterPlan(ratio_meter())
+    for reg in (0x0A, 0x8D, 0x8E):  # energy and both ratios are part of the poll
+        assert any(fc == 3 and start <= reg < start + count for fc, start, count in plan.reads)
+    assert plan.energy_step_wh() is None  # unknown until the ratios are read
+    blocks = []
+    for fc, start, count in plan.reads:
+        block = [0] * count
+        for reg, value in ((0x0A, 0), (0x0B, 23333), (0x20, 0), (0x21, 1500), (0x8D, 1), (0x8E, 40)):
+            if start <= reg < start + count:
+                block[reg - start] = value
+        blocks.append(block)
+    reading, faults = plan.decode(blocks)
+    assert faults == []
+    assert reading["energy_wh"] == 23333 * 10 * 40  # 233.33 kWh secondary x CT 40, exact
+    assert plan.energy_step_wh() == 400
+
+
+def test_a_zero_ratio_is_a_fault():
+    plan = planner.MeterPlan(ratio_meter())
+    blocks = [[0] * r[2] for r in plan.reads]  # every register 0, the ratios too
+    reading, faults = plan.decode(blocks)
+    assert "energy_wh" not in reading
+    assert ("energy_import", "transformer ratio pt unreadable or 0") in faults

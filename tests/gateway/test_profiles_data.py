@@ -43,7 +43,7 @@ ANCHORS = {
     "eastron-sdm120": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x000C, "f32", 1.0)},
     "eastron-sdm630": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x0034, "f32", 1.0)},
     "abb-b23": {"energy_import": (3, 0x5000, "u64", 0.01), "power": (3, 0x5B14, "s32", 0.01)},
-    "acrel-adl400": {"energy_import": (3, 0x084C, "u32", 0.1), "power": (3, 0x081A, "f32", 1000.0)},
+    "acrel-adl400": {"energy_import": (3, 0x000A, "u32", 0.01), "power": (3, 0x081A, "f32", 1000.0)},
 }
 # (data identifier, bytes, decimals, scale) of energy_import and power of DL/T 645 profiles:
 # the standard's appendix A items (forward active energy XXXXXX.XX kWh, active power XX.XXXX kW).
@@ -117,6 +117,9 @@ def spans(p: dict[str, Any]) -> list[tuple[int, int, int, str]]:
         width = WIDTH[spec["type"]]
         for i, reg in enumerate(regs):
             out.append((spec.get("function", p["function"]), reg, reg + width - 1, f"{name}[{i}]"))
+    for name, spec in p.get("ratios", {}).items():
+        reg = spec["register"]
+        out.append((spec.get("function", p["function"]), reg, reg + WIDTH[spec["type"]] - 1, f"ratio {name}"))
     ident = p["identity"]
     if ident["kind"] == "serial":
         width = WIDTH.get(ident["type"], ident.get("count"))
@@ -226,8 +229,8 @@ EXAMPLES = [
     ("abb-b23", "energy_import", (123456789).to_bytes(8, "big"), 1234567.89),
     # ABB power is signed 0.01 W: -1500 W export.
     ("abb-b23", "power", (-150000).to_bytes(4, "big", signed=True), -1500.0),
-    # Acrel ADL400 energy: unsigned 32-bit count of 0.1 kWh.
-    ("acrel-adl400", "energy_import", (123456).to_bytes(4, "big"), 12345.6),
+    # Acrel ADL400 energy: unsigned 32-bit count of 0.01 kWh (secondary side, times PT x CT).
+    ("acrel-adl400", "energy_import", (123456).to_bytes(4, "big"), 1234.56),
 ]
 
 
