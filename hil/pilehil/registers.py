@@ -204,10 +204,11 @@ def identity_span(profile: Profile) -> tuple[int, int, int] | None:
 def encode_identity(profile: Profile, serial: str) -> RegisterImage:
     """Register image of the serial number per the profile's ``[identity]`` table.
 
-    ``u16/u32/u64``: the serial as a decimal integer; ``ascii``: 2 characters per register,
-    first character in the high byte, right-padded with NUL; ``bcd``: 4 decimal digits per
-    register, left-padded with zeros. The profile's byte/word order applies (the identity
-    table may override them). Empty for meters without a serial register."""
+    ``u16/u32/u64``: the serial as a decimal integer (the profile's byte/word order applies);
+    ``ascii``: 2 characters per register, first character in the high byte, right-padded with
+    NUL; ``bcd``: 4 decimal digits per register, left-padded with zeros. Text and BCD are in
+    register order whatever the profile's orders (a Carlo Gavazzi meter sends its numbers least
+    significant word first but its serial text in reading order), as the core decodes them. Empty for meters without a serial register."""
     span = identity_span(profile)
     if span is None:
         return {}
@@ -223,11 +224,12 @@ def encode_identity(profile: Profile, serial: str) -> RegisterImage:
         data = serial.encode("ascii")
         if len(data) > 2 * count:
             raise ValueError(f"serial {serial!r} longer than {2 * count} characters")
-        words = bytes_to_words(data.ljust(2 * count, b"\0"), byte_order, word_order)
+        # text is in register order, first character high, whatever the numbers' orders
+        words = bytes_to_words(data.ljust(2 * count, b"\0"))
     elif type_ == "bcd":
         if not serial.isdigit() or len(serial) > 4 * count:
             raise ValueError(f"serial {serial!r} must be at most {4 * count} decimal digits")
-        words = bytes_to_words(bytes.fromhex(serial.zfill(4 * count)), byte_order, word_order)
+        words = bytes_to_words(bytes.fromhex(serial.zfill(4 * count)))
     else:
         raise ValueError(f"unknown identity type {type_!r}")
     return {(fn, reg + i): w for i, w in enumerate(words)}
@@ -246,7 +248,7 @@ def decode_identity(profile: Profile, image: Mapping[tuple[int, int], int]) -> s
     words = [image[(fn, reg + i)] for i in range(count)]
     if type_ in TYPE_WIDTH:
         return str(words_to_raw(words, type_, byte_order, word_order))
-    data = words_to_bytes(words, byte_order, word_order)
+    data = words_to_bytes(words)  # text and BCD digits: register order (see encode_identity)
     if type_ == "ascii":
         return data.rstrip(b"\0 ").decode("ascii", "replace")
     return data.hex().lstrip("0") or "0"

@@ -44,14 +44,37 @@ ANCHORS = {
     "eastron-sdm630": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x0034, "f32", 1.0)},
     "abb-b23": {"energy_import": (3, 0x5000, "u64", 0.01), "power": (3, 0x5B14, "s32", 0.01)},
     "acrel-adl400": {"energy_import": (3, 0x000A, "u32", 0.01), "power": (3, 0x081A, "f32", 1000.0)},
+    "eastron-sdm72": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x0034, "f32", 1.0)},
+    "eastron-sdm230": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x000C, "f32", 1.0)},
+    "carlo-gavazzi-em340": {"energy_import": (3, 0x0034, "s32", 0.1), "power": (3, 0x0028, "s32", 0.1)},
+    "carlo-gavazzi-em24": {"energy_import": (3, 0x0034, "s32", 0.1), "power": (3, 0x0028, "s32", 0.1)},
+    "schneider-iem3000": {"energy_import": (3, 0x0C83, "s64", 0.001), "power": (3, 0x0BF3, "f32", 1000.0)},
+    "janitza-b23": {"energy_import": (3, 0x4A7C, "f32", 0.001), "power": (3, 0x4A52, "f32", 1.0)},
+    "orno-or-we-516": {"energy_import": (3, 0x0108, "f32", 1.0), "power": (3, 0x001C, "f32", 1000.0)},
+    "socomec-countis-e23": {"energy_import": (3, 0xC702, "u32", 0.01), "power": (3, 0xC568, "s32", 10.0)},
+    "acrel-adw300": {"energy_import": (3, 0x003E, "u32", 0.01), "power": (3, 0x0024, "s32", 1.0)},
+    "huawei-dtsu666-h": {"energy_import": (3, 0x0876, "f32", 1.0), "power": (3, 0x084E, "f32", 0.1)},
 }
 # (data identifier, bytes, decimals, scale) of energy_import and power of DL/T 645 profiles:
 # the standard's appendix A items (forward active energy XXXXXX.XX kWh, active power XX.XXXX kW).
 DLT_ANCHORS = {
     "chint-dtsu666-dlt645": {"energy_import": (0x00010000, 4, 2, 1.0), "power": (0x02030000, 3, 4, 1000.0)},
     "chint-ddsu666-dlt645": {"energy_import": (0x00010000, 4, 2, 1.0), "power": (0x02030000, 3, 4, 1000.0)},
+    "acrel-ddsd1352-dlt645": {"energy_import": (0x00010000, 4, 2, 1.0), "power": (0x02030000, 3, 4, 1000.0)},
+    "acrel-dtsd1352-dlt645": {"energy_import": (0x00010000, 4, 2, 1.0), "power": (0x02030000, 3, 4, 1000.0)},
 }
-SERIAL_IDENTITY = {"eastron-sdm120": 0xFC00, "eastron-sdm630": 0xFC00, "abb-b23": 0x8900}
+# (register, type, function) of each serial-number identity, from the same documents.
+SERIAL_IDENTITY = {
+    "eastron-sdm120": (0xFC00, "u32", 3),
+    "eastron-sdm630": (0xFC00, "u32", 3),
+    "eastron-sdm72": (0xFC00, "u32", 3),
+    "eastron-sdm230": (0xFC00, "u32", 3),
+    "abb-b23": (0x8900, "u32", 3),
+    "carlo-gavazzi-em340": (0x5000, "ascii", 3),
+    "carlo-gavazzi-em24": (0x5000, "ascii", 3),
+    "schneider-iem3000": (0x0081, "u32", 3),
+    "orno-or-we-516": (0x0000, "u32", None),
+}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -66,6 +89,7 @@ def ids(paths: list[Path]) -> list[str]:
 def test_every_expected_meter_ships() -> None:
     assert set(ids(FILES)) == set(ANCHORS)
     assert set(ids(DLT_FILES)) == set(DLT_ANCHORS)
+    assert len(ALL_FILES) >= 15, "issue 14 asks for fifteen or more meter profiles"
 
 
 @pytest.mark.parametrize("path", ALL_FILES, ids=ids(ALL_FILES))
@@ -190,7 +214,7 @@ def test_identity(path: Path) -> None:
     ident = load(path)["identity"]
     if path.stem in SERIAL_IDENTITY:
         assert ident["kind"] == "serial"
-        assert (ident["register"], ident["type"], ident.get("function")) == (SERIAL_IDENTITY[path.stem], "u32", 3)
+        assert (ident["register"], ident["type"], ident.get("function")) == SERIAL_IDENTITY[path.stem]
     else:
         assert ident == {"kind": "address", "note": ident["note"]}
     assert len(ident["note"]) > 40  # says what it can and cannot catch
