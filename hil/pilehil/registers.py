@@ -208,7 +208,8 @@ def encode_identity(profile: Profile, serial: str) -> RegisterImage:
     ``ascii``: 2 characters per register, first character in the high byte, right-padded with
     NUL; ``bcd``: 4 decimal digits per register, left-padded with zeros. Text and BCD are in
     register order whatever the profile's orders (a Carlo Gavazzi meter sends its numbers least
-    significant word first but its serial text in reading order), as the core decodes them. Empty for meters without a serial register."""
+    significant word first but its serial text in reading order), as the core decodes them.
+    Empty for meters without a serial register."""
     span = identity_span(profile)
     if span is None:
         return {}

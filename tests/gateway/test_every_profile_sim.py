@@ -24,7 +24,8 @@ DLT_ADDRESS = "000020261234"
 
 def _block(pid: str, prof: dict) -> tuple[str, object]:
     if prof.get("protocol") == "dlt645":
-        body = f'\n[[pile]]\nid = "{pid}"\nmeter = {{ bus = "bus1", address = "{DLT_ADDRESS}", profile = "{prof["id"]}" }}\n'
+        meter = f'{{ bus = "bus1", address = "{DLT_ADDRESS}", profile = "{prof["id"]}" }}'
+        body = f'\n[[pile]]\nid = "{pid}"\nmeter = {meter}\n'
         return body, DLT_ADDRESS
     return pile_block(pid, 7, prof["id"]), 7
 

@@ -140,7 +140,8 @@ def _section(p: dict[str, Any]) -> list[str]:
     out.append(f"* **Protocol and factory line:** {_protocol(p)}; {_line(p)}.")
     if p.get("protocol") != "dlt645":
         out.append(
-            f"* **Word order:** {p['word_order']} (bytes {p['byte_order']}); at most {p['max_block']} registers per read."
+            f"* **Word order:** {p['word_order']} (bytes {p['byte_order']}); "
+            f"at most {p['max_block']} registers per read."
         )
     for name, spec in (p.get("ratios") or {}).items():
         out.append(
@@ -167,7 +168,8 @@ def render_part(profiles: list[dict[str, Any]]) -> str:
         "",
         f"{len(profiles)} profiles.",
         "",
-        "| Profile id | Maker / model | Protocol | Phases | Factory line | Energy step | Identity | Source | Confidence |",
+        "| Profile id | Maker / model | Protocol | Phases | Factory line | Energy step | Identity | Source "
+        "| Confidence |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in profiles:
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if new != page:
         DOC.write_text(new, encoding="utf-8")
-        print("docs/meters.md rewritten from %d profiles" % len(load_profiles()))
+        print(f"docs/meters.md rewritten from {len(load_profiles())} profiles")
     else:
         print("docs/meters.md already current")
     return 0
