@@ -153,6 +153,13 @@ def _section(p: dict[str, Any]) -> list[str]:
             out.append("  * " + _value_line(p, name))
     out.append(f"* **Energy step:** {energy_step(p)}.")
     out.append(f"* **Identity:** {identity(p)}: {p['identity']['note'].rstrip('.')}.")
+    if p.get("recognize"):
+        out.append(f"* **Commissioning recipe:** {' '.join(p['recognize']['note'].split())}")
+    elif p.get("protocol") == "dlt645":
+        out.append(
+            "* **Commissioning:** alone on the line, the broadcast address read (`dlt645.read_address_frame()`) "
+            "gives its address; the meter number item identifies it."
+        )
     out.append("* **Quirks:**")
     out += ["  * " + " ".join(q.split()) for q in p.get("quirks", [])]
     out.append(f"* **Source:** {' '.join(p['source'].split())}")
