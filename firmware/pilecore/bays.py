@@ -39,6 +39,7 @@ EVENT_TYPES = (
     "bay.plate",
     "bay.fuel_confirmed",
     "bay.fuel_suspected",
+    "bay.fuel_suspicion_withdrawn",
     "bay.plate_conflict",
     "bay.overstay_started",
     "bay.unknown",
@@ -307,12 +308,15 @@ class BayMachine:
             tariff = jsonc.copy(tariff)
         self.tariff = tariff
 
-    def step(self, now, samples, plug=None, power_w=None):
+    def step(self, now, samples, plug=None, power_w=None, power_t=None):
         """Feed one set of readings taken at `now`; returns the events and records it caused.
 
         samples: list with one entry per presence sensor (always the same order): True, False
         or None.  plug: True/False/None from the pile register or contactor contact (ignored
         when plug_source is "power").  power_w: the pile meter's power in W, or None.
+        power_t: when the meter reading that gave power_w was taken (None: at `now`).  The last
+        reading bridges a silent meter for hold_s after it was taken, not after `now`; from
+        then on there is no power, missing since that reading (docs/bays.md, section 5).
         """
         out = []
         now = self._clock(now, out)
@@ -322,7 +326,10 @@ class BayMachine:
         self.t = now
         self._sense(now, samples, out)
         f = self._fuse(now, out)
-        self._power(now, power_w, out)
+        silent_since = None
+        if power_w is not None and power_t is not None and power_t < now and now - power_t >= p["hold_s"]:
+            power_w, silent_since = None, power_t  # the meter has been silent for hold_s
+        self._power(now, power_w, out, silent_since)
         self._plug(now, plug, out)
         self._presence(now, f, out)
         self._evidence(now, power_w, out)
@@ -593,13 +600,13 @@ class BayMachine:
 
     # ----------------------------------------------------------------- pile
 
-    def _power(self, now, power_w, out):
+    def _power(self, now, power_w, out, silent_since=None):
         p = self.p
         if power_w is not None and power_w != power_w:
             power_w = None  # NaN from a bad decode is no reading
         if power_w is None:
             if self.pw_bad is None:
-                self.pw_bad = now
+                self.pw_bad = now if silent_since is None else silent_since
                 self._bump()
             if not self.pw_miss and now - self.pw_bad >= p["hold_s"]:
                 self.pw_miss = True
@@ -767,6 +774,7 @@ class BayMachine:
             "fuel": None,
             "conflict": False,
             "sus": None,
+            "wd": None,  # when the fuel suspicion was withdrawn
             "ovr": None,
             "seen": 0,
             "faults": [],
@@ -873,7 +881,16 @@ class BayMachine:
 
     # ----------------------------------------------------------------- evidence
 
+    def _withdraw(self, occ, reason, t, out):
+        # EV evidence after a fuel suspicion: the platform acted on the suspicion, so it is
+        # told, once, that it no longer stands (the record will not be a fuel car).
+        if occ["sus"] is not None and occ.get("wd") is None:
+            occ["wd"] = t
+            self._bump()
+            out.append(_event("bay.fuel_suspicion_withdrawn", self.bay, t, reason=reason, suspected_t=occ["sus"]))
+
     def _ev_evidence(self, occ, reason, t, out):
+        self._withdraw(occ, reason, t, out)
         # EV evidence arrived: a plate that confirmed a fuel car was wrong.
         if occ["fuel"] is not None and not occ["conflict"]:
             occ["conflict"] = True
@@ -944,6 +961,7 @@ class BayMachine:
             # A big NEV's yellow-green plate, or a misread colour: the layout says NEV.
             why = "nev_format"
             occ["nev"] = True
+            self._withdraw(occ, why, t, out)
         elif self._charging() is True or occ["charged"]:
             why = "charging"
         elif occ["plug_t"] is not None:

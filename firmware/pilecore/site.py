@@ -248,9 +248,9 @@ class SiteCore:
                 prof = self.cfg["sensor_profiles"][sensor["profile"]]
                 value = raw in prof.get("present_values", [1])
             samples.append(value)
-        power = self.latest.get(bay["pile"], {}).get("power_w")
-        stale = self.latest.get(bay["pile"], {}).get("t", 0) < now - 60
-        out += machine.step(now, samples, plug, None if stale else power)
+        # the machine judges the reading's age against the bay's hold_s (issue 9, defect #9)
+        last = self.latest.get(bay["pile"]) or {}
+        out += machine.step(now, samples, plug, last.get("power_w"), last.get("t"))
         return self._bay_outputs(out)
 
     def plate(self, now, camera, text, colour):

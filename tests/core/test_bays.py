@@ -446,6 +446,55 @@ def test_pile_offline_during_a_stay_is_unknown_and_not_billed():
     assert rec["billable_s"] == 2400 - 940 and rec["fee_fen"] == 500
 
 
+def test_a_suspicion_is_withdrawn_by_an_event_when_the_ev_starts_charging_late():
+    # issue 9 defect #9: suspected after the grace time, then it charges: the platform that
+    # acted on bay.fuel_suspected is told the suspicion no longer stands, once
+    m = machine()
+    out = drive(m, 0, 1000, [False])
+    drive(m, 1000, 2000, [True], out=out)  # parked past the 900 s grace, no plug
+    drive(m, 2000, 3000, [True], power=EV_W, out=out)  # then charges
+    drive(m, 3000, 3100, [True], out=out)
+    drive(m, 3100, 3400, [False], out=out)
+    sus = of_type(out, "bay.fuel_suspected")
+    wd = of_type(out, "bay.fuel_suspicion_withdrawn")
+    assert len(sus) == 1 and len(wd) == 1, types(out)
+    assert wd[0]["reason"] == "power" and wd[0]["suspected_t"] == sus[0]["t"] == 1900
+    assert wd[0]["t"] == 2000 and wd[0]["bay"] == "B1"
+    assert types(out).index("bay.fuel_suspected") < types(out).index("bay.fuel_suspicion_withdrawn")
+    rec = only_record(out)
+    assert rec["classification"] == "ev_charging" and rec["fee_fen"] == 0
+    assert "bay.fuel_suspicion_withdrawn" in EVENT_TYPES
+
+
+def test_a_suspicion_is_withdrawn_by_a_green_plate_and_never_without_evidence():
+    m = machine()
+    out = drive(m, 0, 1000, [False])
+    drive(m, 1000, 2000, [True], out=out)
+    out += m.plate(2000, "沪AD12345", "green")
+    drive(m, 2000, 2100, [True], out=out)
+    drive(m, 2100, 2400, [False], out=out)
+    wd = of_type(out, "bay.fuel_suspicion_withdrawn")
+    assert len(wd) == 1 and wd[0]["reason"] == "green"
+    assert only_record(out)["classification"] == "ev_parked"
+    plain = fuel_stay(machine())  # a fuel car that just leaves: the suspicion stands
+    assert not of_type(plain, "bay.fuel_suspicion_withdrawn")
+
+
+def test_a_silent_meter_is_missing_hold_s_after_its_last_reading():
+    # issue 9 defect #9: the age of the power reading counts, not the time it was last passed
+    m = machine(make_params({"hold_s": 20}))
+    out = drive(m, 0, 1000, [False])
+    t = 1000
+    while t < 1300:  # charging, the meter read every 10 s
+        out += m.step(t, [True], None, EV_W, t - t % 10)
+        t += 1
+    while t < 1400:  # the meter goes silent after its reading at 1290; its power is passed on
+        out += m.step(t, [True], None, EV_W, 1290)
+        t += 1
+    unk = of_type(out, "bay.unknown")
+    assert len(unk) == 1 and unk[0]["reason"] == "pile" and unk[0]["t"] == 1290 + 20, unk
+
+
 # ------------------------------------------------------------------ restarts and time
 
 

@@ -176,3 +176,31 @@ def test_identity_answers_and_interlock_changes_are_judged_once_for_both_ports()
     assert sc.interlock_changes(1005)[0] == [("P1", True)]  # a failed write is driven again
     ident, events = sc.identity_result(1006, "P1", 7, None)
     assert ident is None and events[0]["type"] == "meter.identity_failed" and events[0]["reason"] == "timeout"
+
+
+def test_bay_power_goes_stale_after_the_bays_hold_s_not_a_fixed_minute():
+    # issue 9 defect #9: a silent meter kept a bay "charging" for 60 s + hold_s
+    c = cfg()
+    c["bays"]["hold_s"] = 20
+    sc = core(c)
+    bind(sc, 999, "12345678")
+    t, wh = 1000, 1000000
+    events = []
+    for _ in range(30):  # arrives
+        events += sc.bay_inputs(t, "B1", [400, 0], 0)
+        events += sc.reading(t, "P1", {"energy_wh": wh, "power_w": 0.0}, (), "ntp")
+        t += 1
+    for i in range(300):  # plugged and charging, a reading every 10 s
+        if i % 10 == 0:
+            events += sc.reading(t, "P1", {"energy_wh": wh, "power_w": 7000.0}, (), "ntp")
+            last = t
+            wh += 19
+        events += sc.bay_inputs(t, "B1", [400, 0], 1)
+        t += 1
+    assert sc.bays["B1"].state == "charging"
+    for _ in range(100):  # the meter goes silent
+        events += sc.bay_inputs(t, "B1", [400, 0], 1)
+        t += 1
+    unk = [e for e in events if e["type"] == "bay.unknown"]
+    assert len(unk) == 1 and unk[0]["reason"] == "pile", unk
+    assert unk[0]["t"] == last + 20, (unk, last)  # hold_s after the last reading, not 60 + hold_s
