@@ -8,6 +8,9 @@ and the core scheduler, so both protocols share one line and one schedule.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 from simsite import pile_block
 
@@ -108,3 +111,22 @@ def test_refused_block_read_falls_back_to_one_item_per_phase(sim_site):
     assert m.error is None, m.error
     assert len(m.reading["voltage_v"]) == 3 and all(v > 200 for v in m.reading["voltage_v"])
     assert [0x11, 0x0201FF00, 6] not in m.plan.reads and [0x11, 0x02010100, 2] in m.plan.reads
+
+
+def test_pilegate_read_json_on_a_mixed_bus(sim_site):
+    """`pilegate read` (the installer's first look) reads the DL/T 645 and Modbus meters alike."""
+    body = dlt_block("P1", DLT_ADDR, "chint-ddsu666-dlt645") + pile_block("P2", 2, "eastron-sdm120")
+    s = sim_site(body, loads={2: ConstantLoad(3000, 1)})
+    s.meter(DLT_ADDR).load = ConstantLoad(2000, 1)
+    s.clock.advance(600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pilegate.cli", "read", str(s.path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["pile"]: r for r in json.loads(proc.stdout)}
+    assert rows["P1"]["address"] == DLT_ADDR and rows["P1"]["error"] is None
+    assert rows["P1"]["power_w"] == 2000.0 and rows["P1"]["serial"] == s.meter(DLT_ADDR).serial
+    assert rows["P2"]["power_w"] == 3000.0 and rows["P2"]["error"] is None
