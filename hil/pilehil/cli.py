@@ -81,7 +81,9 @@ def build_site(args: argparse.Namespace) -> Site:
         # a per-meter seed, stable across runs, so meters on a site do not charge in lockstep
         seed = args.seed + zlib.crc32(f"{bus}:{address}".encode())
         load = parse_load(load_text or args.load, seed=seed, phases=int(profile["phases"]))
-        site.add_meter(bus, address, profile, serial, load=load)
+        # a DL/T 645 meter's address is its 12 digits (BUS:000012345678:chint-dtsu666-dlt645:...)
+        where: int | str = f"{address:012d}" if profile.get("protocol") == "dlt645" else address
+        site.add_meter(bus, where, profile, serial, load=load)
     return site
 
 

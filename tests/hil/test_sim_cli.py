@@ -172,3 +172,13 @@ def test_cli_serves_until_ctrl_c(profile_file, transport):
             proc.communicate()
     assert proc.returncode == 0
     assert "Traceback" not in err and out == ""
+
+
+def test_a_dlt645_meter_on_the_command_line_gets_its_12_digit_address():
+    args = build_parser().parse_args(
+        ["--meter", "b:000012345678:chint-dtsu666-dlt645:20260001", "--meter", "b:2:eastron-sdm120:7"]
+    )
+    site = build_site(args)
+    dlt = site.meter("b", "000012345678")
+    assert type(dlt).__name__ == "SimDltMeter" and dlt.serial == "20260001"
+    assert site.meter("b", 2).profile["id"] == "eastron-sdm120"
