@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast test-py test-mpy lint firmware bench demo lock clean hil
+.PHONY: help setup test test-fast test-py test-mpy fuzz lint firmware bench demo lock clean hil
 # pytest workers: the suite mostly waits on real parts (brokers, buses, processes), so more
 # workers than cores pays; override with `make test PYTEST_WORKERS=0` to run serially.
 PYTEST_WORKERS ?= 4
@@ -25,6 +25,9 @@ test-fast: ## the quick loop: every test that starts no broker, bus or process (
 
 test-py: ## run the pytest suite only
 	@$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+fuzz: ## the fuzz targets (tests/fuzz) with many random inputs; make test runs them bounded and repeatable
+	@PILEGATE_FUZZ=fuzz $(PY) -m pytest -n $(PYTEST_WORKERS) tests/fuzz -q
 
 test-mpy: ## run the portable-core tests on MicroPython (official WebAssembly build under Node)
 	@scripts/test-mpy.sh

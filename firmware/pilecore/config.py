@@ -32,15 +32,16 @@ def validate_site(cfg, boards, profiles, sensors=None):
     out = check_table(cfg, _schema.site_schema(), "", problems)
     if out is None:
         return None, problems
-    board = _check_board_ref(out, boards, problems)
-    buses = _check_buses(out, board, problems)
-    claims = _check_piles(out, buses, board, profiles, problems)
-    _check_main_meter(out, buses, profiles, claims, problems)
-    _check_bays(out, buses, board, sensors, claims[0], problems)
-    _check_tariff(out, problems)
-    _check_params(out, problems)
-    _check_mqtt(out.get("mqtt"), problems)
-    _check_topics(out, problems)
+    malformed = len(problems) > 0
+    board = _cross(malformed, None, _check_board_ref, out, boards, problems)
+    buses = _cross(malformed, {}, _check_buses, out, board, problems)
+    claims = _cross(malformed, ({}, {}), _check_piles, out, buses, board, profiles, problems)
+    _cross(malformed, None, _check_main_meter, out, buses, profiles, claims, problems)
+    _cross(malformed, None, _check_bays, out, buses, board, sensors, claims[0], problems)
+    _cross(malformed, None, _check_tariff, out, problems)
+    _cross(malformed, None, _check_params, out, problems)
+    _cross(malformed, None, _check_mqtt, out.get("mqtt"), problems)
+    _cross(malformed, None, _check_topics, out, problems)
     if problems:
         return None, problems
     out["version"] = COMPILED_VERSION
@@ -66,6 +67,12 @@ def validate_board(board, name):
     out = check_table(board, _schema.board_schema(), "", problems)
     if out is None:
         return None, problems
+    _cross(len(problems) > 0, None, _check_board, out, name, problems)
+    return (None if problems else out), problems
+
+
+def _check_board(out, name, problems):
+    """The rules between a board's keys (after the schema walk)."""
     if out["id"] != name:
         problems.append(("id", "is %r but the file is named %r; they must match" % (out["id"], name)))
     esp = out["platform"] in ("esp32", "esp32s3")
@@ -82,7 +89,6 @@ def validate_board(board, name):
                 _check_board_uart(item, where, esp, problems)
     if "uart" in out and not any(u["role"] == "rs485" for u in out["uart"]):
         problems.append(("uart", 'no UART with role "rs485": the board cannot reach the meters'))
-    return (None if problems else out), problems
 
 
 def _check_board_uart(uart, where, esp, problems):
@@ -94,6 +100,19 @@ def _check_board_uart(uart, where, esp, problems):
             problems.append((where + ".de", "missing: RS-485 on an ESP32 needs the DE/RE direction pin"))
     elif "device" not in uart:
         problems.append((where + ".device", "missing: a Raspberry Pi UART is named by its device path"))
+
+
+def _cross(malformed, fallback, check, *args):
+    """Run one cross check.  The checks trust the schema walk (a required key is there, a table
+    is a table); when the walk already found problems, an item it reported may lack what a check
+    reads, and that check is skipped: the file is refused with the problems already listed
+    (found by fuzzing the compiled JSON: a presence sensor without `type` raised KeyError)."""
+    try:
+        return check(*args)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+        if not malformed:
+            raise
+        return fallback
 
 
 # ---------------------------------------------------------------- generic schema walk

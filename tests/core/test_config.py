@@ -260,3 +260,11 @@ def test_topic_problem_names_the_rule():
     assert "wildcard" in config.topic_problem("a/#")
     assert config.topic_problem("a/#", filter_ok=True) == ""
     assert "at most" in config.topic_problem("x" * 300)
+
+
+def test_a_sensor_without_its_type_is_a_problem_not_a_crash():
+    # Found by tests/fuzz/test_fuzz_config.py: the cross checks read sensor["type"].
+    cfg = site()
+    cfg["bay"] = [{"id": "B01", "pile": "P01", "presence": [{}]}]
+    compiled, d, _ = check(cfg)
+    assert compiled is None and "missing" in d["bay[B01].presence[#1].type"], d
