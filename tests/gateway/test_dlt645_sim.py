@@ -12,11 +12,11 @@ import json
 import subprocess
 import sys
 
+from polling import read_once
 from simsite import pile_block
 
 from pilecore import dlt645, modbus
 from pilecore.scheduler import BusScheduler, Txn
-from pilegate.metering_service import poll_once
 from pilegate.serial_port import RawBusPort
 from pilehil import ConstantLoad
 
@@ -44,7 +44,7 @@ def test_mixed_bus_one_dlt645_two_modbus_meters(sim_site):
     s = sim_site(body, loads={2: ConstantLoad(3000, 1), 3: ConstantLoad(9000, 3)})
     s.meter(DLT_ADDR).load = ConstantLoad(11040, 3)
     s.clock.advance(3600)
-    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    meters = read_once(s.cfg)
     for pid in ("P1", "P2", "P3"):
         assert meters[pid].error is None, (pid, meters[pid].error)
     truth = s.meter(DLT_ADDR)
@@ -96,7 +96,7 @@ def test_broadcast_address_read_collides_with_two_meters(sim_site):
 def test_abnormal_answer_no_such_data_marks_the_value_unsupported(sim_site):
     s = sim_site(dlt_block("P1", DLT_ADDR, "chint-dtsu666-dlt645"))
     s.meter(DLT_ADDR).add_exception(dlt645.ERR_NO_DATA, start=dlt645.DI_FREQUENCY, end=dlt645.DI_FREQUENCY)
-    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    meters = read_once(s.cfg)
     m = meters["P1"]
     assert "frequency_hz" not in m.reading and "energy_wh" in m.reading
     assert ("frequency", 0) in m.plan.unsupported
@@ -106,7 +106,7 @@ def test_refused_block_read_falls_back_to_one_item_per_phase(sim_site):
     s = sim_site(dlt_block("P1", DLT_ADDR, "chint-dtsu666-dlt645"))
     s.meter(DLT_ADDR).add_exception(dlt645.ERR_OTHER, start=0x0201FF00, end=0x0201FF00)
     s.meter(DLT_ADDR).load = ConstantLoad(6000, 3)
-    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    meters = read_once(s.cfg)
     m = meters["P1"]
     assert m.error is None, m.error
     assert len(m.reading["voltage_v"]) == 3 and all(v > 200 for v in m.reading["voltage_v"])

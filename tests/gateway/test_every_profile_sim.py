@@ -5,14 +5,13 @@ profiles read end to end)."""
 
 from __future__ import annotations
 
-import asyncio
 import tomllib
 from pathlib import Path
 
 import pytest
+from polling import read_once
 from simsite import pile_block
 
-from pilegate.metering_service import poll_once
 from pilehil import ConstantLoad
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +48,7 @@ def test_profile_reads_the_truth_through_the_gateway(sim_site, name):
     truth = s.meter(address)
     truth.load = ConstantLoad(6900 if phases == 1 else 11040, phases)
     s.clock.advance(3600)
-    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    meters = read_once(s.cfg)
     m = meters["P1"]
     assert m.error is None, m.error
     r = m.reading

@@ -4,17 +4,15 @@ simulator; a short session bills in 10 Wh steps, not the primary table's 100 Wh.
 
 from __future__ import annotations
 
-import asyncio
-
+from polling import read_once
 from simsite import pile_block
 
 from pilecore import ocmf
-from pilegate.metering_service import poll_once
 from pilehil import ConstantLoad
 
 
 def _read(s):
-    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    meters = read_once(s.cfg)
     m = meters["P1"]
     assert m.error is None, m.error
     return m
@@ -53,7 +51,7 @@ def test_ct_ratio_is_read_from_the_meter_and_applied(sim_site):
 def test_a_ratio_of_zero_is_a_fault_never_a_reading(sim_site):
     s = sim_site(pile_block("P1", 7, "acrel-adl400"))
     s.meter(7).ratios["pt"] = 0
-    meters = asyncio.run(poll_once(s.cfg, timeout_s=20))
+    meters = read_once(s.cfg)
     m = meters["P1"]
     assert m.reading is None or "energy_wh" not in m.reading
     assert ("energy_import", "transformer ratio pt unreadable or 0") in m.faults
