@@ -6,9 +6,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from e2e import end_leftover_gateways
 from simsite import SimSite, make_sim_site
 
 from pilehil.broker import Broker
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_gateways() -> Iterator[None]:
+    """A test that fails after starting `pilegate run` must not leave it running."""
+    yield
+    end_leftover_gateways()
 
 
 @pytest.fixture

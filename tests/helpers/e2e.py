@@ -111,30 +111,48 @@ def write_site(s, tmp: Path, broker, platform: Platform, extra: str = "") -> Pat
     return path
 
 
+# Every gateway process a test starts, so that teardown can end the ones a failing test left
+# running (tests/gateway/conftest.py): a leaked gateway keeps reopening its bus by path, and a
+# recycled /dev/pts/N then belongs to another test's console or meter.
+STARTED: list[subprocess.Popen] = []
+
+
 def start_gateway(site_path: Path, data: Path, interval: int = 1, log: Path | None = None) -> subprocess.Popen:
-    """`pilegate run` as a process; its output is piped (read by stop()) or written to `log`."""
-    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pilegate.cli",
-            "run",
-            str(site_path),
-            "--data-dir",
-            str(data),
-            "--interval",
-            str(interval),
-            "--poll",
-            "0.5",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    if log is not None:
-        out.close()
+    """`pilegate run` as a process; its output goes to `log` (default: gateway.log beside the
+    data dir), never to a pipe nobody reads (a full pipe would freeze the gateway)."""
+    if log is None:
+        log = data.parent / f"gateway-{len(STARTED)}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pilegate.cli",
+                "run",
+                str(site_path),
+                "--data-dir",
+                str(data),
+                "--interval",
+                str(interval),
+                "--poll",
+                "0.5",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    proc.log_path = log  # type: ignore[attr-defined]
+    STARTED.append(proc)
     return proc
+
+
+def end_leftover_gateways() -> None:
+    """Kill every gateway a test started and did not stop (after a failure)."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def device_pem(site_path: Path, data: Path) -> str:
@@ -148,10 +166,12 @@ def device_pem(site_path: Path, data: Path) -> str:
 
 
 def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, wait for a clean exit (status 0), and return what the gateway logged."""
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
+    proc.wait(timeout=20)
+    out = Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
     assert proc.returncode == 0, out
-    return out or ""
+    return out
 
 
 def billing(platform: Platform) -> list[dict]:
