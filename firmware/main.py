@@ -20,7 +20,13 @@ def main():
                 print("  %s: %s" % (key, msg))
             time.sleep(30)
     gw = _app.App(cfg, hw, digest)
-    gw.run()
+    try:
+        gw.run()
+    except Exception as e:  # no silent stop: App.run logged and stored what it could
+        import sys
+
+        sys.print_exception(e)
+        hw.reset()  # start again, as systemd restarts the Pi gateway
 
 
 main()

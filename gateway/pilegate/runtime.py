@@ -403,6 +403,7 @@ class Gateway:
 
     def command(self, payload: bytes) -> dict[str, Any]:
         """Check and apply one command (the driver's); its signed ack is stored at once."""
+        self._step("command")
         ack = self.driver.command(payload, self.now(), self.ms())
         self.flush()
         return ack
