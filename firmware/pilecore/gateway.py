@@ -43,7 +43,7 @@ declared by an `outbox.full` event (and `outbox.resumed` when storage accepts ag
 
 import json
 
-from pilecore import baydevices, commands, metering, modbus, planner, site
+from pilecore import baydevices, commands, dlt645, metering, modbus, planner, site
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler, char_time_us
 
 MAIN = site.MAIN
@@ -255,12 +255,15 @@ class SiteDriver:
                 "info", "meter %s: block refused, plan is now %s" % (result[1], self.meters[result[1]].plan.reads)
             )
         elif kind == "exception":
+            m = self.meters.get(result[1])
+            dlt = m is not None and getattr(m.plan, "protocol", "modbus") == "dlt645"
             ev = {
                 "type": "meter.exception",
                 "pile": result[1],
                 "t": now,
                 "code": result[3],
-                "reason": modbus.exception_name(result[3]),
+                # a DL/T 645 abnormal reply carries an error byte, not a Modbus exception code
+                "reason": dlt645.error_text(result[3]) if dlt else modbus.exception_name(result[3]),
                 "read": result[2],
             }
             self.emit([ev])

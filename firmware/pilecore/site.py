@@ -19,7 +19,7 @@ Outputs:
 """
 
 from pilecore import bays as _bays
-from pilecore import metering, modbus, ocmf, sessions
+from pilecore import dlt645, metering, modbus, ocmf, sessions
 from pilecore import profile as _profile
 from pilecore import tariff as _tariff
 
@@ -144,9 +144,10 @@ class SiteCore:
 
     def identity_result(self, now, pile, code, regs):
         """The answer to an identity read of a pile's meter: (identity or None, events)."""
-        if code != modbus.OK:
-            return None, self.identity(now, pile, None, modbus.describe(code, regs))
         prof = self.guard.piles[pile].profile
+        if code != modbus.OK:
+            proto = dlt645 if prof.get("protocol") == "dlt645" else modbus
+            return None, self.identity(now, pile, None, proto.describe(code, regs))
         try:
             ident = metering.decode_identity(prof.get("identity", {}), regs)
         except ValueError as exc:

@@ -130,3 +130,32 @@ def test_pilegate_read_json_on_a_mixed_bus(sim_site):
     assert rows["P1"]["address"] == DLT_ADDR and rows["P1"]["error"] is None
     assert rows["P1"]["power_w"] == 2000.0 and rows["P1"]["serial"] == s.meter(DLT_ADDR).serial
     assert rows["P2"]["power_w"] == 3000.0 and rows["P2"]["error"] is None
+
+
+def test_an_abnormal_reply_is_reported_in_dl_t_645_terms(sim_site):
+    """A meter that answers an item with "other error" (not "no such data") keeps it in the plan
+    and raises meter.exception naming the DL/T 645 error, not a Modbus exception."""
+    from pilegate.metering_service import Metering
+
+    s = sim_site(dlt_block("P1", DLT_ADDR, "chint-ddsu666-dlt645"))
+    s.meter(DLT_ADDR).add_exception(dlt645.ERR_OTHER, start=dlt645.DI_FREQUENCY, end=dlt645.DI_FREQUENCY)
+    events: list[dict] = []
+
+    async def go():
+        svc = Metering(s.cfg, on_event=events.append, poll_s=3600)
+        stop = asyncio.Event()
+        task = asyncio.create_task(svc.run_bus("bus1", stop))
+        for _ in range(1000):
+            if any(e["type"] == "meter.exception" for e in events):
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        svc.wake()
+        await task
+        return svc
+
+    svc = asyncio.run(go())
+    exc = [e for e in events if e["type"] == "meter.exception"]
+    assert exc and exc[0]["code"] == dlt645.ERR_OTHER and exc[0]["reason"] == "other error"
+    assert exc[0]["read"] == [0x11, dlt645.DI_FREQUENCY, 2]
+    assert svc.meters["P1"].plan.unsupported == []
