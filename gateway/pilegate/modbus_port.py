@@ -111,7 +111,11 @@ class BusPort:
         (it takes an FC 04 reply to an FC 03 request as data).  So the reply is judged by the
         core's `modbus.check_reply`, on the raw bytes pymodbus received, as the ESP32's RTU
         master judges its own: device address, function code, byte count, register count.
+        A DL/T 645 transaction cannot go through pymodbus (a bus with a DL/T 645 meter gets a
+        `pilegate.serial_port.RawBusPort`): it is refused as a wrong function, never sent.
         """
+        if txn.protocol != "modbus":
+            return modbus.E_FUNCTION, "this bus is driven by pymodbus, which cannot send DL/T 645 frames", 0
         if not self.connected and not await self.connect():
             return modbus.E_TIMEOUT, None, 0
         self.client.ctx.comm_params.timeout_connect = txn.timeout_ms / 1000

@@ -159,3 +159,21 @@ def test_an_abnormal_reply_is_reported_in_dl_t_645_terms(sim_site):
     assert exc and exc[0]["code"] == dlt645.ERR_OTHER and exc[0]["reason"] == "other error"
     assert exc[0]["read"] == [0x11, dlt645.DI_FREQUENCY, 2]
     assert svc.meters["P1"].plan.unsupported == []
+
+
+def test_a_dlt645_job_on_a_modbus_only_bus_is_refused_not_sent(sim_site):
+    from pilegate.modbus_port import BusPort
+
+    s = sim_site(pile_block("P1", 2, "eastron-sdm120"))
+    txn = Txn("job", None, dlt645.WILDCARD, dlt645.C_READ_ADDRESS, 0, 0, 300, protocol="dlt645")
+
+    async def go():
+        port = BusPort({"name": "bus1", "port": s.sim.endpoints["bus1"], "baud": 9600})
+        try:
+            return await port.perform(txn)
+        finally:
+            port.close()
+
+    code, why, _ = asyncio.run(go())
+    assert code == modbus.E_FUNCTION and "DL/T 645" in why
+    assert s.sim.bus_stats("bus1").requests == 0
