@@ -171,6 +171,7 @@ class Commands:
                 "gateway",
                 "site",
                 "firmware",
+                "platform",
                 "board",
                 "uptime_s",
                 "time",
@@ -179,6 +180,8 @@ class Commands:
                 "mem_total",
                 "config_hash",
                 "kid",
+                "epoch",
+                "seq",
             ),
         )
 
@@ -215,7 +218,9 @@ class Commands:
         m = clean_data(m)
         if js:
             return json_text(m)
-        return kv_lines(m, ("pile", "profile", "bus", "address", "serial", "identity", "state", "t"))
+        return kv_lines(
+            m, ("pile", "profile", "bus", "address", "serial", "identity", "state", "metered", "faults", "error", "t")
+        )
 
     def _c_bays(self, args, now, js):
         rows = clean_data(self.backend.bays())
@@ -223,7 +228,9 @@ class Commands:
             return json_text({"bays": rows})
         if not rows:
             return "no bays configured\n"
-        return table_lines(rows, ("bay", "id", "pile", "state", "plugged", "charging", "arrival", "duration_s", "fee"))
+        return table_lines(
+            rows, ("bay", "pile", "state", "plugged", "charging", "arrival", "classification", "fee_fen")
+        )
 
     def _c_bay(self, args, now, js):
         if len(args) != 1:
@@ -260,7 +267,20 @@ class Commands:
         m = clean_data(self.backend.mqtt())
         if js:
             return json_text(m)
-        return kv_lines(m, ("broker", "state", "connected", "since_t", "last_publish_t", "outbox", "oldest_unsent_t"))
+        return kv_lines(
+            m,
+            (
+                "broker",
+                "connected",
+                "connects",
+                "last_error",
+                "last_publish_t",
+                "outbox",
+                "oldest_unsent_seq",
+                "oldest_unsent_t",
+                "seq",
+            ),
+        )
 
     def _c_bus(self, args, now, js):
         buses = clean_data(self.backend.bus())

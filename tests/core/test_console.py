@@ -55,6 +55,7 @@ class FakeBackend:
             "gateway": "LY-0001",
             "site": "luoyang-demo",
             "firmware": "0.1.0",
+            "platform": "esp32",
             "board": "esp32-devkitc-max3485",
             "uptime_s": 93784,
             "time": 1764155815,
@@ -63,6 +64,8 @@ class FakeBackend:
             "mem_total": 111000,
             "config_hash": "ab12cd34",
             "kid": "5f3e9a",
+            "epoch": 3,
+            "seq": 4711,
         }
 
     def piles(self):
@@ -74,6 +77,7 @@ class FakeBackend:
                 "state": "charging",
                 "power_w": 7012.5,
                 "energy_wh": 123456,
+                "t": 1764155800,
                 "bus": "rs485-1",
                 "address": 1,
                 "serial": "DDSU-0001",
@@ -87,6 +91,7 @@ class FakeBackend:
                 "state": "idle",
                 "power_w": 0.0,
                 "energy_wh": 98,
+                "t": 1764155500,
                 "bus": "rs485-1",
                 "address": 2,
                 "serial": "DDSU-0002",
