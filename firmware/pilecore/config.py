@@ -292,6 +292,39 @@ def _names(uarts, role):
     return ", ".join(names) if names else "none"
 
 
+def parse_mqtt_url(url):
+    """(tls, host, port) of mqtt[s]://host[:port][/...]; an IPv6 host is written in brackets
+    ("mqtt://[::1]:1883") and returned without them.  ValueError for anything else."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise ValueError("%r must start with mqtts:// or mqtt://" % url)
+    hostport = rest.split("/")[0]
+    port = ""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise ValueError("%r: IPv6 address without its closing ']'" % url)
+        host, tail = hostport[1:end], hostport[end + 1 :]
+        if tail:
+            if not tail.startswith(":"):
+                raise ValueError("%r: only ':port' may follow ']'" % url)
+            port = tail[1:]
+    else:
+        host, sep, port = hostport.rpartition(":")
+        if not sep:
+            host, port = hostport, ""
+        elif ":" in host:
+            raise ValueError("%r: write an IPv6 address in brackets, e.g. mqtt://[::1]:1883" % url)
+    if not host:
+        raise ValueError("%r has no host" % url)
+    tls = scheme == "mqtts"
+    if port:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("%r: port %r is not a number 1-65535" % (url, port))
+        return tls, host, int(port)
+    return tls, host, 8883 if tls else 1883
+
+
 def _hostport_problem(rest, port):
     host, sep, num = rest.rpartition(":")
     if not sep or not host:
@@ -589,14 +622,14 @@ def _check_mqtt(mqtt, problems):
     if not mqtt or "url" not in mqtt:
         return
     url = mqtt["url"]
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if not sep or scheme not in ("mqtt", "mqtts"):
         problems.append(("mqtt.url", "%r must start with mqtts:// (TLS) or mqtt:// (plain, lab only)" % url))
         return
-    host = rest.split("/")[0]
-    why = _hostport_problem(host, url) if ":" in host else ("" if host else "%r has no host" % url)
-    if why:
-        problems.append(("mqtt.url", why))
+    try:
+        parse_mqtt_url(url)
+    except ValueError as e:
+        problems.append(("mqtt.url", str(e)))
     if scheme == "mqtt" and not mqtt.get("allow_insecure"):
         problems.append(
             (

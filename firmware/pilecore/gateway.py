@@ -44,6 +44,7 @@ declared by an `outbox.full` event (and `outbox.resumed` when storage accepts ag
 import json
 
 from pilecore import baydevices, commands, dlt645, metering, modbus, planner, site
+from pilecore.config import parse_mqtt_url  # noqa: F401  (the ports' one URL parser)
 from pilecore.scheduler import PRIO_BACKGROUND, PRIO_INTERACTIVE, BusScheduler, char_time_us
 
 MAIN = site.MAIN
@@ -74,39 +75,6 @@ class Meter:
         self.polls = 0
         self.failures = 0
         self.faults = []
-
-
-def parse_mqtt_url(url):
-    """(tls, host, port) of mqtt[s]://host[:port][/...]; an IPv6 host is written in brackets
-    ("mqtt://[::1]:1883") and returned without them.  ValueError for anything else."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("mqtt", "mqtts"):
-        raise ValueError("%r must start with mqtts:// or mqtt://" % url)
-    hostport = rest.split("/")[0]
-    port = ""
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        if end < 0:
-            raise ValueError("%r: IPv6 address without its closing ']'" % url)
-        host, tail = hostport[1:end], hostport[end + 1 :]
-        if tail:
-            if not tail.startswith(":"):
-                raise ValueError("%r: only ':port' may follow ']'" % url)
-            port = tail[1:]
-    else:
-        host, sep, port = hostport.rpartition(":")
-        if not sep:
-            host, port = hostport, ""
-        elif ":" in host:
-            raise ValueError("%r: write an IPv6 address in brackets, e.g. mqtt://[::1]:1883" % url)
-    if not host:
-        raise ValueError("%r has no host" % url)
-    tls = scheme == "mqtts"
-    if port:
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError("%r: port %r is not a number 1-65535" % (url, port))
-        return tls, host, int(port)
-    return tls, host, 8883 if tls else 1883
 
 
 class SiteDriver:

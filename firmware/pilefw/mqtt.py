@@ -43,7 +43,7 @@ MAX_IN_PER_STEP = 4
 
 def parse_url(url):
     """(tls, host, port) of mqtt[s]://host[:port]: the core's parser, the same on both ports."""
-    from pilecore.gateway import parse_mqtt_url
+    from pilecore.config import parse_mqtt_url
 
     return parse_mqtt_url(url)
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from pilecore.gateway import parse_mqtt_url
+from pilecore.config import parse_mqtt_url
 from pilegate.outbox import Outbox
 
 log = logging.getLogger("pilegate.mqtt")

@@ -22,9 +22,10 @@ import paho.mqtt.client as mqtt_client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pilecore import envelope
+from pilecore.config import parse_mqtt_url
 from pilecore.console import AuthState
 from pilecore.envelope import Chain
-from pilecore.gateway import SiteDriver, parse_mqtt_url
+from pilecore.gateway import SiteDriver
 from pilecore.site import SiteCore
 from pilegate import VERSION, gpio, keys
 from pilegate.console_backend import GatewayBackend, LogRing, load_pin_record

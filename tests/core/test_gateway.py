@@ -319,3 +319,10 @@ def test_mqtt_urls_are_parsed_the_same_on_both_ports():
     for bad in ("http://x", "mqtt://", "mqtt://[::1", "mqtt://::1", "mqtt://h:99999", "mqtt://h:x"):
         with raises(ValueError):
             p(bad)
+    # and the site file's check agrees with the ports: a bracketed IPv6 host is a host
+    from pilecore import config
+
+    for url, ok in (("mqtt://[::1]", True), ("mqtts://[fd00::5]:8884", True), ("mqtt://::1", False)):
+        problems = []
+        config._check_mqtt({"url": url, "allow_insecure": True}, problems)
+        assert (problems == []) == ok, (url, problems)
