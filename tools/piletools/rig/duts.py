@@ -126,7 +126,8 @@ def _site_doc(ctx: DutContext) -> Any:
     for bus in doc.get("bus", []):
         if bus["name"] in ctx.endpoints:
             bus["port"] = ctx.endpoints[bus["name"]]
-            bus["parity"] = "N"  # a pseudo-terminal cannot carry parity
+            if ctx.endpoints[bus["name"]].startswith("/"):
+                bus["parity"] = "N"  # a pseudo-terminal cannot carry parity
     doc["mqtt"]["url"] = ctx.broker_url
     doc["mqtt"]["allow_insecure"] = True
     doc.setdefault("signing", tomlkit.table())["platform_key"] = str(ctx.platform_key)
@@ -141,6 +142,7 @@ class Dut:
     platform = "?"
     max_speed = 1.0  # the fastest site clock this DUT follows (1.0: real time only)
     simulated = True
+    bus_transport = "pty"  # how the simulated bus reaches it: "pty" or "rtu+tcp"
 
     def __init__(self) -> None:
         self.ctx: DutContext | None = None
@@ -231,6 +233,10 @@ class PiDut(ProcessDut):
 
     kind = "pi"
     platform = "rpi"
+    # RTU frames over TCP, as through an RS-485-to-Ethernet converter: a pseudo-terminal's path
+    # can be reopened by any stray process that once had that pty number (pymodbus reconnects
+    # by path), and a second master on the bus would corrupt the run
+    bus_transport = "rtu+tcp"
     max_speed = 60.0  # above this the simulated bus (pymodbus in the rig's process) falls behind
 
     def prepare(self, ctx: DutContext) -> None:

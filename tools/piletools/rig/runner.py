@@ -12,6 +12,7 @@ piletools.rig.expect; the report is drawn by piletools.rig.report.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -320,6 +321,11 @@ class Runner:
         self.platform = Platform(wd, url, gw, site_id, cfg["mqtt"].get("prefix", "pilegate/v1"))
         self.plate_topic = cfg.get("bays", {}).get("plate_topic", "pilegate/local/plates")
         rig_clock = RigClock(sc.start - LEAD_S)
+        if self.dut.bus_transport != "pty":
+            # the simulated bus on a TCP port instead of a pseudo-terminal (docs/hil.md)
+            cfg = copy.deepcopy(cfg)
+            for bus in cfg["bus"]:
+                bus["port"] = f"{self.dut.bus_transport}://127.0.0.1:0"
         self._build_site(cfg, rig_clock)
         speed = min(sc.speed, self.dut.max_speed)
         self.run.speed = speed
