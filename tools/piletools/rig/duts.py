@@ -18,6 +18,8 @@ the mpyapp harness; refuses clearly until it is there) and `serial:<port>` (a re
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import pty
 import select
@@ -199,7 +201,10 @@ class ProcessDut(Dut):
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start {self.starts + 1} =====\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            # its own process group: a power cut takes its children (the mpy DUT's Node VM) too
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+            )
         self.starts += 1
 
     def alive(self) -> bool:
@@ -211,14 +216,17 @@ class ProcessDut(Dut):
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                self.power_cut()
+        if self.proc is not None:  # whatever it started (its group) ends with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
         return self.log()
 
     def power_cut(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL: no handler runs, nothing is flushed
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # no handler runs, nothing is flushed
             self.proc.wait(5)
         self.proc = None
 
@@ -329,6 +337,16 @@ class Esp32CpythonDut(ProcessDut):
         link.expect("pilegate> ", 20)
         return link
 
+    def stop(self) -> str:
+        out = super().stop()
+        for name in ("master", "_slave"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None)
+        return out
+
 
 class MpyDut(Esp32CpythonDut):
     """The ESP32 App on the MicroPython WebAssembly VM (the mpyapp harness, issue 11).
@@ -338,18 +356,17 @@ class MpyDut(Esp32CpythonDut):
 
     kind = "mpy"
     max_speed = 10.0
-    LAUNCHER = ROOT / "hil" / "pilehil" / "mpyapp.py"
 
     def prepare(self, ctx: DutContext) -> None:
-        if not self.LAUNCHER.exists():
+        if importlib.util.find_spec("pilehil.mpyapp") is None:
             raise DutUnavailable(
-                f"the mpy DUT needs the MicroPython App harness ({self.LAUNCHER.relative_to(ROOT)}, issue 11), "
-                "which is not in this tree yet"
+                "the mpy DUT needs the MicroPython App harness (pilehil.mpyapp and tests/mpy/app_harness.mjs, "
+                "issue 11), which is not in this tree yet"
             )
         super().prepare(ctx)
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "pilehil.mpyapp", *super().argv()[3:]]
+        return [sys.executable, "-m", "piletools.rig.mpy_host", *super().argv()[3:]]
 
 
 @dataclass

@@ -48,6 +48,10 @@ class SkipScenario(Exception):
     """The scenario cannot run with this DUT or rig (the reason says why); not a failure."""
 
 
+class BusDisturbed(Exception):
+    """No meter answered the DUT before 00:00:00: the simulated bus is not the DUT's alone."""
+
+
 class RigClock:
     """Frozen at `at` while the site is built (so vehicle seconds are whole), then a SiteClock."""
 
@@ -499,8 +503,12 @@ class Runner:
         next_flap = 0.0
         end = sc.duration + sc.settle
         last_check = 0.0
+        checked_bus = False
         while True:
             rel = self.now_rel()
+            if not checked_bus and rel >= 0:
+                checked_bus = True
+                self._check_bus()
             if rel >= sc.duration and time.monotonic() - last_check > 1.0:
                 last_check = time.monotonic()
                 if rel >= end or all(c.ok for c in expect.judge(self.run, final=False)):
@@ -527,6 +535,18 @@ class Runner:
             if self.dut.simulated and not self.dut.alive() and self._restart_at is None:
                 raise DutError(f"the DUT stopped by itself at {hms(rel)}:\n{self.dut.log()[-3000:]}")
             time.sleep(0.01)
+
+    def _check_bus(self) -> None:
+        """Every pile's meter must have answered during the lead time.  If none did and the DUT
+        reported communication errors, another master is on the simulated bus: a stray process
+        that reopened a recycled pseudo-terminal by its path (the simulator's backend is a pty)."""
+        events = [e for e in self.run.events() if isinstance(e.get("t"), int) and e["t"] < self.sc.start]
+        answered = {e.get("pile") for e in events if e.get("type") in ("meter.verified", "pile.metered")}
+        failed = [e for e in events if e.get("type") in ("meter.comm_error", "meter.offline")]
+        if failed and not answered:
+            raise BusDisturbed(
+                f"no meter answered the DUT during the {LEAD_S} s lead ({len(failed)} communication errors)"
+            )
 
     # ------------------------------------------------------------ tear-down
 
@@ -562,17 +582,31 @@ class Runner:
 
 
 def run(scenario: Scenario, dut: Dut, workdir: Path, broker_url: str | None = None) -> Run:
-    """Run `scenario` on `dut`; SkipScenario when it cannot run there.  Never leaves a process."""
-    r = Runner(scenario, dut, workdir, broker_url)
+    """Run `scenario` on `dut`; SkipScenario (or DutUnavailable) when it cannot run there.
+    A run whose simulated bus was disturbed from the start (BusDisturbed) is run once more on a
+    fresh site, and the report says so.  Never leaves a process."""
+    from piletools.rig.duts import DutUnavailable
+
     t0 = time.monotonic()
-    try:
-        r.setup()
-        r.drive()
-    except SkipScenario:
-        raise
-    except Exception as exc:  # reported in the run, judged as a failure, never hidden
-        r.run.error = f"{type(exc).__name__}: {exc}"
-    finally:
+    notes: list[tuple[int, str, str]] = []
+    for attempt in (1, 2):
+        r = Runner(scenario, dut, workdir, broker_url)
+        try:
+            r.setup()
+            r.drive()
+        except (SkipScenario, DutUnavailable):
+            r.finish()
+            raise
+        except BusDisturbed as exc:
+            r.finish()
+            if attempt == 1:
+                notes.append((0, "rig.retry", f"first attempt abandoned: {exc}"))
+                continue
+            r.run.error = f"BusDisturbed: {exc} (twice)"
+        except Exception as exc:  # reported in the run, judged as a failure, never hidden
+            r.run.error = f"{type(exc).__name__}: {exc}"
         r.finish()
-        r.run.wall_s = time.monotonic() - t0
+        break
+    r.run.actions[:0] = notes
+    r.run.wall_s = time.monotonic() - t0
     return r.run
