@@ -307,3 +307,20 @@ def test_report_screenshot(tmp_path):
     assert out.exists() and out.stat().st_size > 10_000
     if os.environ.get("PILEGATE_UPDATE_SCREENSHOT"):
         shutil.copy(out, ROOT / "docs" / "hil-report.png")
+
+
+def test_a_bus_with_a_stray_master_is_recognised_at_the_start(tmp_path):
+    """No meter answered during the lead and the DUT reported errors: the attempt is abandoned
+    (and run once more by runner.run); one answering meter is enough to go on."""
+    from piletools.rig.duts import make_dut
+    from piletools.rig.runner import BusDisturbed, Runner
+
+    sc = load(SCENARIOS / "meter-swapped.toml")
+    r = Runner(sc, make_dut("pi"), tmp_path)
+    errors = [{"type": "meter.comm_error", "pile": p, "t": sc.start - 200, "reason": "timeout"} for p in ("P01", "P02")]
+    r.run.messages = [Message(sc.start - 100, "accepted", "event", 2, {"data": {"events": errors}}, [])]
+    with pytest.raises(BusDisturbed, match="no meter answered"):
+        r._check_bus()
+    ok = {"type": "meter.verified", "pile": "P03", "t": sc.start - 150}
+    r.run.messages.append(Message(sc.start - 90, "accepted", "event", 3, {"data": {"events": [ok]}}, []))
+    r._check_bus()
