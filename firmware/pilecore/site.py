@@ -27,6 +27,19 @@ EVENT_RING = 64
 MAIN = "_main"  # the device key of the site main meter
 
 
+def _energy_ratio(plan):
+    """The product of the transformer ratios a plan's energy value is scaled by, as last read
+    from the meter (1 when it has none; None while one is not known)."""
+    spec = plan.profile.get("values", {}).get("energy_import") or {}
+    ratio = 1
+    for name in spec.get("ratios", ()):
+        v = getattr(plan, "ratio_values", {}).get(name)
+        if not v:
+            return None
+        ratio *= v
+    return ratio
+
+
 class SiteCore:
     """See the module docstring."""
 
@@ -48,6 +61,7 @@ class SiteCore:
         self.applied = {}  # pile -> interlock state last driven by the port
         self.main = None
         self.billing = []
+        self.energy_ratio = {}  # pile -> transformer ratio (PT x CT) its energy is scaled by
         self.recent = []
         self.version = 0
         self.bays = {}
@@ -128,6 +142,9 @@ class SiteCore:
         if key == MAIN:
             events = self.main_reading(now, reading)
             return self.main, None, events, faults
+        ratio = _energy_ratio(plan)
+        if ratio is not None:
+            self.energy_ratio[key] = ratio  # the PT x CT the energy was scaled by, for billing
         before = self.latest.get(key)
         events = self.reading(now, key, reading, faults, tsync)
         if self.latest.get(key) is before:
@@ -197,7 +214,8 @@ class SiteCore:
         prof = self.cfg["profiles"][m["profile"]]
         # RV at the meter's resolution, derived from what its energy register really delivers
         # (type, scale, decimals): a kWh float is not a 1 kWh resolution (issue 9, defect #8)
-        resolution = ocmf.resolution_for_step(_profile.energy_step_wh(prof))
+        step = _profile.energy_step_wh(prof, self.energy_ratio.get(pile, 1))
+        resolution = ocmf.resolution_for_step(step)
         self.pg += 1
         ctx = {
             "GS": self.gw_serial,
