@@ -28,6 +28,25 @@ def close(a: float, b: float, tol: float) -> bool:
     return abs(a - b) <= tol
 
 
+def pilegate_read(path, *args: str, healthy=("P1",)) -> subprocess.CompletedProcess:
+    """`pilegate read PATH ARGS`, run again (up to 3 times) while a pile expected to answer
+    reports a timeout: a reply lost to a loaded test machine, not what these tests are about."""
+    for _ in range(3):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pilegate.cli", "read", str(path), *args], capture_output=True, text=True, timeout=60
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.split(" ")[0] in healthy]
+        if "--json" in args:
+            try:
+                rows = json.loads(proc.stdout)
+            except ValueError:
+                return proc
+            lines = [json.dumps(r) for r in rows if r["pile"] in healthy]
+        if not any("timeout" in ln for ln in lines):
+            return proc
+    return proc
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_reads_what_the_simulator_serves(sim_site, profile):
     phases = 3 if profile in ("chint-dtsu666", "eastron-sdm630", "acrel-adl400", "abb-b23") else 1
@@ -61,12 +80,7 @@ def test_pilegate_read_json_against_the_simulator(sim_site):
     body = pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666")
     s = sim_site(body, loads={1: ConstantLoad(3000, 1), 2: ConstantLoad(9000, 3)})
     s.clock.advance(600)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pilegate.cli", "read", str(s.path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = pilegate_read(s.path, "--json", healthy=("P1", "P2"))
     assert proc.returncode == 0, proc.stderr
     rows = {r["pile"]: r for r in json.loads(proc.stdout)}
     assert set(rows) == {"P1", "P2"}
@@ -90,9 +104,7 @@ def test_pilegate_read_json_against_the_simulator(sim_site):
 def test_pilegate_read_exits_1_when_a_meter_fails(sim_site):
     s = sim_site(pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"))
     s.meter(2).set_no_reply()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pilegate.cli", "read", str(s.path)], capture_output=True, text=True, timeout=60
-    )
+    proc = pilegate_read(s.path)
     assert proc.returncode == 1
     assert "FAILED: timeout" in proc.stdout and "1 failed" in proc.stdout
 
@@ -102,20 +114,13 @@ def test_pilegate_read_shows_a_serial_it_could_not_read_as_an_error(sim_site):
     # commission) and the serial register refuses: that is a failure, not "ok"
     s = sim_site(pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "eastron-sdm120"))
     s.meter(1).add_exception(2, 0xFC00, 0xFC01, function=3)  # the serial number register only
-    proc = subprocess.run(
-        [sys.executable, "-m", "pilegate.cli", "read", str(s.path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = pilegate_read(s.path, "--json", healthy=("P1", "P2"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = {r["pile"]: r for r in json.loads(proc.stdout)}
     assert rows["P1"]["serial"] is None and rows["P1"]["energy_kwh"] is not None  # values read
     assert rows["P1"]["error"] == "serial number could not be read (exception 2: illegal data address)"
     assert rows["P2"]["error"] is None and rows["P2"]["serial"] == s.meter(2).serial
-    table = subprocess.run(
-        [sys.executable, "-m", "pilegate.cli", "read", str(s.path)], capture_output=True, text=True, timeout=60
-    )
+    table = pilegate_read(s.path, healthy=("P1", "P2"))
     assert "FAILED: serial number could not be read" in table.stdout and "1 failed" in table.stdout
 
 
