@@ -28,6 +28,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+log = logging.getLogger("pilegate.outbox")
 NEVER_DROPPED = ("billing", "event", "birth", "ack")
 RESERVE_BYTES = 1024 * 1024
 _ACK_BATCH = 64  # acks written per transaction
@@ -192,7 +194,10 @@ class Outbox:
     def _recover(self, exc: BaseException, need: int) -> None:
         """After a refusal: name it, give SQLite room, and fit the budget to the disk."""
         self.storage_errors += 1
+        first = self.storage_error is None
         self.storage_error = self._describe(exc, "write")
+        if first:  # once per episode: the state says the rest (state(), the console)
+            log.warning("%s; thinning telemetry to fit, keeping the rest in memory", self.storage_error)
         if not _is_full(exc):
             return
         self._release_reserve()
@@ -231,6 +236,7 @@ class Outbox:
             if free is None or free < self.reserve_bytes * 2 + _HEADROOM or not self._ensure_reserve():
                 return
             self._cap = None
+        log.info("storage accepts writes again (%s): budget %d bytes", self.path, self.max_bytes)
         self.storage_error = None
 
     def _ensure_reserve(self) -> bool:

@@ -224,7 +224,9 @@ class Gateway:
             )
         except OutboxFull as exc:  # any refusal of storage: nothing of the batch was stored
             n, why = 0, str(exc) or "outbox full"
-        d.stored(prepared, n, now, why or ("outbox full" if n < len(prepared) else None))
+        if n < len(prepared) and why is None:  # telemetry that did not fit: say why (a full disk?)
+            why = self.outbox.storage_error or "outbox full"
+        d.stored(prepared, n, now, why)
         if n:
             self.link.kick()
         return n
