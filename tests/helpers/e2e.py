@@ -3,6 +3,7 @@ sender) and running `pilegate run` as a real process."""
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import sqlite3
 import subprocess
@@ -117,6 +118,13 @@ def write_site(s, tmp: Path, broker, platform: Platform, extra: str = "") -> Pat
 STARTED: list[subprocess.Popen] = []
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGKILL when the process that started it
+    (the pytest worker) dies, so no gateway outlives a killed or crashed test run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def start_gateway(site_path: Path, data: Path, interval: int = 1, log: Path | None = None) -> subprocess.Popen:
     """`pilegate run` as a process; its output goes to `log` (default: gateway.log beside the
     data dir), never to a pipe nobody reads (a full pipe would freeze the gateway)."""
@@ -140,6 +148,7 @@ def start_gateway(site_path: Path, data: Path, interval: int = 1, log: Path | No
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=die_with_parent,
         )
     proc.log_path = log  # type: ignore[attr-defined]
     STARTED.append(proc)
