@@ -132,6 +132,25 @@ def filter_log(lines, level=None, limit=MAX_LOG_LINES):
     return out[-limit:]
 
 
+def _storage_text(sto):
+    """One line for the text view: "ok", or "FULL since ...: why; what was not kept"."""
+    if not sto.get("full"):
+        return "ok"
+    lost = []
+    for key, what in (
+        ("telemetry_not_stored", "telemetry not stored"),
+        ("events_given_up", "events given up"),
+        ("keep_given_up", "billing/acks given up"),
+    ):
+        if sto.get(key):
+            lost.append("%s %s" % (fmt_value(sto[key]), what))
+    return "FULL since %s: %s%s" % (
+        fmt_value(sto.get("since"), "since"),
+        fmt_value(sto.get("reason")),
+        ("; " + ", ".join(lost)) if lost else "",
+    )
+
+
 class Commands:
     """The command handlers, mixed into `pilecore.console.Console` (see the module docstring)."""
 
@@ -165,6 +184,8 @@ class Commands:
         st = clean_data(self.backend.status())
         if js:
             return json_text(st)
+        if isinstance(st.get("storage"), dict):
+            st["storage"] = _storage_text(st["storage"])
         return kv_lines(
             st,
             (

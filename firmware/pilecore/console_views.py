@@ -16,6 +16,8 @@ What a port provides (attributes and methods of the subclass):
                          reading, error, polls, failures) or None
     schedulers()         {bus name: pilecore.scheduler.Scheduler}
     link_status()        {"connected", "connects", "last_error", "last_publish_t", "outbox"}
+    storage_status()     the SiteDriver's `storage` record: is the outbox refusing, since when,
+                         why, and what was not stored or given up meanwhile
     oldest_unsent()      the oldest unacknowledged outbox record (seq, kind, topic, JWS bytes)
                          or None
     log_lines()          [{"t", "level", "msg"}], oldest first (level: debug|info|warning|error)
@@ -57,7 +59,9 @@ STATUS_FIELDS = (
     "kid",
     "epoch",
     "seq",
+    "storage",
 )
+STORAGE_FIELDS = ("full", "since", "reason", "telemetry_not_stored", "events_given_up", "keep_given_up")
 PILE_FIELDS = (
     "id",
     "name",
@@ -150,6 +154,7 @@ class ViewBackend:
         out["site"] = gw["site"]
         out["board"] = gw["board"]
         out["time"] = self.now()
+        out["storage"] = _pick(self.storage_status(), STORAGE_FIELDS)
         return out
 
     def piles(self):

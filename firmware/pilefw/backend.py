@@ -44,6 +44,9 @@ class ConsoleBackend(ViewBackend):
             "seq": a.chain.seq,
         }
 
+    def storage_status(self):
+        return self.app.driver.storage
+
     def meter_state(self, pile):
         return self.app.metering.meters.get(pile)
 

@@ -92,6 +92,9 @@ class GatewayBackend(ViewBackend):
             "seq": gw.chain.seq,
         }
 
+    def storage_status(self) -> dict[str, Any]:
+        return dict(self.gw.driver.storage)
+
     def meter_state(self, pile: str) -> Any:
         return self.gw.metering.meters.get(pile)
 

@@ -66,6 +66,14 @@ class FakeBackend:
             "kid": "5f3e9a",
             "epoch": 3,
             "seq": 4711,
+            "storage": {
+                "full": False,
+                "since": None,
+                "reason": None,
+                "telemetry_not_stored": 0,
+                "events_given_up": 0,
+                "keep_given_up": 0,
+            },
         }
 
     def piles(self):

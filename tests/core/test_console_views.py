@@ -88,6 +88,9 @@ class Port(ViewBackend):
     def meter_state(self, pile):
         return self.meters.get(pile)
 
+    def storage_status(self):
+        return {"full": True, "since": NOW - 60, "reason": "disk full", "telemetry_not_stored": 2, "x": 1}
+
     def schedulers(self):
         return {"rs485-1": self.sched}
 
@@ -122,6 +125,16 @@ def test_status_has_exactly_the_documented_fields_with_int_times():
     assert sorted(st) == sorted(console_views.STATUS_FIELDS)
     assert st["gateway"] == "LY-0001" and st["time"] == NOW and st["time_sync"] == "ntp"
     assert st["mem_free"] == 81234 and "extra" not in st
+    assert st["storage"] == {
+        "full": True,
+        "since": NOW - 60,
+        "reason": "disk full",
+        "telemetry_not_stored": 2,
+        "events_given_up": None,
+        "keep_given_up": None,
+    }
+    out = Console(Port()).execute("status", NOW)
+    assert "storage      FULL since 2025-11-26T11:15:55Z: disk full; 2 telemetry not stored\n" in out, out
 
 
 def test_piles_have_a_state_column_and_the_meter_of_each_pile():

@@ -69,9 +69,9 @@ def running(sim_site, broker, tmp_path):
     platform.listen(device_pem(site_path, data))
     gw = start_gateway(site_path, data)
     wait_for(lambda: platform.account() and platform.account().last_telemetry, 30, "telemetry")
-    term.read_until(r"pilegate> $")  # the greeting sent when the console opened
+    term.read_until(r"pilegate> $", 60)  # the greeting sent when the console opened
     term.send("\r")  # a technician who attaches later presses Enter: the banner comes again
-    assert "pilegate console on gateway GW-T1" in term.read_until(r"pilegate> $")
+    assert "pilegate console on gateway GW-T1" in term.read_until(r"pilegate> $", 60)
     yield SimpleNamespace(s=s, term=term, platform=platform, gw=gw, pin=pin)
     stop(gw)
     platform.sub.stop()
