@@ -1,0 +1,135 @@
+"""The ESP32 application on real MicroPython (the official 1.27 WebAssembly VM), end to end.
+
+The same firmware as tests/gateway/test_fw_app.py, but run by MicroPython, not CPython: the App
+is compiled with mpy-cross and driven one main-loop pass at a time by tests/mpy/app_harness.mjs
+(hil/pilehil/mpyapp.py), its UART bridged to the meter simulator's pseudo-terminal, its console
+to a second pty, and umqtt.simple's socket to a real mosquitto.  Every message is verified by
+the reference receiver (cryptography).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+
+import pytest
+from e2e import Platform, wait_for
+from simsite import pile_block
+
+from pilecore import pinhash
+from pilegate import siteconfig
+from pilehil import ConstantLoad, mpyapp
+
+pytestmark = pytest.mark.skipif(mpyapp.available() is not None, reason=str(mpyapp.available()))
+
+
+class Terminal:
+    """The technician's end of a console pty."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        self.path = os.ttyname(self.slave)
+        self.out = b""
+
+    def send(self, text: bytes) -> None:
+        os.write(self.master, text)
+
+    def read(self) -> bytes:
+        while select.select([self.master], [], [], 0)[0]:
+            self.out += os.read(self.master, 4096)
+        return self.out
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def esp32_config(s, tmp_path, broker, platform: Platform) -> bytes:
+    """The simulated site compiled for an ESP32 board (what `pilegate check --json` prints)."""
+    text = s.path.read_text()
+    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
+    text = text.replace(f'port = "{s.sim.endpoints["bus1"]}"', 'port = "uart2"')
+    text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker.url}"')
+    text = text.replace("[metering]\n", "[metering]\npoll_s = 1\n")
+    text = text.replace('id = "P1"\n', 'id = "P1"\ninterlock = "relay"\nrelay = "K1"\n')
+    text += f'\n[telemetry]\ninterval_s = 2\n\n[signing]\nplatform_key = "{platform.key_file}"\n'
+    path = tmp_path / "esp32-site.toml"
+    path.write_text(text)
+    site, problems = siteconfig.load_site(path)
+    assert site is not None, "\n".join(map(str, problems))
+    return site.json_bytes
+
+
+@pytest.fixture
+def rig(sim_site, broker, tmp_path):
+    body = pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666")
+    s = sim_site(body, loads={1: ConstantLoad(3500, 1), 2: ConstantLoad(9900, 3)})
+    platform = Platform(tmp_path, broker)
+    cfg = esp32_config(s, tmp_path, broker, platform)
+    term = Terminal()
+    dut = mpyapp.MpyApp(tmp_path / "mpy")
+    yield s, platform, cfg, term, dut
+    dut.close()
+    if platform.sub is not None:
+        platform.sub.stop()
+    term.close()
+
+
+def test_the_esp32_app_runs_on_micropython_against_the_simulator_and_mosquitto(rig):
+    s, platform, cfg, term, dut = rig
+    files = {
+        "/data/console.pin": pinhash.make_record("482916", b"saltsalt", 1000).encode(),
+        str(platform.key_file): platform.key_file.read_bytes(),
+    }
+    booted = dut.start(cfg, uarts={2: "pty:" + s.sim.endpoints["bus1"]}, console="pty:" + term.path, files=files)
+    assert dut.version.startswith("1.27")
+    assert booted["epoch"] == 1 and booted["seq"] == 1
+    platform.listen(booted["pem"])
+    acct = platform.account
+
+    def telemetry_with_readings() -> bool:
+        a = acct()
+        return bool(a and a.last_telemetry and all("energy_wh" in p for p in a.last_telemetry["data"]["piles"]))
+
+    wait_for(telemetry_with_readings, 30, "telemetry with readings", step=0.001, tick=lambda: dut.step(20))
+    piles = {p["pile"]: p for p in acct().last_telemetry["data"]["piles"]}
+    assert piles["P1"]["power_w"] == pytest.approx(3500, abs=2)
+    assert piles["P2"]["power_w"] == pytest.approx(9900, abs=2) and len(piles["P2"]["voltage_v"]) == 3
+    assert piles["P1"]["energy_wh"] == s.meter(1).energy_wh
+    # the relay of the verified pile is on (fail-safe off before)
+    dut.run_until("_gw.core.guard.status('P1')['metered']", 3000, what="P1 metered")
+    dut.step(2)
+    assert dut.value("[_hw.pins[26].v, _hw.pins[26].writes > 1]") == [1, True]
+    # a signed command and a replayed one
+    platform.send(platform.command("c-1", "set_interval", {"interval_s": 3}))
+    platform.send(platform.command("c-1", "set_interval", {"interval_s": 9}))
+    wait_for(lambda: len(platform.acks) >= 2, 20, "two acks", step=0.001, tick=lambda: dut.step(20))
+    assert platform.acks[0] == {"cmd_id": "c-1", "cmd": "set_interval", "ok": True, "result": {"interval_s": 3}}
+    assert platform.acks[1]["ok"] is False and platform.acks[1]["reason"].startswith("replayed")
+    # the console on its pty
+    wait_for(lambda: b"pilegate> " in term.read(), 10, "the prompt", step=0.001, tick=lambda: dut.step(5))
+    term.send(b"status\r")
+    wait_for(lambda: b"config_hash" in term.read(), 10, "the status", step=0.001, tick=lambda: dut.step(5))
+    term.send(b"login\r")
+    wait_for(lambda: b"PIN: " in term.read(), 10, "the PIN prompt", step=0.001, tick=lambda: dut.step(5))
+    term.send(b"482916\r")
+    wait_for(lambda: b"logged in as" in term.read(), 20, "the login", step=0.001, tick=lambda: dut.step(5))
+    term.send(b"set telemetry.interval_s 4\r")
+    wait_for(lambda: b"(applied)" in term.read(), 10, "the setting", step=0.001, tick=lambda: dut.step(5))
+    assert dut.value("_gw.interval_s") == 4
+    # restart over the same flash: the chain continues
+    dut.run_until("_gw.outbox.depth() == 0", 3000, what="the backlog drained")
+    dut.exec("_gw.close()")
+    last = dut.value("_gw.chain.seq")
+    again = dut.boot()
+    assert again["epoch"] == 2 and again["seq"] == last + 1 and again["kid"] == booted["kid"]
+    wait_for(lambda: acct().high >= last + 3, 30, "the second run", step=0.001, tick=lambda: dut.step(20))
+    dut.exec("_gw.close()")
+    high = dut.value("_gw.chain.seq")
+    wait_for(lambda: acct().high == high and not acct().gaps(), 10, "the last messages")
+    text, clean = platform.receiver.report()
+    assert clean, text
+    a = acct()
+    assert a.bad_signatures == 0 and not a.gaps() and not a.broken_links and a.replays == 0
+    assert json.loads(json.dumps(a.messages)) >= last + 3
