@@ -78,6 +78,8 @@ def _check_board(out, name, problems):
     esp = out["platform"] in ("esp32", "esp32s3")
     if esp and "firmware_offset" not in out:
         problems.append(("firmware_offset", "missing: an ESP32 board must say where the firmware is flashed"))
+    if esp and "heap_kb" not in out:
+        problems.append(("heap_kb", "missing: an ESP32 board must state its heap for Python (docs/esp32.md)"))
     seen = {}
     for kind in ("uart", "input", "relay"):
         for item in out.get(kind, ()):

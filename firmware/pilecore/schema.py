@@ -239,6 +239,11 @@ def board_schema():
         "psram_mb": _i(0, 64, 0),
         "firmware_offset": _i(0, 0x100000),
         "notes": _s(maxlen=2000),
+        # ESP32: the heap for Python (and the TLS session) in KB, where that figure comes from,
+        # and why the board cannot run the gateway when the RAM budget test says so
+        "heap_kb": _i(16, 65536),
+        "heap_source": _s(maxlen=600),
+        "unsupported": _s(maxlen=1000),
         "uart": _ts(
             {
                 "name": _id(),

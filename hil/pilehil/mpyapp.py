@@ -114,26 +114,24 @@ class MpyApp:
 
     # ------------------------------------------------------------ driving
 
-    def start(
+    def load(
         self,
-        config_json: bytes,
-        uarts: dict[int, str],
+        uarts: dict[int, str] | None = None,
         console: str | None = None,
         files: dict[str, bytes] | None = None,
         root: str = "/data",
-    ) -> dict[str, Any]:
-        """Load the VM, bridge the streams, write /config.json and `files`, build the App
-        (`load_config_file` then `App(cfg, hw, hash)`, as main.py does).  Returns the App's
-        epoch, seq, kid and public key."""
+    ) -> None:
+        """Load the VM with the firmware in /lib, bridge the streams (board UART id ->
+        endpoint; the console's endpoint), write `files` ({vm path: bytes}) and make `_hw`."""
+        uarts = uarts or {}
         lib = build_lib(self.workdir / "lib", self.code)
         streams = {f"uart{n}": ep for n, ep in uarts.items()}
         if console:
             streams["console"] = console
-        payload = {"/config.json": config_json, **(files or {})}
         result = self._call(
             "init",
             lib=str(lib),
-            files={p: base64.b64encode(b).decode() for p, b in payload.items()},
+            files={p: base64.b64encode(b).decode() for p, b in (files or {}).items()},
             streams=streams,
         )
         self.version = result["version"]
@@ -144,6 +142,17 @@ class MpyApp:
             "import vmhw\n"
             f"_hw = vmhw.VmHw({root!r}, {{{ids}}}, {'console' if console else None!r})\n"
         )
+
+    def start(
+        self,
+        config_json: bytes,
+        uarts: dict[int, str],
+        console: str | None = None,
+        files: dict[str, bytes] | None = None,
+        root: str = "/data",
+    ) -> dict[str, Any]:
+        """`load` with the compiled site as /config.json, then `boot`."""
+        self.load(uarts, console, {"/config.json": config_json, **(files or {})}, root)
         return self.boot()
 
     def boot(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ ESP_BOARD = {
     "name": "esp",
     "platform": "esp32",
     "flash_mb": 4,
+    "heap_kb": 110,
     "firmware_offset": 4096,
     "uart": [
         {"name": "uart2", "role": "rs485", "tx": 17, "rx": 16, "de": 4},
@@ -196,10 +197,12 @@ def test_board_validation():
     bad = dict(ESP_BOARD)
     bad["uart"] = [{"name": "uart2", "role": "rs485", "tx": 17, "rx": 16}]
     del bad["firmware_offset"]
+    del bad["heap_kb"]
     _, problems = config.validate_board(bad, "other")
     d = dict(problems)
     assert "must match" in d["id"]
     assert "firmware_offset" in d
+    assert "heap for Python" in d["heap_kb"]  # the RAM budget needs it (docs/esp32.md)
     assert "DE/RE" in d["uart[uart2].de"]
 
 

@@ -16,6 +16,7 @@ ESP_BOARD = {
     "name": "esp",
     "platform": "esp32",
     "flash_mb": 4,
+    "heap_kb": 110,
     "firmware_offset": 4096,
     "uart": [
         {"name": "uart2", "role": "rs485", "tx": 17, "rx": 16, "de": 4},

@@ -7,6 +7,8 @@ bus        a simulated 32-meter RS-485 bus at 9600 baud (the HIL meter simulator
 mixed      a simulated mixed bus, DL/T 645 and Modbus meters at the DL/T 645 line default
            2400 8E1: bus time of one full poll cycle / its own theoretical minimum
 telemetry  signing, publishing and draining against a private mosquitto (see bench_telemetry)
+mpy        the ESP32 App's RAM on MicroPython for 8 and 16 piles, and per ESP32 board peak live /
+           heap budget (see mpy_budget)
 
 Bus time is the simulator's model of the RS-485 line: every frame's characters and its
 3.5-character silence at the line's bits per character, plus each meter's response latency.
@@ -362,4 +364,12 @@ def main(args: Any) -> int:
         from piletools import bench_telemetry
 
         bench_telemetry.run(args)
+    if which in ("mpy", "all"):
+        import tempfile
+        from pathlib import Path
+
+        from piletools import mpy_budget
+
+        with tempfile.TemporaryDirectory(prefix="pilegate-bench-mpy-") as tmp:
+            mpy_budget.bench(Path(tmp))
     return 0

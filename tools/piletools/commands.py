@@ -94,9 +94,10 @@ def register(sub: Any, handlers: dict[str, Handler]) -> None:
         "theoretical minimum, per-value polling and a bare pymodbus loop); "
         "mixed: DL/T 645 and Modbus meters on one 2400 8E1 bus against its own minimum; "
         "telemetry: signed publishing and backlog drain against bare paho, "
-        "and signing on MicroPython.",
+        "and signing on MicroPython; mpy: the ESP32 App's RAM on MicroPython per site "
+        "size and every ESP32 board's verdict (peak live / heap budget).",
     )
-    p.add_argument("which", nargs="?", choices=("bus", "mixed", "telemetry", "all"), default="all")
+    p.add_argument("which", nargs="?", choices=("bus", "mixed", "telemetry", "mpy", "all"), default="all")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
     handlers["bench"] = _cmd_bench
 
