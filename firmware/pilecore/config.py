@@ -45,20 +45,47 @@ def validate_site(cfg, boards, profiles, sensors=None):
     if problems:
         return None, problems
     out["version"] = COMPILED_VERSION
-    out["board_def"] = board
+    # An ESP32 loads this JSON into its small heap: the text meant for people (profile
+    # sources, notes, quirks, board notes) stays in the repository (docs/config.md)
+    slim = board["platform"].startswith("esp32")
+    out["board_def"] = _without(board, BOARD_TEXT) if slim else board
     used = {}
     for pile in out["pile"]:
         used[pile["meter"]["profile"]] = profiles[pile["meter"]["profile"]]
     if "main_meter" in out:
         used[out["main_meter"]["profile"]] = profiles[out["main_meter"]["profile"]]
-    out["profiles"] = used
+    out["profiles"] = _slim_profiles(used) if slim else used
     used_sensors = {}
     for bay in out.get("bay", ()):
         for sensor in bay.get("presence", ()):
             if sensor["type"] == "modbus":
                 used_sensors[sensor["profile"]] = sensors[sensor["profile"]]
-    out["sensor_profiles"] = used_sensors
+    out["sensor_profiles"] = _slim_profiles(used_sensors) if slim else used_sensors
     return out, problems
+
+
+# Keys that only document: left out of the compiled JSON for an ESP32 (nothing there reads them)
+PROFILE_TEXT = ("source", "note", "quirks", "products", "confidence")
+BOARD_TEXT = ("notes", "heap_source", "unsupported")
+
+
+def _without(table, keys):
+    out = {}
+    for k in table:
+        if k not in keys:
+            out[k] = table[k]
+    return out
+
+
+def _slim_profiles(used):
+    out = {}
+    for name in used:
+        p = _without(used[name], PROFILE_TEXT)
+        ident = p.get("identity")
+        if isinstance(ident, dict) and "note" in ident:
+            p["identity"] = _without(ident, ("note",))
+        out[name] = p
+    return out
 
 
 def validate_board(board, name):

@@ -69,6 +69,33 @@ def test_valid_site_compiles_with_defaults_and_embedded_data():
     assert compiled["version"] == config.COMPILED_VERSION
 
 
+def test_an_esp32_site_embeds_profiles_and_board_without_their_text():
+    # the ESP32 loads the compiled JSON into its heap: documentation text is left out there
+    documented = {
+        "m1": {
+            "id": "m1",
+            "maker": "M",
+            "source": "datasheet",
+            "quirks": ["q"],
+            "note": "n",
+            "identity": {"kind": "serial", "note": "x"},
+        },
+        "m3": {"id": "m3", "source": "datasheet", "products": ["a"], "confidence": "tested"},
+    }
+    esp = site(gateway={"id": "GW-1", "site": "s1", "board": "e1"}, bus=[{"name": "bus1", "port": "uart2"}])
+    b = boards()
+    b["e1"] = dict(b["e1"], notes="wiring notes", heap_source="where the figure comes from")
+    compiled, problems = config.validate_site(esp, b, documented)
+    assert problems == [], problems
+    assert compiled["profiles"]["m1"] == {"id": "m1", "maker": "M", "identity": {"kind": "serial"}}
+    assert compiled["profiles"]["m3"] == {"id": "m3"}
+    assert "notes" not in compiled["board_def"] and compiled["board_def"]["heap_kb"] == 110
+    assert "heap_source" not in compiled["board_def"]
+    assert documented["m1"]["quirks"] == ["q"]  # the loaded profiles are not changed
+    pi, problems = config.validate_site(site(), b, documented)
+    assert problems == [] and pi["profiles"]["m1"]["source"] == "datasheet"  # the Pi keeps it
+
+
 def test_two_piles_on_one_meter_address():
     cfg = site()
     cfg["pile"][1]["meter"]["address"] = 1

@@ -40,7 +40,7 @@ def test_each_esp32_board_fits_its_heap_or_is_marked_unsupported(figures, board_
 
 
 def test_the_scripted_day_really_ran(figures):
-    for n, f in figures.items():
+    for f in figures.values():
         assert f["vm"].startswith("1.27") and f["code"] == "mpy"
         assert f["outbox_in_outage"] >= 3  # telemetry was stored while the broker was away
         assert f["seq"] > 10 and f["passes"] > 100
