@@ -63,7 +63,7 @@ def esp32_config(s, tmp_path, broker, platform: Platform) -> bytes:
 
 @pytest.fixture
 def rig(sim_site, broker, tmp_path):
-    body = pile_block("P1", 1, "eastron-sdm120") + pile_block("P2", 2, "chint-dtsu666")
+    body = pile_block("P1", 1, "eastron-sdm120", serial="12345678") + pile_block("P2", 2, "chint-dtsu666")
     s = sim_site(body, loads={1: ConstantLoad(3500, 1), 2: ConstantLoad(9900, 3)})
     platform = Platform(tmp_path, broker)
     cfg = esp32_config(s, tmp_path, broker, platform)
@@ -98,7 +98,8 @@ def test_the_esp32_app_runs_on_micropython_against_the_simulator_and_mosquitto(r
     assert piles["P2"]["power_w"] == pytest.approx(9900, abs=2) and len(piles["P2"]["voltage_v"]) == 3
     assert piles["P1"]["energy_wh"] == s.meter(1).energy_wh
     # the relay of the verified pile is on (fail-safe off before)
-    dut.run_until("_gw.core.guard.status('P1')['metered']", 3000, what="P1 metered")
+    metered = "_gw.core.guard.status('P1')['metered']"
+    wait_for(lambda: dut.step(50, until=metered)["until"], 30, "P1 metered", step=0.001)
     dut.step(2)
     assert dut.value("[_hw.pins[26].v, _hw.pins[26].writes > 1]") == [1, True]
     # a signed command and a replayed one
@@ -119,7 +120,8 @@ def test_the_esp32_app_runs_on_micropython_against_the_simulator_and_mosquitto(r
     wait_for(lambda: b"(applied)" in term.read(), 10, "the setting", step=0.001, tick=lambda: dut.step(5))
     assert dut.value("_gw.interval_s") == 4
     # restart over the same flash: the chain continues
-    dut.run_until("_gw.outbox.depth() == 0", 3000, what="the backlog drained")
+    drained = "_gw.outbox.depth() == 0"
+    wait_for(lambda: dut.step(50, until=drained)["until"], 30, "the backlog drained", step=0.001)
     dut.exec("_gw.close()")
     last = dut.value("_gw.chain.seq")
     again = dut.boot()

@@ -82,10 +82,17 @@ cap_fen = 5000
 applies_to = ["fuel_car", "ev_overstay"]
 """
     ]
+    from pilegate import siteconfig
+    from pilehil.sitesim import serial_for
+
+    known, _ = siteconfig.load_profiles()
     profiles = ("chint-ddsu666", "eastron-sdm120", "chint-dtsu666", "eastron-sdm630")
     for i in range(1, n_piles + 1):
+        prof = profiles[i % 4]
+        ident = known[prof].get("identity") or {}
+        serial = serial_for(known[prof], i) if ident.get("kind") == "serial" else ""  # commissioned
         pile = f'\n[[pile]]\nid = "P{i:02d}"\n'
-        pile += f'meter = {{ bus = "rs485-1", address = {i}, profile = "{profiles[i % 4]}", serial = "" }}\n'
+        pile += f'meter = {{ bus = "rs485-1", address = {i}, profile = "{prof}", serial = "{serial}" }}\n'
         if i <= 2:
             pile += f'interlock = "relay"\nrelay = "K{i}"\n'
         out.append(pile)
