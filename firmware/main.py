@@ -19,9 +19,17 @@ def main():
             for key, msg in e.problems:
                 print("  %s: %s" % (key, msg))
             time.sleep(30)
-    gw = _app.App(cfg, hw, digest)
     try:
-        gw.run()
+        gw = _app.App(cfg, hw, digest)
+    except MemoryError as e:
+        # Too little heap to build the gateway at all (docs/esp32.md, Out of memory): say so
+        # on the console and start again; the outbox and the chain are on flash, untouched.
+        print("pilegate: out of memory while starting (%s); restarting in 10 s" % e)
+        time.sleep(10)
+        hw.reset()
+        return
+    try:
+        gw.run()  # returns after `repl`, or after an out-of-memory restart was asked for
     except Exception as e:  # no silent stop: App.run logged and stored what it could
         import sys
 

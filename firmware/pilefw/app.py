@@ -219,7 +219,7 @@ class App:
             self.outbox,
             self.prefix,
             will=lambda: self._state_msg("offline", "connection lost"),
-            online=lambda: self._state_msg("online"),
+            online=lambda: self._state_msg("online", self._online_reason),
             on_command=self.command,
             keepalive_s=mq.get("keepalive_s", 30),
             rand=hw.urandom,
@@ -231,6 +231,7 @@ class App:
         self.net_up = False
         self.next_ntp_ms = self.ms()
         self.driver.started(self.clock.now(), self.epoch)
+        self._online_reason = self._reported_oom()
         self.flush()
 
     # ------------------------------------------------------------ settings the console reads
@@ -452,14 +453,74 @@ class App:
         """The main loop, until `running` is cleared; sleeps a little when a pass was idle.
 
         No silent stop: an unexpected exception is logged, the retained offline state says
-        "crashed", and the exception ends the loop (main.py resets the board)."""
+        "crashed", and the exception ends the loop (main.py resets the board).  A MemoryError
+        is a handled state: `out_of_memory` restarts the gateway cleanly."""
         try:
             while self.running:
-                if not self.step():
-                    self.hw.sleep_ms(5)
+                try:
+                    if not self.step():
+                        self.hw.sleep_ms(5)
+                except MemoryError as e:
+                    self.out_of_memory(e)
+                    return
         except Exception as e:
             self.crashed(e)
             raise
+
+    def out_of_memory(self, exc):
+        """The heap ran out in the main loop (docs/esp32.md, Out of memory): free what can go,
+        record it in state/oom.json (the next start reports it: event `gateway.out_of_memory`
+        and the first `state` online with reason "restarted after out of memory"), say so on
+        the console, publish the retained `state` offline with reason "out of memory" if that
+        still works, close the outbox (the chain continues from it after the restart), reset.
+        Every step is tried on its own: memory may still be short.  Should the reset not come,
+        the watchdog, no longer fed, resets the board within WDT_TIMEOUT_MS."""
+        import gc
+
+        self.running = False
+        self.logs = []  # the log ring can go; events stay with the driver for the outbox
+        gc.collect()
+        msg = "out of memory"
+        try:
+            msg = "out of memory: %s" % exc
+            old = self.state.load("oom", {})
+            count = old.get("count", 0) + 1 if isinstance(old, dict) else 1
+            self.state.save("oom", {"t": self.clock.now(), "count": count, "error": str(exc)[:120]})
+        except Exception:
+            pass
+        port = getattr(self.console, "port", None)
+        if port is not None:
+            try:
+                port.write(b"\r\npilegate: out of memory; restarting (outbox and chain kept)\r\n")
+            except Exception:
+                pass
+        for last in (self.flush, lambda: self.driver.save_state(self.clock.now(), True)):
+            try:
+                last()
+            except Exception:
+                pass
+        try:
+            self.link.close(self._state_msg("offline", "out of memory"))
+        except Exception:
+            pass
+        try:
+            self.outbox.close()
+        except Exception:
+            pass
+        self.log("error", msg)
+        self.hw.reset()
+
+    def _reported_oom(self):
+        """At start: the out-of-memory restart recorded by `out_of_memory`, reported once."""
+        oom = self.state.load("oom")
+        if not isinstance(oom, dict) or oom.get("reported"):
+            return None
+        oom["reported"] = True
+        self.state.save("oom", oom)
+        self.driver.emit(
+            [{"type": "gateway.out_of_memory", "t": oom.get("t"), "count": oom.get("count"), "error": oom.get("error")}]
+        )
+        return "restarted after out of memory"
 
     def crashed(self, exc):
         """What can still be done after an unexpected exception: log it, store what waits,

@@ -135,3 +135,73 @@ def test_the_esp32_app_runs_on_micropython_against_the_simulator_and_mosquitto(r
     a = acct()
     assert a.bad_signatures == 0 and not a.gaps() and not a.broken_links and a.replays == 0
     assert json.loads(json.dumps(a.messages)) >= last + 3
+
+
+def test_a_memory_error_in_the_main_loop_restarts_cleanly_keeping_the_outbox_and_the_chain(rig):
+    import paho.mqtt.client as mqtt
+
+    s, platform, cfg, term, dut = rig
+    booted = dut.start(cfg, uarts={2: "pty:" + s.sim.endpoints["bus1"]}, console="pty:" + term.path)
+    platform.listen(booted["pem"])
+    acct = platform.account
+    wait_for(lambda: acct() and acct().high >= 3, 30, "the first messages", step=0.001, tick=lambda: dut.step(20))
+    # the broker goes away: what is signed now waits in the outbox
+    dut.exec("_gw.link.close(None)\n_hw.net_ok = False")
+    dut.step(5)
+    dut.advance(5_000)
+    dut.step(20)
+    waiting = dut.value("_gw.outbox.depth()")
+    assert waiting >= 1
+    dut.exec("_hw.net_ok = True")
+    # a MemoryError in a pass of the real main loop (App.run) on MicroPython
+    dut.exec(
+        "_n = [0]\n"
+        "def _hook(where):\n"
+        "    _n[0] += 1\n"
+        "    if _n[0] == 3:\n"
+        "        raise MemoryError('memory allocation failed, allocating 8192 bytes')\n"
+        "_gw.on_step = _hook\n"
+        "_gw.run()\n"
+    )
+    assert dut.value("[_hw.resets, _gw.running]") == [1, False]
+    oom = dut.value("_gw.state.load('oom')")
+    assert oom["count"] == 1 and "8192" in oom["error"]
+    wait_for(lambda: b"out of memory" in term.read(), 5, "the console notice")
+    # the retained state says why the gateway went away
+    got: list[bytes] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect("127.0.0.1", platform.broker.port)
+    sub.subscribe(f"{platform.prefix}/state", 1)
+    sub.loop_start()
+    try:
+        wait_for(lambda: got, 10, "the retained state")
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    body = json.loads(envelope_payload(got[-1]))
+    assert body["data"]["state"] == "offline" and body["data"]["reason"] == "out of memory"
+    # the restart (what the reset does): same key, next epoch, the chain continues
+    last = dut.value("_gw.chain.seq")
+    again = dut.boot()
+    assert again["epoch"] == 2 and again["seq"] > last and again["kid"] == booted["kid"]
+    wait_for(
+        lambda: any(e.get("type") == "gateway.out_of_memory" for e in platform.events()),
+        30,
+        "the out-of-memory event",
+        step=0.001,
+        tick=lambda: dut.step(20),
+    )
+    ev = next(e for e in platform.events() if e["type"] == "gateway.out_of_memory")
+    assert ev["count"] == 1 and ev["t"] == oom["t"]
+    wait_for(lambda: acct().high >= again["seq"] and not acct().gaps(), 20, "no gap", tick=lambda: dut.step(20))
+    a = acct()
+    assert a.bad_signatures == 0 and not a.broken_links and a.messages >= last  # nothing lost
+
+
+def envelope_payload(jws: bytes) -> bytes:
+    """The JSON body of a compact JWS (the state message is signed but outside the chain)."""
+    import base64
+
+    part = jws.split(b".")[1]
+    return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))

@@ -27,6 +27,7 @@ import os
 import select
 import time
 import tomllib
+import tty
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ class ConsolePty:
 
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # a UART carries bytes: no line discipline on the gateway's side
         self.path = os.ttyname(self.slave)
         self.out = b""
 
@@ -143,11 +145,12 @@ class ConsolePty:
         os.close(self.slave)
 
 
-def _console(dut: Any, term: ConsolePty, send: bytes, expect: bytes, passes: int = 400) -> None:
+def _console(dut: Any, term: ConsolePty, send: bytes, expect: bytes, timeout_s: float = 20.0) -> None:
     """Type a line, then run passes (measured) until `expect` shows up on the terminal."""
     if send:
         term.send(send)
-    for _ in range(passes):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         dut.step(1, mem=True)
         if expect in term.read():
             return
@@ -231,7 +234,7 @@ def measure(
         _console(dut, term, b"login\r", b"PIN: ")
         _console(dut, term, PIN.encode() + b"\r", b"logged in as")
         _console(dut, term, b"set telemetry.interval_s 20\r", b"(applied)")
-        _console(dut, term, b"logout\r", b"pilegate> ", 50)
+        _console(dut, term, b"logout\r", b"logged out")
         send_command("m-1", "set_interval", {"interval_s": 30})
         send_command("m-2", "sync_time", {"t": int(time.time())})
         send_command("m-3", "resend", {"from_seq": 1, "to_seq": 5})
