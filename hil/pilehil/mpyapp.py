@@ -73,7 +73,7 @@ def build_lib(dest: Path, code: str = "mpy") -> Path:
 class MpyApp:
     """See the module docstring.  Always `close()` (or use `with`): it ends the Node process."""
 
-    def __init__(self, workdir: Path | None = None, code: str = "mpy", timeout_s: float = 120.0) -> None:
+    def __init__(self, workdir: Path | None = None, code: str = "mpy", timeout_s: float = 600.0) -> None:
         why = available()
         if why:
             raise HarnessError(why)

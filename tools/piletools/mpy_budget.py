@@ -145,7 +145,7 @@ class ConsolePty:
         os.close(self.slave)
 
 
-def _console(dut: Any, term: ConsolePty, send: bytes, expect: bytes, timeout_s: float = 20.0) -> None:
+def _console(dut: Any, term: ConsolePty, send: bytes, expect: bytes, timeout_s: float = 90.0) -> None:
     """Type a line, then run passes (measured) until `expect` shows up on the terminal."""
     if send:
         term.send(send)
