@@ -3,15 +3,13 @@
 The same firmware as tests/gateway/test_fw_app.py, but run by MicroPython, not CPython: the App
 is compiled with mpy-cross and driven one main-loop pass at a time by tests/mpy/app_harness.mjs
 (hil/pilehil/mpyapp.py), its UART bridged to the meter simulator's pseudo-terminal, its console
-to a second pty, and umqtt.simple's socket to a real mosquitto.  Every message is verified by
+to a TCP line, and umqtt.simple's socket to a real mosquitto.  Every message is verified by
 the reference receiver (cryptography).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import select
 
 import pytest
 from e2e import Platform, wait_for
@@ -20,29 +18,9 @@ from simsite import pile_block
 from pilecore import pinhash
 from pilegate import siteconfig
 from pilehil import ConstantLoad, mpyapp
+from piletools import mpy_budget
 
 pytestmark = pytest.mark.skipif(mpyapp.available() is not None, reason=str(mpyapp.available()))
-
-
-class Terminal:
-    """The technician's end of a console pty."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        self.path = os.ttyname(self.slave)
-        self.out = b""
-
-    def send(self, text: bytes) -> None:
-        os.write(self.master, text)
-
-    def read(self) -> bytes:
-        while select.select([self.master], [], [], 0)[0]:
-            self.out += os.read(self.master, 4096)
-        return self.out
-
-    def close(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
 
 
 def esp32_config(s, tmp_path, broker, platform: Platform) -> bytes:
@@ -67,7 +45,7 @@ def rig(sim_site, broker, tmp_path):
     s = sim_site(body, loads={1: ConstantLoad(3500, 1), 2: ConstantLoad(9900, 3)})
     platform = Platform(tmp_path, broker)
     cfg = esp32_config(s, tmp_path, broker, platform)
-    term = Terminal()
+    term = mpy_budget.ConsoleLine()
     dut = mpyapp.MpyApp(tmp_path / "mpy")
     yield s, platform, cfg, term, dut
     dut.close()
@@ -82,7 +60,7 @@ def test_the_esp32_app_runs_on_micropython_against_the_simulator_and_mosquitto(r
         "/data/console.pin": pinhash.make_record("482916", b"saltsalt", 1000).encode(),
         str(platform.key_file): platform.key_file.read_bytes(),
     }
-    booted = dut.start(cfg, uarts={2: "pty:" + s.sim.endpoints["bus1"]}, console="pty:" + term.path, files=files)
+    booted = dut.start(cfg, uarts={2: "pty:" + s.sim.endpoints["bus1"]}, console=term.endpoint, files=files)
     assert dut.version.startswith("1.27")
     assert booted["epoch"] == 1 and booted["seq"] == 1
     platform.listen(booted["pem"])
@@ -108,7 +86,7 @@ def test_the_esp32_app_runs_on_micropython_against_the_simulator_and_mosquitto(r
     wait_for(lambda: len(platform.acks) >= 2, 90, "two acks", step=0.001, tick=lambda: dut.step(20))
     assert platform.acks[0] == {"cmd_id": "c-1", "cmd": "set_interval", "ok": True, "result": {"interval_s": 3}}
     assert platform.acks[1]["ok"] is False and platform.acks[1]["reason"].startswith("replayed")
-    # the console on its pty
+    # the console on its line
     wait_for(lambda: b"pilegate> " in term.read(), 90, "the prompt", step=0.001, tick=lambda: dut.step(5))
     term.send(b"status\r")
     wait_for(lambda: b"config_hash" in term.read(), 90, "the status", step=0.001, tick=lambda: dut.step(5))
@@ -141,7 +119,7 @@ def test_a_memory_error_in_the_main_loop_restarts_cleanly_keeping_the_outbox_and
     import paho.mqtt.client as mqtt
 
     s, platform, cfg, term, dut = rig
-    booted = dut.start(cfg, uarts={2: "pty:" + s.sim.endpoints["bus1"]}, console="pty:" + term.path)
+    booted = dut.start(cfg, uarts={2: "pty:" + s.sim.endpoints["bus1"]}, console=term.endpoint)
     platform.listen(booted["pem"])
     acct = platform.account
     wait_for(lambda: acct() and acct().high >= 3, 90, "the first messages", step=0.001, tick=lambda: dut.step(20))

@@ -23,11 +23,10 @@ and TLS_ROOM_KB for the TLS session mbedTLS allocates on the same heap.
 from __future__ import annotations
 
 import json
-import os
 import select
+import socket
 import time
 import tomllib
-import tty
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,29 +122,48 @@ def verdict(board: dict[str, Any], figures: dict[str, int]) -> tuple[bool, int, 
     return need <= heap, need, text
 
 
-class ConsolePty:
-    """The technician's end of a console pseudo-terminal (the App's console is the other end)."""
+class ConsoleLine:
+    """The technician's end of the console line, over TCP: the harness bridges the App's
+    console UART to `endpoint`.  (Not a pseudo-terminal: on a shared machine a stray process
+    that reopens an old /dev/pts path would read the keys typed here.)"""
 
     def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)  # a UART carries bytes: no line discipline on the gateway's side
-        self.path = os.ttyname(self.slave)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"tcp:127.0.0.1:{self.server.getsockname()[1]}"
+        self.conn: socket.socket | None = None
         self.out = b""
 
+    def _conn(self) -> socket.socket | None:
+        if self.conn is None:
+            self.server.setblocking(False)
+            try:
+                self.conn, _ = self.server.accept()
+            except BlockingIOError:
+                return None
+            self.conn.setblocking(False)
+        return self.conn
+
     def send(self, text: bytes) -> None:
-        os.write(self.master, text)
+        conn = self._conn()
+        assert conn is not None, "the console line is not connected yet (start the App first)"
+        conn.sendall(text)
 
     def read(self) -> bytes:
-        while select.select([self.master], [], [], 0)[0]:
-            self.out += os.read(self.master, 4096)
+        conn = self._conn()
+        while conn is not None and select.select([conn], [], [], 0)[0]:
+            data = conn.recv(4096)
+            if not data:
+                break
+            self.out += data
         return self.out
 
     def close(self) -> None:
-        os.close(self.master)
-        os.close(self.slave)
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
 
 
-def _console(dut: Any, term: ConsolePty, send: bytes, expect: bytes, timeout_s: float = 90.0) -> None:
+def _console(dut: Any, term: ConsoleLine, send: bytes, expect: bytes, timeout_s: float = 90.0) -> None:
     """Type a line, then run passes (measured) until `expect` shows up on the terminal."""
     if send:
         term.send(send)
@@ -190,7 +208,7 @@ def measure(
     assert site is not None, "\n".join(map(str, problems))
     sim, _ = sitesim.build(site.config, seed=n_piles)
     endpoints = sim.start()
-    term = ConsolePty()
+    term = ConsoleLine()
     dut = mpyapp.MpyApp(workdir / "vm", code=code)
     figures: dict[str, Any] = {"piles": n_piles, "bays": n_piles, "code": code}
     gw = site.config["gateway"]["id"]
@@ -213,7 +231,7 @@ def measure(
             str(key_file): key_file.read_bytes(),
         }
         files["/config.json"] = site.json_bytes
-        dut.load(uarts={2: "pty:" + endpoints["rs485-1"]}, console="pty:" + term.path, files=files)
+        dut.load(uarts={2: "pty:" + endpoints["rs485-1"]}, console=term.endpoint, files=files)
         figures["vm"] = dut.version
         figures["baseline"] = dut.measure()["live"]
         dut.exec("from pilefw import app as _app")
