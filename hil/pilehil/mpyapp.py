@@ -27,6 +27,7 @@ import json
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,18 +57,31 @@ def build_lib(dest: Path, code: str = "mpy") -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     fw = ROOT / "firmware"
     if code == "mpy":
-        from piletools.firmware_build import compile_all
-
         for pkg, src in (("pilecore", fw / "pilecore"), ("pilefw", fw / "pilefw"), ("umqtt", UMQTT)):
-            _, errors = compile_all(src, dest / pkg)
-            if errors:
-                raise HarnessError("mpy-cross: " + "; ".join(errors))
+            _compile_tree(src, dest / pkg)
     elif code == "py":
         for pkg, src in (("pilecore", fw / "pilecore"), ("pilefw", fw / "pilefw"), ("umqtt", UMQTT)):
             shutil.copytree(src, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     else:
         raise ValueError(f"code must be 'py' or 'mpy', not {code!r}")
     return dest
+
+
+def _compile_tree(src: Path, out: Path) -> None:
+    """Every .py under src compiled with mpy-cross (as `make firmware` does) into out."""
+    exe = Path(sys.executable).with_name("mpy-cross")
+    cross = str(exe) if exe.exists() else shutil.which("mpy-cross")
+    if not cross:
+        raise HarnessError("mpy-cross not found (make setup)")
+    for py in sorted(src.rglob("*.py")):
+        if "__pycache__" in py.parts:
+            continue
+        rel = py.relative_to(src)
+        target = out / rel.with_suffix(".mpy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([cross, "-s", str(rel), "-o", str(target), str(py)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HarnessError(f"mpy-cross rejected {py}: {proc.stderr.strip()}")
 
 
 class MpyApp:

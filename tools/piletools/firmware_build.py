@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "firmware"
 OUT = ROOT / "build" / "firmware"
 ENTRY_POINTS = ("boot.py", "main.py")
+MANIFEST = "manifest.py"
 
 
 def mpy_cross() -> str:
@@ -39,6 +40,8 @@ def compile_all(src: Path = SRC, out: Path = OUT) -> tuple[list[tuple[str, int]]
         if "__pycache__" in py.parts:
             continue
         rel = py.relative_to(src)
+        if rel == Path(MANIFEST):  # the frozen build's manifest, read by MicroPython's make
+            continue
         target = out / rel.with_suffix(".mpy")
         target.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([exe, "-s", str(rel), "-o", str(target), str(py)], capture_output=True, text=True)
