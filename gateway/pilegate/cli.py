@@ -23,6 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 # Other packages add subcommands through this entry-point group (see piletools.commands): the
 # gateway never imports the platform's tools, the rig or the demo, it only lists what is installed.
 COMMAND_GROUP = "pilegate.commands"
+EXIT_STORAGE = 74  # EX_IOERR: data_dir refused the outbox at start; systemd restarts the gateway
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -88,6 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from pilegate.keys import KeyFileError
+    from pilegate.outbox import OutboxFull
     from pilegate.runtime import Gateway
 
     logging.basicConfig(
@@ -105,6 +107,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             gw = Gateway(site, data_dir=args.data_dir, poll_s=args.poll, interval_s=args.interval, **kw)
             if hil is not None:
                 gw.tick_s = 1.0 / hil[2]  # one site second
+        except OutboxFull as exc:  # data_dir full or failing before anything was signed
+            print(f"pilegate run: {exc}", file=sys.stderr)
+            return EXIT_STORAGE
         except (KeyFileError, OSError, ValueError) as exc:
             print(f"pilegate run: {exc}", file=sys.stderr)
             return 2

@@ -13,6 +13,8 @@ tests/gateway/test_outbox_sqlite.py, tests/core.)
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pyocmf
@@ -85,3 +87,24 @@ def test_a_full_disk_while_the_broker_is_down_thins_declares_and_resumes(sim_sit
     assert "outbox.dropped" in types
     rec = billing(platform)[0]
     assert pyocmf.OCMF.from_string(rec["ocmf"], strict=True).verify_signature(spki_hex(pem)) is True
+
+
+def test_a_gateway_started_on_a_full_disk_says_so_and_exits(sim_site, tmp_path):
+    """No traceback and no half-made chain: the start counter cannot be stored, so nothing is
+    signed; the gateway names the file system and exits with EX_IOERR for systemd to retry."""
+    with small_fs(tmp_path / "fs", 2048) as fs:
+        s = sim_site(pile_block("P1", 1, "eastron-sdm120", serial="12345678"))
+        site_path = tmp_path / "site.toml"
+        site_path.write_text(s.path.read_text())
+        data = fs.path / "data"
+        device_pem(site_path, data)  # the device key exists already
+        fs.fill()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pilegate.cli", "run", str(site_path), "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 74, proc.stderr
+    assert "storage refused to" in proc.stderr and "free space in data_dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
