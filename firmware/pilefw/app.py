@@ -37,7 +37,7 @@ records, state), a bounded MQTT step, the console, the watchdog.  `run()` repeat
 import json
 
 from pilecore import VERSION, config, ecdsa, envelope
-from pilecore.console import AuthState
+from pilecore.console_auth import AuthState
 from pilecore.envelope import Chain
 from pilecore.gateway import SiteDriver
 from pilecore.site import SiteCore

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from pilecore import envelope
 from pilecore.config import parse_mqtt_url
-from pilecore.console import AuthState
+from pilecore.console_auth import AuthState
 from pilecore.envelope import Chain
 from pilecore.gateway import SiteDriver
 from pilecore.site import SiteCore

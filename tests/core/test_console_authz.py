@@ -90,3 +90,20 @@ def test_log_with_a_level_reads_and_set_log_level_needs_the_login():
     assert "set_setting" not in b.calls and b.audits == []
     assert "needs a technician login" in c.execute("set log.level debug", 0)
     assert b.audits[-1]["cmd"] == "set" and b.audits[-1]["result"] == "refused"
+
+
+def test_the_login_state_is_importable_without_the_console():
+    # The ESP32 imports the console only when it opens one; AuthState is needed at start.
+    import sys
+
+    saved = {}
+    for name in [m for m in sys.modules if m.startswith("pilecore.console")]:
+        saved[name] = sys.modules.pop(name)
+    try:
+        from pilecore.console_auth import AuthState
+
+        assert AuthState(None).wait_s(0) == 0
+        assert [m for m in sys.modules if m.startswith("pilecore.console")] == ["pilecore.console_auth"]
+    finally:
+        for name in saved:
+            sys.modules[name] = saved[name]
