@@ -383,6 +383,16 @@ def _meter_problems(meter, where, buses, profiles, problems):
     prof = profiles.get(meter.get("profile"))
     if "address" in meter:
         _meter_address(meter, where, prof, problems)
+    bus = buses.get(meter.get("bus")) if isinstance(buses, dict) else None
+    port = bus.get("port", "") if isinstance(bus, dict) else ""
+    if prof is not None and prof.get("protocol") == "dlt645" and isinstance(port, str) and port.startswith("tcp://"):
+        problems.append(
+            (
+                where + ".bus",
+                "bus %s is Modbus TCP (%s), which cannot carry DL/T 645 frames; put this meter on a "
+                "serial port or an rtu+tcp:// converter" % (meter["bus"], port),
+            )
+        )
     if "ranges" in meter:
         _meter_ranges(meter, where, prof, problems)
 

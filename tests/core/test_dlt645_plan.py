@@ -207,3 +207,12 @@ def test_site_file_ranges_are_checked():
     _, problems = _check(meter)
     assert "min < max" in problems["pile[P01].meter.ranges.power"]
     assert "does not read voltage" in problems["pile[P01].meter.ranges.voltage"]
+
+
+def test_a_dlt645_meter_on_a_modbus_tcp_bus_is_refused():
+    board, _ = config.validate_board(BOARD, "b1")
+    cfg = _site({"bus": "bus1", "address": "000012345678", "profile": "dtsu-dlt"})
+    cfg["bus"][0]["port"] = "tcp://10.0.0.5:502"
+    _, problems = config.validate_site(cfg, {"b1": board}, {"dtsu-dlt": DTSU, "mb": MODBUS})
+    why = dict(problems)["pile[P01].meter.bus"]
+    assert "cannot carry DL/T 645" in why and "rtu+tcp" in why
