@@ -44,8 +44,6 @@ ANCHORS = {
     "eastron-sdm630": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x0034, "f32", 1.0)},
     "abb-b23": {"energy_import": (3, 0x5000, "u64", 0.01), "power": (3, 0x5B14, "s32", 0.01)},
     "acrel-adl400": {"energy_import": (3, 0x000A, "u32", 0.01), "power": (3, 0x081A, "f32", 1000.0)},
-    "eastron-sdm72": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x0034, "f32", 1.0)},
-    "eastron-sdm230": {"energy_import": (4, 0x0048, "f32", 1.0), "power": (4, 0x000C, "f32", 1.0)},
     "carlo-gavazzi-em340": {"energy_import": (3, 0x0034, "s32", 0.1), "power": (3, 0x0028, "s32", 0.1)},
     "carlo-gavazzi-em24": {"energy_import": (3, 0x0034, "s32", 0.1), "power": (3, 0x0028, "s32", 0.1)},
     "schneider-iem3000": {"energy_import": (3, 0x0C83, "s64", 0.001), "power": (3, 0x0BF3, "f32", 1000.0)},
@@ -67,8 +65,6 @@ DLT_ANCHORS = {
 SERIAL_IDENTITY = {
     "eastron-sdm120": (0xFC00, "u32", 3),
     "eastron-sdm630": (0xFC00, "u32", 3),
-    "eastron-sdm72": (0xFC00, "u32", 3),
-    "eastron-sdm230": (0xFC00, "u32", 3),
     "abb-b23": (0x8900, "u32", 3),
     "carlo-gavazzi-em340": (0x5000, "ascii", 3),
     "carlo-gavazzi-em24": (0x5000, "ascii", 3),
