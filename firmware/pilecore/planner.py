@@ -48,6 +48,7 @@ class MeterPlan:
         self.ranges = ranges or {}
         self.limit = min(MAX_BLOCK, prof.get("max_block", MAX_BLOCK), limit or MAX_BLOCK)
         self.gap = gap
+        self._initial = (self.limit, gap)  # what relearn() goes back to
         # a read's fixed cost in character times: frames, silences and the meter's latency
         self.read_cost = FRAME_CHARS + (prof.get("response_ms", 50) * 1000) // max(1, char_us)
         self.fields = []
@@ -73,6 +74,15 @@ class MeterPlan:
         self.unsupported = []
         self.reads = []
         self.slots = []
+        self.replan()
+
+    def relearn(self):
+        """Forget what exceptions taught (smaller blocks, no gaps, unsupported values) and plan
+        the full read again.  The scheduler calls it when a meter has refused every value: a
+        confused or rogue responder, or a meter still booting, must not disable the values of
+        the real meter for good (issue 9, defect #3)."""
+        self.limit, self.gap = self._initial
+        self.unsupported = []
         self.replan()
 
     def replan(self):
@@ -276,6 +286,9 @@ class RawPlan:
     def shrink(self, read_index, code):
         return False
 
+    def relearn(self):
+        """Nothing to relearn: the one block is always read."""
+
     def decode(self, blocks):
         return blocks[0], []
 
@@ -322,6 +335,13 @@ class DltPlan:
         self.unsupported = []
         self.reads = []
         self.slots = []
+        self.replan()
+
+    def relearn(self):
+        """As MeterPlan.relearn: block reads and every item are tried again."""
+        for name in self.blocks_ok:
+            self.blocks_ok[name] = True
+        self.unsupported = []
         self.replan()
 
     def replan(self):

@@ -506,6 +506,10 @@ class BusScheduler:
                 backoff = self.max_backoff_ms
             dev.backoff_until = now_ms + backoff
             dev.next_poll = dev.backoff_until
+        if not dev.plan.reads:
+            # The meter refused every value: after the backoff, ask for all of them again
+            # rather than never polling it (and crashing on an empty plan) for good.
+            dev.plan.relearn()
         return ("poll", dev.key, {"t_ms": started, "blocks": blocks, "failed": failed, "ok": ok, "code": code})
 
     def _count(self, code, elapsed_ms):

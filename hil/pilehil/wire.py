@@ -46,9 +46,10 @@ MAX_RTU_FRAME = 256
 #: byte_count   one register more than asked (byte count and data agree with each other)
 #: short        one register fewer than asked
 #: exception    exception 4 (server device failure) to every request
+#: refuse       exception 2 (illegal data address) to every request: "no such register"
 #: random       random bytes of random length
 #: random_data  a well-formed header (address, function, byte count) over random registers
-ROGUE_KINDS = ("function", "unit", "byte_count", "short", "exception", "random", "random_data")
+ROGUE_KINDS = ("function", "unit", "byte_count", "short", "exception", "refuse", "random", "random_data")
 
 
 def rogue_reply(kind: str, request: bytes, reply: bytes, rng: random.Random) -> bytes:
@@ -57,8 +58,8 @@ def rogue_reply(kind: str, request: bytes, reply: bytes, rng: random.Random) -> 
     count = (request[4] << 8) | request[5]
     if kind == "random":
         return add_crc(bytes(rng.randrange(256) for _ in range(rng.randrange(2, 40))))
-    if kind == "exception":
-        return add_crc(bytes((addr, fc | 0x80, 4)))
+    if kind in ("exception", "refuse"):
+        return add_crc(bytes((addr, fc | 0x80, 4 if kind == "exception" else 2)))
     if fc not in (3, 4):
         return reply  # only register reads are rewritten by the other kinds
     if kind == "unit":

@@ -47,6 +47,8 @@ class Bus:
             return modbus.E_TIMEOUT, None, txn.timeout_ms
         if kind == "exc_over" and txn.count > how[2]:
             return modbus.E_EXCEPTION, 2, wire + lat
+        if kind == "refuse":  # exception 2 to everything, as a rogue or confused responder
+            return modbus.E_EXCEPTION, 2, wire + lat
         if lat > txn.timeout_ms:
             return modbus.E_TIMEOUT, None, txn.timeout_ms
         return modbus.OK, [0] * txn.count, wire + lat
@@ -192,3 +194,20 @@ def test_a_meters_quiet_time_is_used_for_other_meters():
     first = [e[2] for e in bus.log[:4]]
     assert first == [1, 2, 1, 2]  # not 1, (idle 200 ms), 1, ...
     assert len(bus.polls("M1")) == 1 and len(bus.polls("M2")) == 1
+
+
+def test_a_meter_that_refuses_every_value_is_asked_for_all_of_them_again():
+    # issue 9 defect #3: exception 2 to every read shrank the plan to nothing and the next poll
+    # crashed the bus loop on an empty plan; the real meter's values were disabled for good
+    s, bus = site(n=2, poll_ms=1000)
+    bus.behaviour[1] = ("refuse", 30)
+    bus.run(20000)
+    unsupported = [r for r in bus.results if r[0] == "unsupported" and r[1] == "M1"]
+    assert unsupported and bus.polls("M1", ok=False)  # refused, reported, and no crash
+    assert len(bus.polls("M2")) >= 15  # the other meter is read on
+    plan = s.device("M1").plan
+    assert plan.unsupported == [] and len(plan.reads) >= 1  # relearned: the full plan again
+    bus.behaviour[1] = ("ok", 30)  # the real meter answers again
+    bus.run(bus.now + 600000)
+    ok = bus.polls("M1")
+    assert ok and all(b is not None for b in ok[-1][2]["blocks"])

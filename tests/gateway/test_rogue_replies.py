@@ -30,6 +30,7 @@ EXPECTED = {
     "byte_count": ("meter.comm_error", "reason", "wrong byte count"),
     "short": ("meter.comm_error", "reason", "wrong byte count"),
     "exception": ("meter.exception", "code", 4),
+    "refuse": ("meter.fault", "reason", "meter refuses values"),  # every value, then relearned
     "random": ("meter.comm_error", None, None),
     "random_data": ("meter.fault", None, None),
 }
