@@ -38,7 +38,7 @@ from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from .meter import SimMeter
-from .wire import FrameSplitter, LineTiming, Wire, add_crc, crc_ok
+from .wire import FrameSplitter, LineTiming, Wire, add_crc, crc_ok, frame_address
 
 #: Registers of zeros served on each side of the mapped ones (the most one read can ask).
 PAD = 125
@@ -293,7 +293,7 @@ class PtyFrontend:
                 continue
             self.wire.count(link_bytes=len(data))
             for frame in splitter.feed(data):
-                if not self._line_matches(frame[0] if frame else 0):
+                if not self._line_matches(frame_address(frame)):
                     self.wire.count(line_errors=1, garbage_bytes=len(frame))
                     continue
                 reply = await self.wire.transact(frame)
@@ -302,7 +302,7 @@ class PtyFrontend:
                     with contextlib.suppress(OSError):  # pty buffer full: the reply is lost
                         os.write(self._pty.master, reply)
 
-    def _line_matches(self, address: int) -> bool:
+    def _line_matches(self, address: int | str | None) -> bool:
         """Whether the device at ``address`` hears the master: same baud rate (the device's
         own ``baud`` if it has one, as a meter left at its factory rate, else the bus's),
         8 data bits and the bus's stop bits."""

@@ -138,6 +138,15 @@ def reply_length(buf: bytes) -> int | None:
     return 0
 
 
+def frame_address(frame: bytes) -> int | str | None:
+    """The device a request frame is for: a Modbus address (int), a DL/T 645 address (12-digit
+    string, or the wildcard), or None when the frame does not say."""
+    if is_dlt645_start(frame):
+        code, address, _, _ = core_dlt645.parse(frame)
+        return address if code == core_modbus.OK else None
+    return frame[0] if frame else None
+
+
 def is_exception(reply: bytes) -> bool:
     """An exception (Modbus) or abnormal (DL/T 645, control bit 6) reply."""
     if is_dlt645_start(reply):

@@ -177,3 +177,15 @@ def test_a_dlt645_job_on_a_modbus_only_bus_is_refused_not_sent(sim_site):
     code, why, _ = asyncio.run(go())
     assert code == modbus.E_FUNCTION and "DL/T 645" in why
     assert s.sim.bus_stats("bus1").requests == 0
+
+
+def test_a_dlt645_meter_left_at_its_factory_2400_baud_does_not_answer_a_9600_bus(sim_site):
+    """The field's first mixed-bus trap: the DL/T 645 meter still at 2400 8E1 on a 9600 bus.
+    It hears nothing (a pty checks the baud rate), the Modbus meters keep being read."""
+    body = dlt_block("P1", DLT_ADDR, "chint-dtsu666-dlt645") + pile_block("P2", 2, "eastron-sdm120")
+    s = sim_site(body)
+    s.meter(DLT_ADDR).baud = 2400
+    meters = read_once(s.cfg, tries=1)
+    assert meters["P1"].error is not None and meters["P1"].reading is None
+    assert meters["P2"].error is None
+    assert s.sim.bus_stats("bus1").line_errors > 0
