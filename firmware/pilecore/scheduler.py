@@ -226,6 +226,9 @@ class BusScheduler:
             "other_errors": 0,
             "busy_us": 0,
         }
+        # Trace hook, as pymodbus's trace_packet: None, or a callable (txn, code, results) called
+        # after every completed transaction with what it finished (tests and diagnostics).
+        self.trace = None
 
     # ------------------------------------------------------------ configuration
 
@@ -429,6 +432,12 @@ class BusScheduler:
           ("unsupported", device_key, [(value, phase)])            values the meter refuses
           ("exception", device_key, [fc, start, count], code)      a read refused (busy, failure)
         """
+        results = self._complete(txn, now_ms, code, payload, elapsed_ms)
+        if self.trace is not None:
+            self.trace(txn, code, results)
+        return results
+
+    def _complete(self, txn, now_ms, code, payload, elapsed_ms):
         self.busy = False
         self._count(code, elapsed_ms)
         if txn.kind == "job":

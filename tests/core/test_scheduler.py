@@ -211,3 +211,15 @@ def test_a_meter_that_refuses_every_value_is_asked_for_all_of_them_again():
     bus.run(bus.now + 600000)
     ok = bus.polls("M1")
     assert ok and all(b is not None for b in ok[-1][2]["blocks"])
+
+
+def test_trace_hook_sees_every_completed_transaction_and_what_it_finished():
+    s, bus = site()
+    bus.behaviour[2] = ("dead", 0)
+    seen = []
+    s.trace = lambda txn, code, results: seen.append((txn.key, code, list(results)))
+    bus.run(30000)
+    assert len(seen) == len(bus.log)  # one call per transaction, in bus order
+    assert [(k, c) for k, c, _ in seen] == [(k, e[6]) for (k, _, _), e in zip(seen, bus.log)]
+    assert [r for _, _, rs in seen for r in rs] == bus.results  # exactly what complete() returned
+    assert any(k == "M2" and c == modbus.E_TIMEOUT for k, c, _ in seen)

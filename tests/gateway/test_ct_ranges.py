@@ -21,7 +21,7 @@ def _main_reading(s):
                 break
             await asyncio.sleep(0.01)
         stop.set()
-        svc._wake["bus1"].set()
+        svc.wake()
         await task
         return svc.meters["_main"]
 

@@ -14,7 +14,6 @@ import io
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.append(str(Path(__file__).resolve().parents[2] / "firmware"))
-from pilefw.outbox import HDR, Outbox, OutboxFull
+from pilefw.outbox import Outbox, OutboxFull
 
 D = "/ob"
 
@@ -514,34 +513,23 @@ def test_budget_holds_at_every_instant_with_large_segments() -> None:
     assert drops > 100
 
 
-def test_throughput_put_ack_2k_payloads_on_tmpfs(capsys: Any) -> None:
-    """A figure for the report, not an assertion on speed."""
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    if base is None:
-        pytest.skip("no tmpfs at /dev/shm")
-    d = base / f"fwoutbox-bench-{os.getpid()}"
-    shutil.rmtree(d, ignore_errors=True)
+def test_a_long_run_of_put_and_ack_stays_in_budget_and_reopens_with_its_head(tmp_path: Path) -> None:
+    """2,000 messages of 2 KiB, each acked at once (a gateway that is online): segments are
+    recycled, nothing is thrown away, and a reopened outbox knows the newest seq (the chain
+    head) and holds nothing unsent. Speed is `make bench`'s business, not this test's."""
+    ob = Outbox(str(tmp_path / "ob"))
+    body = b"x" * 2048
+    n = 2000
+    for s in range(1, n + 1):
+        assert ob.put(s, "telemetry", "pg/v1/site/gw/telemetry/P01", body)
+        ob.ack(s)
+    assert ob.depth() == 0 and ob.bytes_used() <= 512 * 1024
+    assert ob.take_dropped() == []
+    ob.close()
+    ob = Outbox(str(tmp_path / "ob"))
     try:
-        ob = Outbox(str(d))
-        body = b"x" * 2048
-        n = 2000
-        t0 = time.perf_counter()
-        for s in range(1, n + 1):
-            assert ob.put(s, "telemetry", "pg/v1/site/gw/telemetry/P01", body)
-            ob.ack(s)
-        dt = time.perf_counter() - t0
-        assert ob.depth() == 0 and ob.bytes_used() <= 512 * 1024
-        assert ob.take_dropped() == []
-        ob.close()
-        t0 = time.perf_counter()
-        ob = Outbox(str(d))
-        dt_open = time.perf_counter() - t0
-        stored = sum(len(m) for m in ob._meta)
-        ob.close()
-        with capsys.disabled():
-            print(
-                f"\nfw outbox: {n / dt:.0f} put+ack/s of 2 KiB payloads (tmpfs, fsync each), "
-                f"open of {stored} records ({HDR}-byte headers) in {dt_open * 1000:.1f} ms"
-            )
+        assert ob.depth() == 0
+        last = ob.last()
+        assert last is not None and last[0] == n
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        ob.close()

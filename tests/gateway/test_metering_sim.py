@@ -160,8 +160,7 @@ class Runner:
                 self.s.clock.advance(dt)
         finally:
             stop.set()
-            for w in svc._wake.values():
-                w.set()
+            svc.wake()
             await asyncio.gather(*tasks)
         return svc
 
@@ -295,23 +294,19 @@ def test_a_dead_meter_does_not_stall_the_others(sim_site):
 
     async def main():
         svc = Metering(s.cfg, poll_s=0.5)
-        sched = svc.scheds["bus1"]
-        complete = sched.complete
 
-        def spy(txn, now_ms, code, payload, elapsed_ms):
+        def trace(txn, code, results):
             log.append((txn.key, "txn"))
-            results = complete(txn, now_ms, code, payload, elapsed_ms)
             log.extend((r[1], "cycle") for r in results if r[0] == "poll" and r[2]["ok"])
-            return results
 
-        sched.complete = spy
+        svc.scheds["bus1"].trace = trace
         stop = asyncio.Event()
         task = asyncio.create_task(svc.run_bus("bus1", stop))
         deadline = time.monotonic() + 60
         while log.count(("P1", "cycle")) < 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         stop.set()
-        svc._wake["bus1"].set()
+        svc.wake()
         await task
         return svc
 

@@ -107,8 +107,7 @@ async def run(s, kind: str) -> tuple[Metering, list[dict], list[dict], dict[int,
             s.clock.advance(STEP_S)
     finally:
         stop.set()
-        for w in svc._wake.values():
-            w.set()
+        svc.wake()
         await asyncio.gather(*tasks)
     return svc, events, published, truth
 
