@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 log = logging.getLogger("pilegate.outbox")
 NEVER_DROPPED = ("billing", "event", "birth", "ack")
-RESERVE_BYTES = 1024 * 1024
+RESERVE_BYTES = 8 * 1024 * 1024  # twice SQLite's default WAL (1000 pages of 4 KiB)
 _ACK_BATCH = 64  # acks written per transaction
 _HEADROOM = 64 * 1024  # free beyond twice the reserve before the budget is restored
 T = TypeVar("T")
@@ -298,16 +298,24 @@ class Outbox:
                 if seq <= last:
                     raise ValueError(f"seq {seq} is not above the newest stored seq {last}")
                 last = seq
-            self.flush_acks()
+            if len(self._acks) > _ACK_BATCH:  # a backlog of acks: bounded transactions of their own
+                self.flush_acks()
             if self._cap is not None:
                 self._stored_ok()
             need = sum(len(payload) + len(topic) + 32 for _, _, topic, payload, _ in records)
-            stored, used = self._write(lambda: self._insert(records), need)
+            # a few acks ride along in the same transaction: no fsync of their own
+            acks = [self._acks.popleft() for _ in range(min(len(self._acks), _ACK_BATCH))]
+            try:
+                stored, used = self._write(lambda: self._insert(records, acks), need)
+            except BaseException:
+                self._acks.extendleft(reversed(acks))
+                raise
             self._bytes = used
             return stored
 
-    def _insert(self, records: list[tuple[int, str, str, bytes, str | None]]) -> tuple[int, int]:
+    def _insert(self, records: list[tuple[int, str, str, bytes, str | None]], acks: list[int]) -> tuple[int, int]:
         """The body of put_many's transaction: (messages stored, bytes used after)."""
+        self._mark_acked(acks)
         used = self._bytes
         rows = []
         head = None

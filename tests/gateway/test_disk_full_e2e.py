@@ -33,7 +33,7 @@ def test_a_full_disk_while_the_broker_is_down_thins_declares_and_resumes(sim_sit
     broker = Broker(tmp_path / "broker", persistence=True).start()
     platform = Platform(tmp_path, broker)
     try:
-        with small_fs(tmp_path / "fs", 8 * 1024) as fs:
+        with small_fs(tmp_path / "fs", 32 * 1024) as fs:
             body = pile_block("P1", 1, "eastron-sdm120", serial="12345678")
             s = sim_site(body, loads={1: OneSession(3, 13)})
             extra = "\n[sessions]\nstart_after_s = 0\nstop_after_s = 0\n"
