@@ -15,6 +15,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 from .clock import ScaledClock
 from .load import parse_load
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_site(args: argparse.Namespace) -> Site:
     """The :class:`Site` the CLI arguments describe (not started)."""
     site = Site(clock=ScaledClock(args.speed))
-    profiles: dict[str, dict] = {}
+    profiles: dict[str, dict[str, Any]] = {}
     for bus, address, profile_ref, serial, load_text in args.meter:
         if bus not in site.buses:
             port = args.port + len(site.buses) if args.port else 0
@@ -92,7 +93,7 @@ def run_site_forever(site: Site, stop: threading.Event | None = None) -> None:
     stop it. Signal handlers are installed only when called from the main thread and are
     restored afterwards."""
     stop = stop if stop is not None else threading.Event()
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
@@ -104,7 +105,7 @@ def run_site_forever(site: Site, stop: threading.Event | None = None) -> None:
         pass
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         site.stop()
 
 

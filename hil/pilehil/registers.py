@@ -158,7 +158,7 @@ def encode_value(profile: Profile, name: str, value: Number | Sequence[Number]) 
     to every phase)."""
     spec = value_spec(profile, name)
     regs = spec_registers(spec)
-    values = list(value) if isinstance(value, list | tuple) else [value] * len(regs)
+    values: list[Any] = list(value) if isinstance(value, list | tuple) else [value] * len(regs)
     if len(values) != len(regs):
         raise ValueError(f"{name}: {len(values)} values for {len(regs)} registers")
     fn = spec_function(profile, spec)
