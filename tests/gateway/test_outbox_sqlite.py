@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from smallfs import small_fs
 
-from pilegate.outbox import Outbox, OutboxFull, signing_input_hash
+from pilegate.outbox import Outbox, OutboxFull, StorageFull, signing_input_hash
 
 
 def jws(seq: int, size: int = 100) -> bytes:
@@ -239,8 +239,30 @@ def test_state_refused_by_a_full_disk_is_kept_and_written_later(tmp_path):
         state = ob.state()
         assert state["ok"] is False and state["state_pending"] == ["core"]
         assert "database or disk is full" in state["error"]
+        with pytest.raises(StorageFull) as caught:  # the start counter must be stored, or nothing is signed
+            ob.next_epoch()
+        assert isinstance(caught.value, OutboxFull) and "database or disk is full" in caught.value.cause
         fs.free()
         ob.flush_acks()  # any later write carries the state with it
         assert ob.state()["state_pending"] == [] and ob.state()["ok"] is True
         ob.close()
         assert Outbox(fs.path / "o.db", reserve_bytes=0).kv_get("core") == big
+
+
+def test_storage_refusing_outright_raises_outbox_full_and_stores_nothing(tmp_path):
+    """No reserve and no room at all: the write is refused whole, as an OutboxFull naming the
+    storage's cause, the chain head stays; the same write succeeds once the space is back,
+    without reopening."""
+    with small_fs(tmp_path / "fs", 1024) as fs:
+        ob = Outbox(fs.path / "o.db", reserve_bytes=0)
+        assert _put(ob, 1, "billing")
+        fs.fill()
+        big = (2, "billing", "t/billing", jws(2, 300_000), "h2")
+        with pytest.raises(OutboxFull, match="database or disk is full"):
+            ob.put_many([big])
+        assert ob.chain() == (1, "h1") and ob.last()[0] == 1 and ob.get(2) is None
+        assert ob.state()["ok"] is False and ob.state()["errors"] >= 1
+        fs.free()
+        assert ob.put_many([big]) == 1
+        assert ob.chain() == (2, "h2") and [m[0] for m in ob.pending(10)] == [1, 2]
+        ob.close()
