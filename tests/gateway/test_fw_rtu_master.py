@@ -133,3 +133,67 @@ def test_random_replies_from_a_rogue_are_never_data(site):
     codes = [master.transact(scheduler.Txn("job", None, 1, 4, 0x0000, 2, 300))[0] for _ in range(20)]
     assert modbus.OK not in codes, codes
     uart.deinit()
+
+
+class _Hands:
+    """The port's hands the driver may call; nothing to actuate or store in this test."""
+
+    def actuate(self, relay, on):
+        pass
+
+    def read_input(self, name):
+        return None
+
+    def save(self, name, obj):
+        pass
+
+    def log(self, level, text):
+        pass
+
+
+@pytest.mark.parametrize("kind", ["function", "random_data"])
+def test_the_esp32_metering_never_meters_a_rogue_and_recovers(sim_site, kind):
+    # issue 9 defect #3 on the ESP32's path: RtuMaster -> the core driver -> SiteCore
+    from pilecore.envelope import Chain
+    from pilecore.gateway import SiteDriver
+    from pilecore.site import SiteCore
+    from pilefw.metering import Buses
+
+    s = sim_site(pile_block("P1", 1, "eastron-sdm120"), loads={1: ConstantLoad(3000, 1)})
+    cfg = s.cfg
+    master, uart, _ = open_master(s)
+    core = SiteCore(cfg, None, "GW-T1", "")
+    chain = Chain("GW-T1", "test-site", "", lambda b: b"", 0)
+    ident = {"fw": "", "platform": "esp32", "board": "", "config_hash": "", "kid": "", "pubkey": ""}
+    driver = SiteDriver(cfg, core, chain, _Hands(), ident, {"poll_s": 1})
+    events = []
+    driver.sink = events.append
+    ms = [0]  # the main loop's monotonic clock, simulated: backoffs pass in simulated time
+    buses = Buses(driver, {"bus1": master}, {}, lambda: ms[0])
+    now = 10_000
+    s.meter(1).set_rogue(kind, seed=5)
+    metered_during = []
+    truth = {}  # wall second -> the simulator's energy register then
+    for i in range(400):
+        if i == 60:
+            s.meter(1).set_rogue(None)
+            events.append({"type": "test.rogue_gone"})
+        truth[now] = s.meter(1).energy_wh
+        driver.supervise(now)
+        ms[0] = (now - 10_000) * 1000
+        for _ in range(50):  # one second of the main loop: every transaction due in it
+            if not buses.step(ms[0], now):
+                break
+            ms[0] += 20
+        if i < 60:
+            metered_during.append(core.guard.status("P1")["metered"] or core.latest.get("P1") is not None)
+        elif core.guard.status("P1")["metered"] and core.guard.piles["P1"].bound == s.meter(1).serial:
+            break
+        now += 1
+        s.clock.advance(1)
+    uart.deinit()
+    gone = next(i for i, e in enumerate(events) if e["type"] == "test.rogue_gone")
+    assert not any(metered_during), "a rogue reply was taken as a reading"
+    assert "meter.bound" not in [e["type"] for e in events[:gone]]
+    assert core.guard.status("P1")["metered"] and core.guard.piles["P1"].bound == s.meter(1).serial
+    assert abs(core.latest["P1"]["energy_wh"] - truth[core.latest["P1"]["t"]]) <= 1
