@@ -48,7 +48,7 @@ class SimMeter(BusDevice):
     def __init__(
         self,
         profile: Mapping[str, Any],
-        address: int,
+        address: Any,  # 1..247, or a DL/T 645 meter's 12 digits (pilehil.dlt645.SimDltMeter)
         serial: str,
         load: Load | None = None,
         clock: Callable[[], float] | None = None,

@@ -186,7 +186,7 @@ class PymodbusBackend:
     """pymodbus RTU server for the devices (meters, sensors, pile controllers) of one bus,
     reached through a private pty."""
 
-    def __init__(self, meters: Mapping[int, SimMeter], timing: LineTiming) -> None:
+    def __init__(self, meters: Mapping[int | str, SimMeter], timing: LineTiming) -> None:
         self.meters = meters
         self.timing = timing
         self._pty: PtyPair | None = None
@@ -310,7 +310,8 @@ class PtyFrontend:
             return True
         baud, bits, stopbits = self._pty.line_settings()
         t = self.wire.timing
-        want = getattr(self.wire.meters.get(address), "baud", None) or t.baud
+        device = self.wire.meters.get(address) if address is not None else None
+        want = getattr(device, "baud", None) or t.baud
         return (baud is None or baud == want) and bits == 8 and stopbits == t.stopbits
 
     async def stop(self) -> None:

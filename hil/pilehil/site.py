@@ -98,10 +98,10 @@ class Bus:
         self.port = port
         self.gateway_exceptions = gateway_exceptions
         self.check_line = check_line
-        self.meters: dict[int, SimMeter] = {}
+        self.meters: dict[int | str, SimMeter] = {}
         # Every device that answers on the bus, by address: the meters and any other device
         # added with Site.add_device (presence sensors, pile controllers: pilehil.bays).
-        self.devices: dict[int, Any] = {}
+        self.devices: dict[int | str, Any] = {}
         self.backend = PymodbusBackend(self.devices, timing)
         self.wire = Wire(name, timing, self.devices, self.backend.exchange, realtime)
         self.frontend: Any = None

@@ -275,7 +275,12 @@ class Wire:
     """
 
     def __init__(
-        self, name: str, timing: LineTiming, meters: Mapping[int, SimMeter], exchange: Exchange, realtime: bool = False
+        self,
+        name: str,
+        timing: LineTiming,
+        meters: Mapping[int | str, SimMeter],
+        exchange: Exchange,
+        realtime: bool = False,
     ) -> None:
         self.name = name
         self.timing = timing
@@ -388,7 +393,7 @@ class Wire:
         if address == core_dlt645.WILDCARD:
             candidates = [m for m in self.meters.values() if hasattr(m, "answer") and not m.faults.no_reply]
         else:
-            m = self.meters.get(address)  # type: ignore[call-overload]
+            m = self.meters.get(address)
             candidates = [m] if m is not None and hasattr(m, "answer") and not m.faults.no_reply else []
         replies = [(m, m.answer(request)) for m in candidates]
         replies = [(m, r) for m, r in replies if r is not None]
