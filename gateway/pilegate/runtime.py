@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -356,6 +357,18 @@ class Gateway:
         self._wipe = False
         self.loop = asyncio.get_running_loop()
         self.loop.set_exception_handler(self._loop_exception)
+        loop = self.loop
+        # the MQTT link's threads (paho's network loop, the drain) die loudly too
+        prev_hook = threading.excepthook
+        threading.excepthook = lambda a: loop.call_soon_threadsafe(
+            self._crashed, f"thread {a.thread.name if a.thread else '?'}", a.exc_value or RuntimeError("?")
+        )
+        try:
+            return await self._run(stop)
+        finally:
+            threading.excepthook = prev_hook
+
+    async def _run(self, stop: asyncio.Event) -> int:
         self.driver.started(self.now(), self.epoch)
         self.flush()
         self.link.start()

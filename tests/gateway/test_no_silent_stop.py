@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ class Injected(RuntimeError):
     """The fault a test puts into a gateway task."""
 
 
+def dies() -> None:
+    raise Injected("injected into a thread")
+
+
 def site_files(sim_site: Any, broker: Any, tmp_path: Path) -> tuple[Any, Platform, Path]:
     s = sim_site(pile_block("P1", 1, "eastron-sdm120", serial="11110001"), loads={1: ConstantLoad(2000, 1)})
     platform = Platform(tmp_path, broker)
@@ -47,7 +52,7 @@ async def run_pi(site: Any, data: Path, hook: Any, platform: Platform | None = N
     return gw, code
 
 
-@pytest.mark.parametrize("where", ["bus:bus1", "second", "command"])
+@pytest.mark.parametrize("where", ["bus:bus1", "second", "command", "thread"])
 def test_a_dying_pi_task_ends_the_gateway_non_zero_and_the_restart_continues_the_chain(
     sim_site, broker, tmp_path, caplog, where
 ):
@@ -60,6 +65,9 @@ def test_a_dying_pi_task_ends_the_gateway_non_zero_and_the_restart_continues_the
         if where == "command" and name == "second" and gw.chain.seq >= 3 and not getattr(gw, "_sent", False):
             gw._sent = True  # type: ignore[attr-defined]
             platform.send(platform.command("c-1", "set_interval", {"interval_s": 1}))
+        if where == "thread" and name == "second" and gw.chain.seq >= 3 and not getattr(gw, "_sent", False):
+            gw._sent = True  # type: ignore[attr-defined]
+            threading.Thread(target=dies, name="mqtt-drain", daemon=True).start()  # as the link's
         if name == where and gw.chain.seq >= 3:
             raise Injected(f"injected into {name}")
 

@@ -112,6 +112,7 @@ def scenario(
         commands_to("GW-ELSEWHERE", platform, "p-8"),
         DEEP + ".e30.AAAA",  # 100,000 levels deep in the header of an unsigned command
         head + "." + envelope.b64url(b"[" * 3000 + b"]" * 3000) + ".AAAA",  # deep within the size limit
+        signed_deep(platform, head, now),  # validly signed, nested too deep
     ]
     for n, jws in enumerate(sends, start=1):
         platform.send(jws)
@@ -130,6 +131,13 @@ def scenario(
     platform.send(platform.command("p-9", "reboot", {}))
     until(lambda: len(platform.acks) == len(sends) + 1, "the reboot's ack")
     until(rebooted, "the reboot", 20)
+
+
+def signed_deep(platform: Recorder, head: str, now: int) -> str:
+    nested = "[" * 2000 + "]" * 2000
+    fields = f'"v":1,"gw":"GW-T1","id":"p-deep","iat":{now - 1},"exp":{now + 60},"cmd":"set_interval"'
+    body = "{" + fields + ',"args":{"x":' + nested + "}}"
+    return envelope.sign_compact(head, body.encode(), platform.key.sign_raw)[0]
 
 
 def commands_to(gw: str, platform: Recorder, cmd_id: str) -> str:
@@ -220,7 +228,8 @@ def test_the_pi_and_the_esp32_publish_the_same_payloads_and_acks(sim_site, broke
     assert [comparable_ack(a) for a in pi.acks] == [comparable_ack(a) for a in esp.acks]
     assert pi.acks[4] == {"cmd_id": "p-5", "cmd": "resend", "ok": True, "result": {"resent": 2, "not_stored": 0}}
     assert pi.acks[-1]["result"] == {"rebooting_in_s": 5}
-    assert [a["ok"] for a in pi.acks] == [True, True, True, False, True, True] + [False] * 5 + [True]
+    assert [a["ok"] for a in pi.acks] == [True, True, True, False, True, True] + [False] * 6 + [True]
+    assert pi.acks[-2] == {"cmd_id": None, "ok": False, "reason": "malformed: payload nested deeper than 16"}
     # birth: the same apart from what names the port and the device
     (pb,), (eb,) = pi.of("birth")[:1], esp.of("birth")[:1]
     assert pb["data"]["platform"] == "rpi" and eb["data"]["platform"] == "esp32"
@@ -237,6 +246,6 @@ def test_the_pi_and_the_esp32_publish_the_same_payloads_and_acks(sim_site, broke
     noise = {"meter.comm_error", "meter.comm_restored"}
     assert {e["type"] for e in pi.event_log} - noise == {e["type"] for e in esp.event_log} - noise
     reasons = lambda p: [e["reason"] for e in p.event_log if e["type"] == "command.rejected"]  # noqa: E731
-    assert reasons(pi) == reasons(esp) and len(reasons(pi)) == 5
+    assert reasons(pi) == reasons(esp) and len(reasons(pi)) == 6
     # the envelope: the same kinds in the chain, every message signed alike
     assert {b["kind"] for b in pi.bodies} == {b["kind"] for b in esp.bodies}
