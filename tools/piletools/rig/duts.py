@@ -358,7 +358,7 @@ class MpyDut(Esp32CpythonDut):
     max_speed = 10.0
 
     def prepare(self, ctx: DutContext) -> None:
-        if importlib.util.find_spec("pilehil.mpyapp") is None:
+        if all(importlib.util.find_spec(m) is None for m in ("pilehil.mpyapp", "piletools.mpyapp")):
             raise DutUnavailable(
                 "the mpy DUT needs the MicroPython App harness (pilehil.mpyapp and tests/mpy/app_harness.mjs, "
                 "issue 11), which is not in this tree yet"

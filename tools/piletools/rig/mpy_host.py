@@ -38,6 +38,18 @@ def _clock_code(clock: SiteClock, vm_ticks_ms: int) -> str:
     )
 
 
+def harness() -> Any:
+    """The harness module (issue 11), wherever it lives: pilehil.mpyapp or piletools.mpyapp."""
+    import importlib
+
+    for name in ("pilehil.mpyapp", "piletools.mpyapp"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="compiled site JSON (pilegate check --json)")
@@ -45,10 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uart", action="append", default=[], metavar="ID=PATH")
     p.add_argument("--console")
     args = p.parse_args(argv)
-    try:
-        from pilehil import mpyapp  # type: ignore[attr-defined]
-    except ImportError:
-        print("mpy_host: the MicroPython App harness (pilehil.mpyapp, issue 11) is not in this tree", file=sys.stderr)
+    mpyapp = harness()
+    if mpyapp is None:
+        print("mpy_host: the MicroPython App harness (mpyapp, issue 11) is not in this tree", file=sys.stderr)
         return 2
     env = os.environ.get(ENV_VAR)
     clock = SiteClock.parse(env) if env else None

@@ -59,7 +59,7 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
     top = 20
     y_bays = top + power_h + 20
     y_events = y_bays + lane_h * len(bays) + 14
-    y_axis = y_events + 5 * 9 + 14
+    y_axis = y_events + 5 * 11 + 10
     height = y_axis + 40
     span = max(1, t_hi - t_lo)
 
@@ -115,7 +115,7 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
         out.append(f'<text x="{x(t_rel) + 2:.1f}" y="{top + 10}" fill="#444">{_e(what)}</text>')
     # events of the gateway, one lane per family
     for lane, name in enumerate(("bay", "sensor", "meter", "interlock", "other")):
-        out.append(f'<text x="4" y="{y_events + lane * 9 + 4}" font-size="9">{name}</text>')
+        out.append(f'<text x="4" y="{y_events + lane * 11 + 4}" font-size="9">{name}</text>')
     for ev in run.events():
         if not isinstance(ev.get("t"), int):
             continue
@@ -125,7 +125,7 @@ def timeline_svg(run: Any, width: int = 1100) -> str:
         lane = {"bay": 0, "sensor": 1, "meter": 2, "pile": 2, "interlock": 3}.get(kind.split(".")[0], 4)
         if kind == "occupancy":
             continue
-        yy = y_events + lane * 9
+        yy = y_events + lane * 11
         tip = _e(f"{hms(tr)} " + json.dumps(ev, ensure_ascii=False)[:300])
         out.append(f'<circle cx="{x(tr):.1f}" cy="{yy}" r="3.5" fill="{colour}"><title>{tip}</title></circle>')
     # fees at departures
