@@ -28,7 +28,7 @@ from pilecore.console_auth import AuthState
 from pilecore.envelope import Chain
 from pilecore.gateway import SiteDriver
 from pilecore.site import SiteCore
-from pilegate import VERSION, gpio, keys
+from pilegate import VERSION, gpio, keys, sdnotify
 from pilegate.console_backend import GatewayBackend, LogRing, load_pin_record
 from pilegate.console_server import ConsoleError, ConsoleServer
 from pilegate.metering_service import Metering
@@ -56,6 +56,8 @@ def ntp_synchronised() -> bool:
 class Gateway:
     """One gateway process; see the module docstring.  The Gateway is the Pi's hands for the
     core's `SiteDriver` (actuate, read_input, set_clock, resend, save, log)."""
+
+    sd = sdnotify.Notifier({})  # replaced in run(); a no-op until then
 
     def __init__(
         self,
@@ -256,6 +258,7 @@ class Gateway:
             self.driver.second(self.now(), self.ms(), self.tsync())
             self.metering.wake()
             self.flush()
+            self.sd.ping()  # systemd's watchdog: this loop shares the event loop with every task
             if self.driver.reboot_due(self.ms(), self.outbox.depth()):
                 self.driver.reboot_at_ms = None
                 self.request_stop(reboot=True)
@@ -372,6 +375,8 @@ class Gateway:
         self.driver.started(self.now(), self.epoch)
         self.flush()
         self.link.start()
+        self.sd = sdnotify.Notifier()  # Type=notify unit (pilegate install): up, then pinged
+        self.sd.ready(f"gateway {self.site.config['gateway']['id']} running")
         tasks = {asyncio.create_task(self.metering.run_bus(name, stop)): "bus " + name for name in self.metering.buses}
         tasks[asyncio.create_task(self._seconds(stop))] = "the once-a-second loop"
         self.console = self._console()
@@ -381,6 +386,7 @@ class Gateway:
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
+        self.sd.stopping()
         self.metering.wake()
         await asyncio.wait(tasks)
         for task, what in tasks.items():

@@ -192,6 +192,18 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return esp32image.main(args)
 
 
+def _cmd_install(args: argparse.Namespace) -> int:
+    from piletools import install
+
+    return install.main_install(args)
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from piletools import install
+
+    return install.main_uninstall(args)
+
+
 def _register_installer(sub: Any, handlers: dict[str, Handler]) -> None:
     """The installer's subcommands: commission (image, flash, install, uninstall follow)."""
     p = sub.add_parser(
@@ -257,3 +269,35 @@ def _register_installer(sub: Any, handlers: dict[str, Handler]) -> None:
         help="folder holding umqtt/simple.py (default build/deps/umqtt, made by make setup)",
     )
     handlers["image"] = _cmd_image
+
+    p = sub.add_parser(
+        "install",
+        help="install the Pi gateway as a hardened systemd service (root)",
+        description="Create the system user, /etc/pilegate and the data directory with their modes, "
+        "a udev rule naming each USB RS-485 adapter /dev/pilegate-<bus>, the systemd unit "
+        "(Type=notify, WatchdogSec, ProtectSystem=strict, NoNewPrivileges, devices by group), "
+        "run provision and start the service. See docs/install.md.",
+    )
+    p.add_argument("site", type=Path, help="the site configuration (TOML); copied to /etc/pilegate/site.toml")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="[BUS=]VID:PID[:SERIAL]",
+        help="USB ids of a bus's RS-485 adapter as lsusb shows them (default: read from the plugged-in port)",
+    )
+    p.add_argument("--console-pin", action="store_true", help="also set a technician PIN (printed once)")
+    p.add_argument("--exe", help="the pilegate executable the service runs (default: this one)")
+    p.add_argument("--no-start", action="store_true", help="enable the service but do not start it now")
+    p.add_argument("--root", type=Path, help="install into this folder instead of / (packaging, tests)")
+    handlers["install"] = _cmd_install
+
+    p = sub.add_parser(
+        "uninstall",
+        help="remove the service, unit, udev rule and configuration; keep the data unless --purge",
+        description="Stop and disable the service and remove what 'pilegate install' made. The data "
+        "directory (device key, unsent messages, state) and the user are kept unless --purge.",
+    )
+    p.add_argument("--purge", action="store_true", help="also delete the data directory and the user")
+    p.add_argument("--data-dir", type=Path, help="the data directory (default: from /etc/pilegate/site.toml)")
+    p.add_argument("--root", type=Path, help="uninstall from this folder instead of / (packaging, tests)")
+    handlers["uninstall"] = _cmd_uninstall

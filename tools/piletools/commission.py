@@ -714,8 +714,8 @@ class Commissioning:
                     "one meter, which breaks one pile, one meter (一桩一表). Wire each pile through its own meter.",
                 )
         for k, pid in owner.items():
-            dev = self.by_addr.get(k)
-            if dev and dev.profile and k not in movers and self.piles[pid].method != "skip":
+            owned = self.by_addr.get(k)
+            if owned and owned.profile and k not in movers and self.piles[pid].method != "skip":
                 self.fault(
                     "idle_meter",
                     f"The meter at {k[0]} address {k[1]} ({pid}'s in the site file) measured no pile's load: "
@@ -1065,8 +1065,8 @@ def main(args: Any, ask: Callable[[str], str] | None = input, wait: Callable[[fl
     for f in c.faults:
         print(f"  - {f.text}")
     print("record and report:")
-    for p in paths:
-        print(f"  {p}")
+    for path in paths:
+        print(f"  {path}")
     if args.publish:
         err = publish(cfg, jws)
         print(f"published on {topic(cfg)}" if err is None else f"not published: {err}")
@@ -1101,10 +1101,11 @@ def publish(cfg: dict[str, Any], jws: str, timeout_s: float = 10.0) -> str | Non
     from urllib.parse import urlparse
 
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     m = cfg["mqtt"]
     url = urlparse(m["url"])
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{cfg['gateway']['id']}-commission")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{cfg['gateway']['id']}-commission")
     if url.scheme == "mqtts":
         ctx = ssl.create_default_context(cafile=m.get("ca_file") or None)
         if m.get("cert_file"):

@@ -19,7 +19,7 @@ COLUMNS = ("pile", "verdict", "bus", "address", "profile", "serial", "load test"
 
 
 def rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for p in data["piles"]:
         m = p.get("meter") or {}
         ev = p.get("evidence") or {}
