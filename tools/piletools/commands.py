@@ -230,7 +230,14 @@ def _register_installer(sub: Any, handlers: dict[str, Handler]) -> None:
         "2400 8N1, 2400 8E1, 4800 8N1, 19200 8N1)",
     )
     p.add_argument("--addresses", default="1-247", help="addresses to scan, e.g. 1-16,31-38 (default 1-247)")
-    p.add_argument("--timeout-ms", type=int, default=300, help="how long to wait for a reply (default 300 ms)")
+    p.add_argument("--timeout-ms", type=int, default=300, help="how long a scan probe waits (default 300 ms)")
+    p.add_argument(
+        "--answer-timeout-ms",
+        type=int,
+        default=2000,
+        help="how long to wait for a device that answered before, and for a second look at an expected "
+        "address the scan missed (default 2000 ms)",
+    )
     p.add_argument("--settle", type=float, default=5.0, metavar="S", help="seconds to wait after switching a load")
     p.add_argument("--threshold", type=float, default=1.0, metavar="A", help="current rise that proves a meter (1 A)")
     p.add_argument(

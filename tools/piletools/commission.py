@@ -174,7 +174,7 @@ def _read_value(
         return None
     out = []
     for function, reg, typ in core_profile.value_registers(prof, name):
-        res = link.read(address, function, reg, core_profile.type_width(typ), retries=1)
+        res = link.read(address, function, reg, core_profile.type_width(typ), retries=1, patient=True)
         if res.kind == "garbled" and garbled is not None:
             garbled[0] += 1
         if res.kind != "ok":
@@ -207,7 +207,7 @@ def read_serial(link: RtuLink, address: int, prof: dict[str, Any]) -> str:
     if spec is None:
         return ""
     function, reg, count = spec
-    res = link.read(address, function, reg, count, retries=1)
+    res = link.read(address, function, reg, count, retries=1, patient=True)
     if res.kind != "ok":
         return ""
     try:
@@ -229,7 +229,9 @@ def _check_passes(link: RtuLink, address: int, prof: dict[str, Any], chk: dict[s
         ok = all((lo is None or v >= lo) and (hi is None or v <= hi) for v in vals)
         return ok, False
     typ = chk["type"]
-    res: Outcome = link.read(address, chk.get("function", 3), chk["register"], core_profile.type_width(typ))
+    res: Outcome = link.read(
+        address, chk.get("function", 3), chk["register"], core_profile.type_width(typ), patient=True
+    )
     if res.kind != "ok":
         return False, res.kind == "garbled"
     try:
@@ -463,6 +465,7 @@ class Commissioning:
                 f"scanning {bus} ({link.port}): {len(lines)} line setting(s) x {len(self.opt.addresses)} addresses"
             )
             found, notes = scan_bus(link, bus, lines, self.opt.addresses, self.out)
+            found += self._second_look(link, bus, own, found)
             self.notes += [f"{bus}: {n}" for n in notes]
             for n in notes:
                 self.say(f"  note: {n}")
@@ -475,6 +478,22 @@ class Commissioning:
                 self.devices.append(dev)
                 self.say("  " + self.describe(dev))
         self._judge_scan()
+
+    def _second_look(self, link: RtuLink, bus: str, own: Line, found: list[Device]) -> list[Device]:
+        """Meters the site file expects that the quick probe missed get one patient probe at
+        the bus's own line: a slow meter or a busy converter is not a missing meter."""
+        seen = {d.address for d in found}
+        more = []
+        for pr in self.piles.values():
+            addr = pr.expected["address"]
+            if pr.expected["bus"] != bus or addr in seen or addr not in self.opt.addresses:
+                continue
+            link.set_line(own)
+            res = link.read(addr, 3, 0, 1, patient=True)
+            if res.kind != "silent":
+                more.append(Device(bus, addr, own, garbled=res.kind == "garbled", answers=int(res.answered)))
+                seen.add(addr)
+        return more
 
     def describe(self, dev: Device) -> str:
         if dev.collision:
@@ -1039,7 +1058,10 @@ def main(args: Any, ask: Callable[[str], str] | None = input, wait: Callable[[fl
     except (keys.KeyFileError, OSError) as exc:
         print(f"pilegate commission: the device key in {data_dir}: {exc}", file=sys.stderr)
         return 2
-    links = {name: RtuLink(port, timeout_s=args.timeout_ms / 1000) for name, port in ports.items()}
+    links = {
+        name: RtuLink(port, timeout_s=args.timeout_ms / 1000, patient_timeout_s=args.answer_timeout_ms / 1000)
+        for name, port in ports.items()
+    }
     prompter = Prompter(yes=args.yes, plan=plan, ask=None if (args.yes or plan) else ask)
     c = Commissioning(cfg, links, prompter, wait, opts)
     try:

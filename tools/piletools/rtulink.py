@@ -63,6 +63,7 @@ class LinkStats:
     crc_errors: int = 0  # replies whose CRC or structure failed: noise, wrong line, collisions
     bytes_out: int = 0
     bytes_in: int = 0
+    link_errors: int = 0  # the port itself failed and was reopened
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -105,11 +106,21 @@ class LinkError(Exception):
 class RtuLink:
     """One RS-485 port (pyserial URL or device path), reconfigurable between line settings."""
 
-    def __init__(self, port: str, timeout_s: float = 0.3, opener: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        port: str,
+        timeout_s: float = 0.3,
+        opener: Callable[..., Any] | None = None,
+        patient_timeout_s: float = 2.0,
+    ) -> None:
         self.port = port
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # a scan probe: most addresses are empty, so be brief
+        # A device that has answered before and falls silent is more likely slow (a busy
+        # converter, a loaded host) than gone: reads marked patient wait this long.
+        self.patient_timeout_s = max(timeout_s, patient_timeout_s)
         self.stats = LinkStats()
         self.line: Line | None = None
+        self.last_error = ""
         self._opener = opener
         self._ser: Any = None
 
@@ -160,18 +171,35 @@ class RtuLink:
         line = self.line or Line(9600)
         return (10 + (line.parity != "N") + (line.stopbits - 1)) / line.baud
 
-    def exchange(self, request: bytes, complete: Callable[[bytes], bool] | None = None) -> bytes:
+    def exchange(
+        self, request: bytes, complete: Callable[[bytes], bool] | None = None, timeout_s: float | None = None
+    ) -> bytes:
         """Send one frame; return the bytes that came back: as soon as `complete(bytes)` says
         a whole valid reply is in, else everything until the line goes quiet."""
         ser = self._ser
         if ser is None:
             raise LinkError("set_line() first")
+        import serial
+
+        try:
+            return self._exchange(ser, request, complete, self.timeout_s if timeout_s is None else timeout_s)
+        except (OSError, serial.SerialException) as exc:
+            # the adapter hiccuped (unplugged for a moment, a pty reset): reopen once, no answer
+            self.close()
+            line, self.line = self.line, None
+            if line is not None:
+                self.set_line(line)
+            self.stats.link_errors += 1
+            self.last_error = str(exc)
+            return b""
+
+    def _exchange(self, ser: Any, request: bytes, complete: Callable[[bytes], bool] | None, timeout_s: float) -> bytes:
         ser.reset_input_buffer()
         ser.write(request)
         self.stats.requests += 1
         self.stats.bytes_out += len(request)
         quiet = max(0.02, 4 * self._char_s())
-        deadline = time.monotonic() + self.timeout_s + len(request) * self._char_s()
+        deadline = time.monotonic() + timeout_s + len(request) * self._char_s()
         buf = bytearray()
         last = None
         while True:
@@ -183,7 +211,10 @@ class RtuLink:
                 if complete is not None and complete(bytes(buf)):
                     break
                 continue
-            if last is not None and now - last >= quiet:
+            # Without a frame check, silence ends the reply.  With one, an incomplete reply may
+            # still be arriving in pieces (a USB adapter's latency timer, a loaded host): wait
+            # up to the timeout again from the last byte; only a garbled reply waits that long.
+            if last is not None and now - last >= (quiet if complete is None else max(quiet, timeout_s)):
                 break
             if last is None and now >= deadline:
                 break
@@ -191,17 +222,21 @@ class RtuLink:
         self.stats.bytes_in += len(buf)
         return bytes(buf)
 
-    def read(self, address: int, function: int, register: int, count: int, retries: int = 0) -> Outcome:
+    def read(
+        self, address: int, function: int, register: int, count: int, retries: int = 0, patient: bool = False
+    ) -> Outcome:
         """Read `count` registers; the outcome says what the bus did.  `retries` asks again
-        after silence (a busy converter or a slow meter), never after an answer."""
-        res = self._read_once(address, function, register, count)
+        after silence (a busy converter or a slow meter), never after an answer; `patient`
+        waits `patient_timeout_s` (for a device that answered before)."""
+        timeout = self.patient_timeout_s if patient else self.timeout_s
+        res = self._read_once(address, function, register, count, timeout)
         while res.kind == "silent" and retries > 0:
             retries -= 1
-            res = self._read_once(address, function, register, count)
+            res = self._read_once(address, function, register, count, timeout)
         return res
 
-    def _read_once(self, address: int, function: int, register: int, count: int) -> Outcome:
-        raw = self.exchange(modbus.read_request(address, function, register, count), _whole_reply)
+    def _read_once(self, address: int, function: int, register: int, count: int, timeout_s: float) -> Outcome:
+        raw = self.exchange(modbus.read_request(address, function, register, count), _whole_reply, timeout_s)
         if not raw:
             self.stats.timeouts += 1
             return Outcome("silent")
@@ -215,9 +250,12 @@ class RtuLink:
         self.stats.crc_errors += 1
         return Outcome("garbled", raw=raw)
 
-    def write_coil(self, address: int, coil: int, on: bool) -> Outcome:
-        """Function 5; "ok" when the device echoed the request."""
-        raw = self.exchange(modbus.write_coil_request(address, coil, on), _whole_reply)
+    def write_coil(self, address: int, coil: int, on: bool, retries: int = 1) -> Outcome:
+        """Function 5 (idempotent, so safe to repeat after silence); "ok" when echoed."""
+        raw = self.exchange(modbus.write_coil_request(address, coil, on), _whole_reply, self.patient_timeout_s)
+        while not raw and retries > 0:
+            retries -= 1
+            raw = self.exchange(modbus.write_coil_request(address, coil, on), _whole_reply, self.patient_timeout_s)
         if not raw:
             self.stats.timeouts += 1
             return Outcome("silent")
