@@ -192,6 +192,12 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return esp32image.main(args)
 
 
+def _cmd_flash(args: argparse.Namespace) -> int:
+    from piletools import flash
+
+    return flash.main(args)
+
+
 def _cmd_install(args: argparse.Namespace) -> int:
     from piletools import install
 
@@ -308,3 +314,21 @@ def _register_installer(sub: Any, handlers: dict[str, Handler]) -> None:
     p.add_argument("--data-dir", type=Path, help="the data directory (default: from /etc/pilegate/site.toml)")
     p.add_argument("--root", type=Path, help="uninstall from this folder instead of / (packaging, tests)")
     handlers["uninstall"] = _cmd_uninstall
+
+    p = sub.add_parser(
+        "flash",
+        help="write an image to an ESP32 board, verify it, and print the new device key",
+        description="Write an image made by 'pilegate image' with esptool (as a library): the chip "
+        "is detected and checked against the board file, the image written at 0x0 and verified by "
+        "reading it back, the board reset; then the tool waits for the first boot on the console "
+        "and prints the device's key id and public key for the platform's key register. "
+        "--production shows the flash-encryption and secure-boot plan and asks for a typed "
+        "confirmation. See docs/install.md and docs/esp32.md.",
+    )
+    p.add_argument("image", type=Path, help="the image from 'pilegate image'")
+    p.add_argument("--port", required=True, help="the board's USB serial port, e.g. /dev/ttyUSB0")
+    p.add_argument("--board", default="esp32-devkitc-max3485", help="board file id (default esp32-devkitc-max3485)")
+    p.add_argument("--baud", type=int, default=460800, help="flashing speed (default 460800)")
+    p.add_argument("--boot-timeout", type=float, default=60.0, metavar="S", help="wait this long for the first boot")
+    p.add_argument("--production", action="store_true", help="show the eFuse plan and ask for a typed confirmation")
+    handlers["flash"] = _cmd_flash

@@ -126,6 +126,7 @@ class Device:
     profile: str | None = None
     confidence: str = "none"  # high | medium | low | none
     candidates: list[str] = field(default_factory=list)
+    ties: list[str] = field(default_factory=list)  # equally good fits (low confidence)
     serial: str = ""
     reading: dict[str, Any] = field(default_factory=dict)
 
@@ -254,8 +255,8 @@ def identify(link: RtuLink, dev: Device, profiles: dict[str, dict[str, Any]]) ->
     for pid in sorted(profiles):
         prof = profiles[pid]
         rec = prof.get("recognize")
-        if not rec:
-            continue
+        if not rec or prof.get("protocol", "modbus") != "modbus":
+            continue  # no recipe, or a DL/T 645 meter (not found by a Modbus scan)
         checks = rec["checks"]
         passed = 0
         strong = 0
@@ -274,6 +275,7 @@ def identify(link: RtuLink, dev: Device, profiles: dict[str, dict[str, Any]]) ->
     best = scores[0][0]
     top = [pid for score, pid in scores if score == best]
     dev.candidates = [pid for _, pid in scores]
+    dev.ties = top
     dev.profile = top[0]
     dev.confidence = "low" if len(top) > 1 else ("high" if best[0] else "medium")
     dev.serial = read_serial(link, dev.address, profiles[dev.profile])
@@ -500,7 +502,7 @@ class Commissioning:
             return f"{dev.where()} at {dev.line}: garbled replies ({dev.garbled} CRC errors): two devices?"
         if not dev.profile:
             return f"{dev.where()} at {dev.line}: answers, matches no meter profile"
-        extra = f" or {', '.join(dev.candidates[1:])}" if dev.confidence == "low" else ""
+        extra = f" or {', '.join(t for t in dev.ties if t != dev.profile)}" if dev.confidence == "low" else ""
         serial = f", serial {dev.serial}" if dev.serial else ", no serial register"
         return f"{dev.where()} at {dev.line}: {dev.profile}{extra} ({dev.confidence} confidence){serial}"
 
@@ -548,6 +550,15 @@ class Commissioning:
                 )
                 continue
             dev = next((d for d in at if d.line == own), at[0])
+            if dev.confidence == "low" and exp["profile"] in dev.ties and dev.profile != exp["profile"]:
+                # equally good fits and the site file names one of them: the installer's word decides
+                dev.profile = exp["profile"]
+                self.links[dev.bus].set_line(dev.line)
+                dev.serial = read_serial(self.links[dev.bus], dev.address, self.profiles[dev.profile])
+                self.notes.append(
+                    f"{dev.where()}: the recipes of {' and '.join(dev.ties)} fit equally; the site file's "
+                    f"{exp['profile']} is kept"
+                )
             pr.meter = dev
             self.by_addr[(dev.bus, dev.address)] = dev
             if dev.collision:
