@@ -124,6 +124,9 @@ class Outbox:
             self.db.executescript(_SCHEMA)
             self.path.chmod(0o600)
         except (sqlite3.Error, OSError) as exc:
+            if hasattr(self, "db"):
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.close()
             if isinstance(exc, _PROGRAMMING_ERRORS):
                 raise
             raise StorageFull(self._describe(exc, "open"), str(exc)) from exc
