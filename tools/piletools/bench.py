@@ -49,14 +49,19 @@ PROFILES = ["eastron-sdm120", "chint-ddsu666", "chint-dtsu666", "eastron-sdm630"
 
 
 def _wanted(prof: dict[str, Any]) -> list[tuple[int, int, int]]:
-    """(function, start, end) of every register range the values need."""
+    """(function, start, end) of every register range the values need, including the
+    transformer ratios a value is scaled by (read in the same poll: the ADL400's PT and CT)."""
+    from pilecore import profile as _p
+
     out = []
+    ratios: list[str] = []
     for name in planner.READING_KEYS:
         if name in prof["values"]:
-            from pilecore import profile as _p
-
             for fc, reg, typ in _p.value_registers(prof, name):
                 out.append((fc, reg, reg + TYPE_WIDTH[typ]))
+            ratios += [r for r in prof["values"][name].get("ratios", ()) if r not in ratios]
+    for _name, fc, reg, typ in _p.ratio_registers(prof, ratios):
+        out.append((fc, reg, reg + TYPE_WIDTH[typ]))
     return out
 
 
