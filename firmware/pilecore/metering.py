@@ -101,11 +101,14 @@ class PileGuard:
         st = state or {}
         self.bound = st.get("bound") or self.configured_serial or None
         self.bound_by = st.get("bound_by") or ("config" if self.configured_serial else None)
-        if self.configured_serial and self.bound != self.configured_serial:
-            # Commissioning (the config) wins over a binding learned earlier.
-            self.bound, self.bound_by = self.configured_serial, "config"
         self.last_wh = st.get("last_wh")
         self.last_wh_t = st.get("last_wh_t")
+        if self.configured_serial and self.bound != self.configured_serial:
+            # Commissioning (the config) wins over a binding learned earlier; the energy
+            # baseline learned with that other binding is not this meter's (a rogue's 0 Wh
+            # would make every true reading an energy jump), so it goes with it.
+            self.bound, self.bound_by = self.configured_serial, "config"
+            self.last_wh = self.last_wh_t = None
         # Fail-safe: at start nothing is verified yet, so every pile starts unmetered.
         self.reasons = ["unverified"]
         self.last_ok = None

@@ -121,6 +121,22 @@ def test_config_serial_wins_over_a_learned_binding():
     assert g.piles["P1"].bound == "555" and g.piles["P1"].bound_by == "config"
 
 
+def test_a_wrong_learned_binding_is_undone_by_commissioning_the_serial():
+    # issue 9 defect #3: a binding learned from a rogue (0x12341234) is cleared by writing the
+    # real serial in site.toml (docs/metering.md, "Undoing a wrong binding")
+    state = {"piles": {"P1": {"bound": "305419896", "bound_by": "first-read", "last_wh": 0, "last_wh_t": 900}}}
+    stuck = metering.SiteGuard(cfg(), state)  # not commissioned: the wrong binding stays
+    assert types(stuck.identity(1000, "P1", "123456")) == ["meter.swapped"]
+    g = metering.SiteGuard(cfg(serials=("123456", "")), state)  # commissioned: it wins
+    assert g.piles["P1"].bound == "123456" and g.piles["P1"].bound_by == "config"
+    assert types(g.identity(1000, "P1", "123456")) == ["meter.verified", "pile.metered"]
+    assert g.interlocks() == {"P1": True}
+    # the rogue's energy baseline (0 Wh) went with its binding: the real total is no jump
+    ev, ok = g.reading(1010, "P1", {"energy_wh": 1000000, "power_w": 0.0})
+    assert ev == [] and ok and g.piles["P1"].last_wh == 1000000
+    assert types(g.identity(5000, "P1", "305419896")) == ["meter.swapped", "pile.unmetered"]
+
+
 def test_identity_is_rechecked_periodically():
     g = metering.SiteGuard(cfg(serials=("1", "2")))
     g.identity(1000, "P1", "1")
