@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from pilecore.config import parse_mqtt_url
 from pilegate.outbox import Outbox
@@ -156,7 +157,7 @@ class MqttLink:
         return f"{self.prefix}/{kind}"
 
     def _make_client(self, client_id: str) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         if self.tls:
             verify = self.cfg.get("tls_verify", True) or not self.cfg.get("allow_insecure", False)
             c.tls_set(
