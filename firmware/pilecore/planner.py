@@ -380,7 +380,8 @@ class DltPlan:
         """Learn from an abnormal answer (`code` is its error byte); True when the plan changed.
 
         A refused block read becomes one read per phase.  A single item answered "no such
-        data" (or any error, twice) is marked unsupported (False: the caller raises a fault).
+        data" is marked unsupported (False: the caller raises a fault); any other error leaves
+        the plan as it is (False: the caller reports the abnormal reply and asks again next poll).
         """
         members = self.fields_of(read_index)
         if len(members) > 1:
