@@ -142,3 +142,37 @@ def test_a_rogue_reply_is_an_event_never_a_reading_and_the_real_meter_recovers(s
     assert last["metered"] and last["serial"] == s.meter(1).serial, last
     assert abs(last["energy_wh"] - truth[last["t"]]) <= 1  # the simulator's value when read
     assert "meter.energy_jump" not in [e["type"] for e in after]
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "rtu+tcp"])
+def test_replies_over_tcp_are_checked_by_the_same_core_check(tmp_path, scheme):
+    # Modbus TCP (MBAP, parse_tcp_reply) and RTU over TCP (a transparent converter): the same
+    # verdicts as on a serial line.  (A Modbus TCP gateway answers with the unit id asked, so a
+    # wrong RTU address behind it is the gateway's to catch: "unit" is checked over rtu+tcp.)
+    from simsite import BASE_SITE, make_sim_site
+
+    from pilegate.metering_service import poll_once
+
+    def read_once():  # asked again only when a loaded machine lost a reply (a timeout)
+        for _ in range(3):
+            m = asyncio.run(poll_once(s.cfg, timeout_s=20))["P1"]
+            if m.error != "timeout" and m.identity_error != "timeout":
+                break
+        return m
+
+    base = BASE_SITE.replace('port = "/dev/ttyUSB0"', f'port = "{scheme}://127.0.0.1:1"')
+    s = make_sim_site(tmp_path, pile_block("P1", 1, "eastron-sdm120"), base=base)
+    try:
+        expected = {"function": "wrong function", "byte_count": "wrong byte count", "short": "wrong byte count"}
+        if scheme == "rtu+tcp":
+            expected["unit"] = "wrong device address"
+        for kind, error in expected.items():
+            s.meter(1).set_rogue(kind)
+            m = read_once()
+            assert (m.error, m.reading, m.identity) == (error, None, None), (kind, m.error, m.reading)
+            assert m.identity_error == error
+        s.meter(1).set_rogue(None)
+        m = read_once()
+        assert m.error is None and m.identity == s.meter(1).serial and m.reading["energy_wh"] == s.meter(1).energy_wh
+    finally:
+        s.sim.stop()
