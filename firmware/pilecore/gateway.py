@@ -366,7 +366,19 @@ class SiteDriver:
         self.apply_interlocks(now)
 
     def set_interval(self, interval_s):
+        """The telemetry interval (command or console), persisted."""
         self.interval_s = interval_s
+        self.save_settings()
+
+    def set_poll_s(self, poll_s):
+        """The meters' poll period setting (the console), persisted; the port's console backend
+        moves the schedulers' devices to it."""
+        self.poll_s = poll_s
+        self.poll_ms = int(1000 * poll_s)
+        self.save_settings()
+
+    def set_log_level(self, level):
+        self.log_level = level
         self.save_settings()
 
     # ------------------------------------------------------------ content
@@ -616,11 +628,18 @@ class SiteDriver:
         return {}, ""
 
     def reboot_due(self, ms, depth):
-        """True when an accepted reboot should happen now: its ack is stored and the outbox has
-        drained, or REBOOT_GRACE_S has passed since the command."""
+        """True (once) when an accepted reboot should happen now: its ack is stored and the
+        outbox has drained, or REBOOT_GRACE_S has passed since the command."""
         if self.reboot_at_ms is None or (self._reboot_ack is not None and ms < self.reboot_at_ms):
             return False
-        return depth == 0 or ms >= self.reboot_at_ms
+        if depth == 0 or ms >= self.reboot_at_ms:
+            self.reboot_at_ms = None
+            return True
+        return False
+
+    def set_tsync(self, tsync):
+        """How the port's clock is known now ("ntp" | "platform" | "none")."""
+        self.tsync = tsync
 
 
 class Scan:

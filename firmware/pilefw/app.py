@@ -242,7 +242,7 @@ class App:
 
     @interval_s.setter
     def interval_s(self, v):
-        self.driver.interval_s = v
+        self.driver.set_interval(v)
 
     @property
     def poll_s(self):
@@ -250,7 +250,7 @@ class App:
 
     @poll_s.setter
     def poll_s(self, v):
-        self.driver.poll_s = v
+        self.driver.set_poll_s(v)
 
     @property
     def log_level(self):
@@ -258,7 +258,7 @@ class App:
 
     @log_level.setter
     def log_level(self, v):
-        self.driver.log_level = v
+        self.driver.set_log_level(v)
 
     def _save_settings(self):
         self.driver.save_settings()
@@ -407,14 +407,6 @@ class App:
         d.stored(prepared, n, now, why)
         return n
 
-    def seal(self, kind, data):
-        """Queue one message of `kind` and flush (console helpers, tests)."""
-        if kind == "event":
-            self.driver.emit(data["events"])
-        else:
-            self.driver.keep.append((kind, data))
-        self.flush()
-
     def _state_msg(self, state, reason=None):
         return self.driver.state_message(self.clock.now(), self.clock.tsync, state, reason)
 
@@ -444,7 +436,6 @@ class App:
             did = self.console.step(self.clock.now()) or did
         if self.driver.reboot_due(self.ms(), self.outbox.depth()):
             self.link.close(self._state_msg("offline", "rebooting"))
-            self.driver.reboot_at_ms = None
             self.hw.reset()
         self.wdt.feed()
         return did

@@ -143,7 +143,7 @@ class Metering:
 
     def tick(self) -> None:
         """Once a second (standalone): supervision, identity checks, bay inputs, interlocks."""
-        self.driver.tsync = self.tsync()
+        self.driver.set_tsync(self.tsync())
         self.driver.supervise(self.now_s())
         self.wake()
 

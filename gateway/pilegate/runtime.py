@@ -154,7 +154,7 @@ class Gateway:
 
     @interval_s.setter
     def interval_s(self, v: int) -> None:
-        self.driver.interval_s = v
+        self.driver.set_interval(v)
 
     @property
     def recent_events(self) -> list[dict[str, Any]]:
@@ -260,7 +260,6 @@ class Gateway:
             self.flush()
             self.sd.ping()  # systemd's watchdog: this loop shares the event loop with every task
             if self.driver.reboot_due(self.ms(), self.outbox.depth()):
-                self.driver.reboot_at_ms = None
                 self.request_stop(reboot=True)
             next_t += self.tick_s
             if next_t < time.monotonic():

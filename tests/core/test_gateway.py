@@ -279,7 +279,12 @@ def test_reboot_waits_for_its_ack_then_the_backlog_or_the_grace():
     d.stored(prepared, len(prepared), NOW)
     assert not d.reboot_due(1500, 3)  # stored, not yet published: wait
     assert d.reboot_due(1500, 0)  # published: reboot now
-    assert d.reboot_due(1000 + gateway.REBOOT_GRACE_S * 1000, 3)  # or when the grace is over
+    assert not d.reboot_due(1600, 0)  # once
+    d.command(signed("reboot", {}, "b2"), NOW, 2000)
+    prepared = d.seal(NOW, "ntp", False)
+    d.stored(prepared, len(prepared), NOW)
+    assert not d.reboot_due(2000 + gateway.REBOOT_GRACE_S * 1000 - 1, 3)
+    assert d.reboot_due(2000 + gateway.REBOOT_GRACE_S * 1000, 3)  # the backlog did not drain in time
 
 
 def test_an_override_acts_at_once_and_only_on_relay_piles():
