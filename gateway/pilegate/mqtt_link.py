@@ -362,6 +362,11 @@ class MqttLink:
             self.client.publish(topic, payload, qos=1, retain=False)
             self.published += 1
 
+    @property
+    def proven(self) -> bool:
+        """The current connection really works: the broker acknowledged a message on it."""
+        return self._proven and self.connected.is_set()
+
     def inflight(self) -> int:
         with self._lock:
             return len(self._inflight)
