@@ -132,7 +132,9 @@ class Device:
 
     @property
     def collision(self) -> bool:
-        return self.garbled > 0
+        """Garbled more than once: two devices on one address garble every reply they share;
+        one garbled reply alone is a late answer or noise."""
+        return self.garbled >= 2
 
     def where(self) -> str:
         return f"{self.bus} address {self.address}"
@@ -342,7 +344,10 @@ def scan_bus(
             res = link.read(addr, 3, 0, 1)
             if res.kind != "silent":
                 dev = Device(bus, addr, line)
-                tries = [res] + ([link.read(addr, 3, 0, 1), link.read(addr, 3, 0, 1)] if res.kind == "garbled" else [])
+                tries = [res]
+                if res.kind == "garbled":  # ask twice more, after the line has gone quiet
+                    link.drain()
+                    tries += [link.read(addr, 3, 0, 1), link.read(addr, 3, 0, 1)]
                 dev.garbled = sum(r.kind == "garbled" for r in tries)
                 dev.answers = sum(r.answered for r in tries)
                 devices.append(dev)

@@ -230,10 +230,29 @@ class RtuLink:
         waits `patient_timeout_s` (for a device that answered before)."""
         timeout = self.patient_timeout_s if patient else self.timeout_s
         res = self._read_once(address, function, register, count, timeout)
-        while res.kind == "silent" and retries > 0:
+        # A patient read also asks again after garbled bytes: a reply to an earlier request that
+        # came after its timeout looks garbled too.  Two devices on one address garble every time.
+        while retries > 0 and (res.kind == "silent" or (patient and res.kind == "garbled")):
             retries -= 1
+            if res.kind == "garbled":
+                self.drain()
             res = self._read_once(address, function, register, count, timeout)
         return res
+
+    def drain(self, quiet_s: float = 0.05) -> int:
+        """Read and drop whatever is still arriving until the line has been quiet `quiet_s`."""
+        ser = self._ser
+        if ser is None:
+            return 0
+        dropped, last = 0, time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            chunk = ser.read(256)
+            if chunk:
+                dropped += len(chunk)
+                last = time.monotonic()
+            else:
+                time.sleep(0.002)
+        return dropped
 
     def _read_once(self, address: int, function: int, register: int, count: int, timeout_s: float) -> Outcome:
         raw = self.exchange(modbus.read_request(address, function, register, count), _whole_reply, timeout_s)
