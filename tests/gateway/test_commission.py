@@ -23,11 +23,11 @@ SCAN = ["--lines", "9600N1,2400N1", "--addresses", "1-5,50", "--timeout-ms", "40
 SCAN += ["--settle", "5"]
 
 
-def run(rig: cr.Rig, tmp_path: Path, *extra: str) -> tuple[int, Path, Path]:
+def run(rig: cr.Rig, tmp_path: Path, *extra: str, more_site: str = "") -> tuple[int, Path, Path]:
     """Start the rig, write its site file, commission it unattended. Returns (exit, site, out)."""
     rig.site.start()
     site = tmp_path / "site.toml"
-    site.write_text(cr.site_text(rig.port, tmp_path / "data"))
+    site.write_text(cr.site_text(rig.port, tmp_path / "data") + more_site)
     out = tmp_path / "out"
     parser, _ = cli.build_parser()
     args = parser.parse_args(["commission", str(site), "--yes", "--by", "tester", "-o", str(out), *SCAN, *extra])
@@ -204,6 +204,20 @@ def test_plan_file_answers_and_no_interlock_means_not_proven(tmp_path):
     assert codes(out) == ["not_proven"]
     assert "P01: not load-tested" in texts(out)
     assert 'serial = ""' in site.read_text()  # the plan said: do not write
+
+
+def test_a_dlt645_meter_is_reported_not_guessed(tmp_path):
+    rig = cr.build()
+    p05 = (
+        '\n[[pile]]\nid = "P05"\nmeter = { bus = "bus1", address = "000000000005", profile = "chint-ddsu666-dlt645" }\n'
+    )
+    with rig.site:
+        code, _, out = run(rig, tmp_path, more_site=p05)
+    assert code == 1
+    assert codes(out) == ["dlt645_not_commissioned"]
+    assert "P05: its meter (chint-ddsu666-dlt645, bus1 address 000000000005) speaks DL/T 645" in texts(out)
+    assert pile(out, "P05")["verdict"] == "not proven"
+    assert pile(out, "P01")["verdict"] == "proven"
 
 
 def test_bad_arguments_are_clear(tmp_path, capsys):
