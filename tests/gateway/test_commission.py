@@ -234,3 +234,48 @@ def test_line_parsing_and_pdf_text_escape():
     with pytest.raises(ValueError, match="9600N1"):
         commission.Line.parse("fast")
     assert commission_report._pdf_text("a(b)\\c 桩") == "a\\(b\\)\\\\c ?"
+
+
+def test_the_record_is_published_retained_on_its_topic_and_a_receiver_accepts_it(tmp_path, broker):
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from piletools.receiver import KeyRegister, Receiver
+
+    rig = cr.build()
+    with rig.site:
+        rig.site.start()
+        site = tmp_path / "site.toml"
+        site.write_text(cr.site_text(rig.port, tmp_path / "data").replace("mqtt://127.0.0.1:1883", broker.url))
+        parser, _ = cli.build_parser()
+        argv = ["commission", str(site), "--yes", "--by", "tester", "-o", str(tmp_path / "out"), "--publish", *SCAN]
+        assert commission.main(parser.parse_args(argv), ask=None, wait=rig.clock.advance) == 0
+    topic = "pilegate/v1/commission-test/GW-C1/commissioning"
+    got: list[mqtt.MQTTMessage] = []
+    arrived = threading.Event()
+
+    def on_message(client, userdata, msg):
+        got.append(msg)
+        arrived.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.on_message = on_message
+    c.connect("127.0.0.1", broker.port)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    try:
+        assert arrived.wait(10), "the retained record never arrived"
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    msg = got[0]
+    assert msg.retain and msg.payload.decode() == (tmp_path / "out" / "record.jws").read_text().strip()
+    from pilegate import keys
+
+    key, _ = keys.load_or_create(tmp_path / "data")
+    register = KeyRegister()
+    register.add("GW-C1", key.public_pem)
+    verdict = Receiver(register, "pilegate/v1").accept(msg.topic, msg.payload)
+    assert verdict.status == "accepted" and verdict.kind == "commissioning"
