@@ -206,18 +206,24 @@ def test_plan_file_answers_and_no_interlock_means_not_proven(tmp_path):
     assert 'serial = ""' in site.read_text()  # the plan said: do not write
 
 
-def test_a_dlt645_meter_is_reported_not_guessed(tmp_path):
-    rig = cr.build()
-    p05 = (
-        '\n[[pile]]\nid = "P05"\nmeter = { bus = "bus1", address = "000000000005", profile = "chint-ddsu666-dlt645" }\n'
-    )
+def test_a_dlt645_meter_is_read_at_its_address_and_proven(tmp_path):
+    rig = cr.build(dlt=True)
     with rig.site:
-        code, _, out = run(rig, tmp_path, more_site=p05)
-    assert code == 1
-    assert codes(out) == ["dlt645_not_commissioned"]
-    assert "P05: its meter (chint-ddsu666-dlt645, bus1 address 000000000005) speaks DL/T 645" in texts(out)
-    assert pile(out, "P05")["verdict"] == "not proven"
-    assert pile(out, "P01")["verdict"] == "proven"
+        rig.site.start()
+        site = tmp_path / "site.toml"
+        site.write_text(cr.site_text(rig.port, tmp_path / "data", dlt=True))
+        parser, _ = cli.build_parser()
+        out = tmp_path / "out"
+        argv = ["commission", str(site), "--yes", "--by", "tester", "-o", str(out), *SCAN]
+        code = commission.main(parser.parse_args(argv), ask=None, wait=rig.clock.advance)
+    assert code == 0, texts(out)
+    p05 = pile(out, "P05")
+    assert p05["verdict"] == "proven" and p05["interlock"]["result"] == "pass"
+    assert p05["meter"]["address"] == "000000000005" and p05["meter"]["profile"] == "chint-ddsu666-dlt645"
+    assert p05["meter"]["serial"] == "5"  # the meter number, leading zeros dropped as the core does
+    assert p05["evidence"]["rise_a"] > 25
+    assert p05["reading"]["power"] == pytest.approx(7000, abs=1)
+    assert 'address = "000000000005", profile = "chint-ddsu666-dlt645", serial = "5"' in site.read_text()
 
 
 def test_bad_arguments_are_clear(tmp_path, capsys):

@@ -24,8 +24,12 @@ PILES = {  # pile -> (address, profile, serial the simulated meter holds)
 }
 
 
-def site_text(port: str, data_dir: Path) -> str:
-    """A site file for the rig: four piles on bus1, each interlocked by a coil."""
+DLT = ("P05", "000000000005", "chint-ddsu666-dlt645", "000000000005")  # pile, address, profile, meter number
+
+
+def site_text(port: str, data_dir: Path, dlt: bool = False) -> str:
+    """A site file for the rig: four piles on bus1, each interlocked by a coil; with `dlt` a
+    fifth whose meter speaks DL/T 645 at its 12-digit address."""
     text = textwrap.dedent(f"""\
         # commissioning test site
         [gateway]
@@ -51,6 +55,14 @@ def site_text(port: str, data_dir: Path) -> str:
             interlock = "relay"
             coil = {{ bus = "bus1", address = {CONTROLLER}, coil = {i} }}
             """)
+    if dlt:
+        text += textwrap.dedent(f"""
+            [[pile]]
+            id = "{DLT[0]}"
+            meter = {{ bus = "bus1", address = "{DLT[1]}", profile = "{DLT[2]}", serial = "" }}
+            interlock = "relay"
+            coil = {{ bus = "bus1", address = {CONTROLLER}, coil = 4 }}
+            """)
     return text
 
 
@@ -74,6 +86,7 @@ def build(
     twin: int | None = None,
     foreign: int | None = None,
     power_w: int = 7000,
+    dlt: bool = False,
 ) -> Rig:
     """The rig, not started. `wiring`: pile -> meter address its load really runs through
     (default its own); `missing`: addresses with no meter; `baud`: address -> the meter's own
@@ -96,6 +109,10 @@ def build(
         site.add_twin("bus1", twin, PILES_BY_ADDR[twin][1], "20269999", load=ConstantLoad(1500, phases=1))
     for i, pid in enumerate(PILES):
         rig.controller.add_enable_coil(i, True, switch=loads[pid])
+    if dlt:  # a DL/T 645 meter set to the bus's line, its pile on coil 4
+        loads[DLT[0]] = SwitchedLoad(ConstantLoad(power_w, phases=1), clock)
+        site.add_meter("bus1", DLT[1], DLT[2], DLT[3], load=loads[DLT[0]], baud=9600)
+        rig.controller.add_enable_coil(4, True, switch=loads[DLT[0]])
     site.add_device("bus1", rig.controller)
     return rig
 

@@ -119,7 +119,7 @@ class Device:
     """A device that answered during the scan."""
 
     bus: str
-    address: int
+    address: Any  # 1..247 (Modbus) or a 12-digit string (DL/T 645)
     line: Line
     garbled: int = 0  # garbled replies seen (two devices on one address)
     answers: int = 0
@@ -129,6 +129,7 @@ class Device:
     ties: list[str] = field(default_factory=list)  # equally good fits (low confidence)
     serial: str = ""
     reading: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "modbus"
 
     @property
     def collision(self) -> bool:
@@ -191,11 +192,34 @@ def _read_value(
     return out
 
 
-def read_meter(link: RtuLink, address: int, prof: dict[str, Any]) -> dict[str, Any]:
+def _read_dlt_value(link: RtuLink, address: str, prof: dict[str, Any], name: str) -> list[float] | None:
+    """A DL/T 645 profile's value: one item per phase (`di` a list) or one; BCD, `decimals`,
+    `signed`, times `scale`."""
+    from pilecore import dlt645
+
+    spec = prof.get("values", {}).get(name)
+    if spec is None:
+        return None
+    dis = spec["di"] if isinstance(spec["di"], list) else [spec["di"]]
+    out = []
+    for di in dis:
+        res = link.dlt_read(address, di, spec["bytes"])
+        if res.kind != "ok":
+            return None
+        try:
+            raw = dlt645.decode_bcd(res.data, bool(spec.get("signed", False)))
+        except ValueError:
+            return None
+        out.append(raw / 10 ** int(spec["decimals"]) * float(spec.get("scale", 1)))
+    return out
+
+
+def read_meter(link: RtuLink, address: Any, prof: dict[str, Any]) -> dict[str, Any]:
     """Every value the profile defines, in canonical units; `current_a` = sum of phases."""
     out: dict[str, Any] = {}
+    dlt = prof.get("protocol") == "dlt645"
     for name in core_profile.value_names():
-        v = _read_value(link, address, prof, name)
+        v = _read_dlt_value(link, str(address), prof, name) if dlt else _read_value(link, address, prof, name)
         if v is None:
             continue
         out[name] = [round(x, 3) for x in v] if core_profile.is_per_phase(name) else round(v[0], 3)
@@ -204,8 +228,15 @@ def read_meter(link: RtuLink, address: int, prof: dict[str, Any]) -> dict[str, A
     return out
 
 
-def read_serial(link: RtuLink, address: int, prof: dict[str, Any]) -> str:
+def read_serial(link: RtuLink, address: Any, prof: dict[str, Any]) -> str:
     """The factory serial number by the profile's identity ("" when it has none or it fails)."""
+    if prof.get("protocol") == "dlt645":
+        ident = prof.get("identity", {})
+        res = link.dlt_read(str(address), ident.get("di", 0x04000402), ident.get("bytes"))
+        try:
+            return core_metering.decode_identity(ident, list(res.data)) if res.kind == "ok" else ""
+        except ValueError:
+            return ""
     spec = core_metering.identity_read(prof.get("identity"))
     if spec is None:
         return ""
@@ -454,10 +485,10 @@ class Commissioning:
         self.notes: list[str] = []
         self.faults: list[Fault] = []
         on_links = [p for p in cfg["pile"] if p["meter"]["bus"] in links]
-        # DL/T 645 meters are not found by a Modbus scan; the seam for them (a broadcast address
-        # read per line, then pilecore.dlt645 reads) is not built yet: they are reported, not guessed.
-        self.dlt645 = {p["id"]: dict(p["meter"]) for p in on_links if self._protocol(p) == "dlt645"}
-        self.piles = {p["id"]: PileResult(p["id"], dict(p["meter"])) for p in on_links if p["id"] not in self.dlt645}
+        # DL/T 645 meters are not found by a Modbus scan: they are read at the site file's
+        # 12-digit address (the broadcast address read needs a meter alone on the line).
+        self.dlt645 = {p["id"] for p in on_links if self._protocol(p) == "dlt645"}
+        self.piles = {p["id"]: PileResult(p["id"], dict(p["meter"])) for p in on_links}
         self.by_addr: dict[tuple[str, int], Device] = {}
 
     def say(self, text: str) -> None:
@@ -472,14 +503,6 @@ class Commissioning:
         return str(self.profiles.get(pile["meter"]["profile"], {}).get("protocol", "modbus"))
 
     def scan(self) -> None:
-        for pid, meter in self.dlt645.items():
-            self.fault(
-                "dlt645_not_commissioned",
-                f"{pid}: its meter ({meter['profile']}, {meter['bus']} address {meter['address']}) speaks "
-                "DL/T 645, which this version of pilegate commission does not scan or load-test: check its "
-                "meter number against the nameplate and its wiring by hand, or switch the meter to Modbus.",
-                pid,
-            )
         for bus, link in self.links.items():
             own = self.bus_lines[bus]
             lines = self.opt.lines or [own] + [ln for ln in FACTORY_LINES if ln != own]
@@ -499,7 +522,60 @@ class Commissioning:
                         dev.reading = read_meter(link, dev.address, self.profiles[dev.profile])
                 self.devices.append(dev)
                 self.say("  " + self.describe(dev))
+            for dev in self._dlt_look(link, bus, own):
+                self.devices.append(dev)
+                self.say("  " + self.describe(dev))
         self._judge_scan()
+
+    def _dlt_look(self, link: RtuLink, bus: str, own: Line) -> list[Device]:
+        """The site's DL/T 645 meters on this bus, read at their own 12-digit addresses: the
+        meter number (serial), whether phase B has a voltage (three-phase), a full reading.
+        Tried at the bus's line, then at the standard's 2400 8E1."""
+        from pilecore import dlt645
+
+        found = []
+        for pid in sorted(self.dlt645):
+            exp = self.piles[pid].expected
+            if exp["bus"] != bus:
+                continue
+            addr = str(exp["address"])
+            prof = self.profiles.get(exp["profile"], {})
+            ident = prof.get("identity", {})
+            for line in dict.fromkeys([own, Line(dlt645.DEFAULT_BAUD, dlt645.DEFAULT_PARITY, dlt645.DEFAULT_STOPBITS)]):
+                try:
+                    link.set_line(line)
+                except LinkError as exc:
+                    self.notes.append(f"{bus}: {line}: skipped for DL/T 645: {exc}")
+                    continue
+                res = link.dlt_read(addr, ident.get("di", dlt645.DI_METER_NUMBER), ident.get("bytes"))
+                if res.kind == "silent":
+                    continue
+                dev = Device(bus, addr, line, garbled=2 * (res.kind == "garbled"), answers=int(res.answered))
+                dev.protocol = "dlt645"
+                if res.kind == "ok":
+                    try:
+                        dev.serial = core_metering.decode_identity(ident, list(res.data))
+                    except ValueError:
+                        dev.serial = ""
+                    phase_b = link.dlt_read(addr, 0x02010200, 2)
+                    phases = 3 if phase_b.kind == "ok" else 1
+                    fits = sorted(
+                        pid2
+                        for pid2, p2 in self.profiles.items()
+                        if p2.get("protocol") == "dlt645" and int(p2.get("phases", 1)) == phases
+                    )
+                    dev.ties = fits
+                    dev.candidates = fits
+                    if exp["profile"] in fits:
+                        dev.profile = exp["profile"]
+                        dev.confidence = "medium" if len(fits) == 1 else "low"
+                    elif fits:
+                        dev.profile, dev.confidence = fits[0], "low"
+                    if dev.profile:
+                        dev.reading = read_meter(link, addr, self.profiles[dev.profile])
+                found.append(dev)
+                break
+        return found
 
     def _second_look(self, link: RtuLink, bus: str, own: Line, found: list[Device]) -> list[Device]:
         """Meters the site file expects that the quick probe missed get one patient probe at
@@ -508,7 +584,7 @@ class Commissioning:
         more = []
         for pr in self.piles.values():
             addr = pr.expected["address"]
-            if pr.expected["bus"] != bus or addr in seen or addr not in self.opt.addresses:
+            if pr.expected["bus"] != bus or isinstance(addr, str) or addr in seen or addr not in self.opt.addresses:
                 continue
             link.set_line(own)
             res = link.read(addr, 3, 0, 1, patient=True)
@@ -690,7 +766,7 @@ class Commissioning:
         self, pr: PileResult, base: dict[tuple[str, int], float | None], loaded: dict[tuple[str, int], float | None]
     ) -> None:
         rises = {k: (loaded[k] or 0.0) - (base[k] or 0.0) for k in loaded if loaded[k] is not None}
-        pr.moved = sorted(k for k, r in rises.items() if r >= self.opt.threshold_a)
+        pr.moved = sorted((k for k, r in rises.items() if r >= self.opt.threshold_a), key=_addr_key)
         if pr.moved:
             k = max(pr.moved, key=lambda k: rises[k])
             pr.rise_a = round(rises[k], 2)
@@ -879,6 +955,11 @@ class Commissioning:
         self.final_readings()
 
 
+def _addr_key(k: tuple[str, Any]) -> tuple[str, int, str]:
+    """Sort key for (bus, address) with Modbus (int) and DL/T 645 (str) addresses mixed."""
+    return (k[0], isinstance(k[1], str), str(k[1]).zfill(12))
+
+
 def _parity_word(p: str) -> str:
     return {"N": "none", "E": "even", "O": "odd"}[p]
 
@@ -946,19 +1027,6 @@ def record_data(c: Commissioning, site_path: Path | None, gateway: dict[str, Any
                 "reading": pr.final,
             }
         )
-    for pid, meter in c.dlt645.items():
-        piles.append(
-            {
-                "pile": pid,
-                "verdict": "not proven",
-                "meter": {"bus": meter["bus"], "address": meter["address"], "line": "", "profile": meter["profile"],
-                          "confidence": "none", "serial": meter.get("serial", "")},
-                "evidence": {"method": "none", "moved": [], "baseline_a": None, "loaded_a": None, "rise_a": None,
-                             "others_max_rise_a": None, "threshold_a": c.opt.threshold_a},
-                "interlock": {"result": "not tested", "detail": "DL/T 645 meters are not commissioned yet"},
-                "reading": {},
-            }
-        )  # fmt: skip
     buses = []
     for name, link in c.links.items():
         buses.append(

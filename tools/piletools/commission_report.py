@@ -62,7 +62,9 @@ def svg(data: dict[str, Any]) -> str:
         y = 70 + 150 * i
         parts.append(f'<text x="10" y="{y - 8}">{html.escape(b["bus"])} ({html.escape(b["line"])})</text>')
         parts.append(f'<line x1="10" y1="{y}" x2="{width - 10}" y2="{y}" stroke="black" stroke-width="3"/>')
-        for k, d in enumerate(sorted(b["devices"], key=lambda d: d["address"])):
+        for k, d in enumerate(
+            sorted(b["devices"], key=lambda d: (isinstance(d["address"], str), str(d["address"]).zfill(12)))
+        ):
             x = 130 + 110 * k
             bad = d.get("collision") or not d.get("profile") or d.get("line") != b["line"]
             colour = "#f4c7c3" if bad else "#d9ead3"
