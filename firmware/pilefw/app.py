@@ -37,7 +37,6 @@ records, state), a bounded MQTT step, the console, the watchdog.  `run()` repeat
 import json
 
 from pilecore import VERSION, config, ecdsa, envelope
-from pilecore.console_auth import AuthState
 from pilecore.envelope import Chain
 from pilecore.gateway import SiteDriver
 from pilecore.site import SiteCore
@@ -224,7 +223,8 @@ class App:
             keepalive_s=mq.get("keepalive_s", 30),
             rand=hw.urandom,
         )
-        self.auth = AuthState(self._pin_record())
+        self.auth = None  # the console's AuthState while a session is loaded
+        self.console = None
         self.console = self._open_console()
         self.wdt = hw.wdt(WDT_TIMEOUT_MS)
         self.next_tick_ms = self.ms()
@@ -319,29 +319,41 @@ class App:
         return raw.decode().strip() if raw else None
 
     def _open_console(self):
+        """The console UART (a `LazyConsole`: the interpreter is imported when someone types)."""
         for u in self.board["uart"]:
             if u["role"] == "console":
                 port = self.hw.console_port(u)
                 if port is None:
                     return None
-                from pilecore.console import Console
-                from pilefw.backend import ConsoleBackend
-                from pilefw.uart_console import UartConsole
+                from pilefw.uart_console import LazyConsole
 
-                idle = self.cfg.get("console", {}).get("idle_logout_s", 600)
-                c = Console(
-                    ConsoleBackend(self),
-                    auth=self.auth,
-                    echo=True,
-                    origin="serial " + u["name"],
-                    idle_logout_s=idle,
-                    greet_on_input=True,  # a terminal attached later gets the banner on its first key
-                )
                 self.log("info", "console on serial port %s" % u["name"])
-                uc = UartConsole(port, c)
-                uc.greet(self.clock.now())
-                return uc
+                self._console_uart = u["name"]
+                return LazyConsole(port, self._console_session, self.gw)
         return None
+
+    def _console_session(self, saved_auth):
+        """A console session on the console UART (LazyConsole's `build`): the interpreter, its
+        backend and the login state, from the PIN record at the first session, else as the
+        last session left it (`saved_auth`: the AuthState fields, the lockout included)."""
+        from pilecore.console import AuthState, Console
+        from pilefw.backend import ConsoleBackend
+        from pilefw.uart_console import UartConsole
+
+        auth = AuthState(self._pin_record())
+        for k in saved_auth or ():
+            setattr(auth, k, saved_auth[k])
+        self.auth = auth
+        idle = self.cfg.get("console", {}).get("idle_logout_s", 600)
+        c = Console(
+            ConsoleBackend(self),
+            auth=auth,
+            echo=True,
+            origin="serial " + self._console_uart,
+            idle_logout_s=idle,
+            greet_on_input=True,  # a terminal attached after the start gets the banner on its first key
+        )
+        return UartConsole(self.console.port, c)
 
     # ------------------------------------------------------------ the driver's hands
 

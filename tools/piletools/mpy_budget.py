@@ -181,11 +181,13 @@ def measure(
     code: str = "mpy",
     on_key: Callable[[str], None] | None = None,
     broker: Any = None,
+    on_end: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Run the scripted day (module docstring) for an n-pile site; the memory figures (bytes).
 
     `on_key(pem)` is called with the device's public key once the App is built (a test starts
-    its verifying receiver there); `broker` is a started pilehil Broker (one is made if None).
+    its verifying receiver there); `broker` is a started pilehil Broker (one is made if None);
+    `on_end(dut)` is called at the end of the day, before the App is closed.
     """
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -282,6 +284,8 @@ def measure(
             passes=mem["passes"],
             seq=dut.value("_gw.chain.seq"),
         )
+        if on_end is not None:
+            on_end(dut)  # the App still runs: a caller can look into the VM (breakdowns)
         modules = dut.value("sorted(k for k in sys.modules if k.split('.')[0] in ('pilecore', 'pilefw', 'umqtt'))")
         dut.exec("_gw.close()")
     finally:
