@@ -35,8 +35,9 @@ records, state), a bounded MQTT step, the console, the watchdog.  `run()` repeat
 """
 
 import json
+import sys
 
-from pilecore import VERSION, config, ecdsa, envelope
+from pilecore import VERSION, ecdsa, envelope
 from pilecore.envelope import Chain
 from pilecore.gateway import SiteDriver
 from pilecore.site import SiteCore
@@ -48,6 +49,9 @@ from pilefw.outbox import Outbox, OutboxFull
 from pilefw.rtu import RtuMaster
 from pilefw.ticks import ticks_diff
 
+# Modules only the start needs (check_config): dropped from RAM once the App is built
+BOOT_ONLY = ("pilecore.config", "pilecore.schema")
+_ON_MICROPYTHON = sys.implementation.name == "micropython"
 EMBEDDED = ("version", "board_def", "profiles", "sensor_profiles")
 WDT_TIMEOUT_MS = 60000
 LOG_RING = 40
@@ -70,6 +74,8 @@ def check_config(cfg):
     profiles it uses; they are validated with the site, exactly as `pilegate check` did."""
     if not isinstance(cfg, dict):
         return None, [("(file)", "not a JSON object: load what `pilegate check --json site.toml` prints")]
+    from pilecore import config  # the validators: needed at start only (App forgets them)
+
     problems = []
     if cfg.get("version") != config.COMPILED_VERSION:
         problems.append(
@@ -233,6 +239,10 @@ class App:
         self.driver.started(self.clock.now(), self.epoch)
         self._online_reason = self._reported_oom()
         self.flush()
+        if _ON_MICROPYTHON:  # the validators' bytecode is heap on the board; nothing else needs them
+            from pilefw.uart_console import forget
+
+            forget(BOOT_ONLY)
 
     # ------------------------------------------------------------ settings the console reads
 

@@ -129,19 +129,25 @@ class LazyConsole:
 
     def unload(self):
         """Drop the interpreter and its modules; keep the AuthState fields."""
-        import sys
-
         a = self.session.console.auth
         self.auth = {k: getattr(a, k) for k in AUTH_FIELDS}
         self.session = None
         self.quiet_since = None
-        for name in CONSOLE_MODULES:
-            if name in sys.modules:
-                del sys.modules[name]
-            parent, _, child = name.rpartition(".")
-            pkg = sys.modules.get(parent)
-            if pkg is not None and hasattr(pkg, child):
-                delattr(pkg, child)
-        import gc
+        forget(CONSOLE_MODULES)
 
-        gc.collect()
+
+def forget(names):
+    """Drop modules from sys.modules and from their package, so that their bytecode can be
+    collected once nothing else refers to them; the next import loads them again."""
+    import sys
+
+    for name in names:
+        if name in sys.modules:
+            del sys.modules[name]
+        parent, _, child = name.rpartition(".")
+        pkg = sys.modules.get(parent)
+        if pkg is not None and hasattr(pkg, child):
+            delattr(pkg, child)
+    import gc
+
+    gc.collect()
