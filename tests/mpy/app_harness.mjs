@@ -339,6 +339,7 @@ async function main() {
     max_block: 0, // the largest single block on the heap (live or garbage) seen after any pass
     max_pass_alloc: 0, // the most bytes allocated by one pass (garbage included)
     heap_total: 0, // the VM heap's size (it grows; the ESP32's does not)
+    peak_modules: [], // sys.modules at the peak
   };
 
   function gcInfo() {
@@ -379,6 +380,10 @@ async function main() {
         if (live > memState.peak_live) {
           memState.peak_live = live;
           memState.peak_live_pass = memState.passes;
+          // which modules were loaded at the peak (their code is part of it); read after the
+          // measurement, collected before the next one
+          mp.runPython("_r = json.dumps(sorted(k for k in sys.modules))");
+          memState.peak_modules = JSON.parse(mp.globals.get("_r"));
         }
       }
       if (until) {
@@ -447,6 +452,7 @@ async function main() {
     },
     reset_mem() {
       for (const k of Object.keys(memState)) memState[k] = 0;
+      memState.peak_modules = [];
       return {};
     },
     exit() {

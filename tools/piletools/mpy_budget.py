@@ -286,7 +286,8 @@ def measure(
         )
         if on_end is not None:
             on_end(dut)  # the App still runs: a caller can look into the VM (breakdowns)
-        modules = dut.value("sorted(k for k in sys.modules if k.split('.')[0] in ('pilecore', 'pilefw', 'umqtt'))")
+        ours = ("pilecore", "pilefw", "umqtt")
+        modules = [m for m in mem["peak_modules"] if m.split(".")[0] in ours]  # loaded at the peak
         dut.exec("_gw.close()")
     finally:
         dut.close()
@@ -301,9 +302,10 @@ def measure(
 
 
 def code_cost(modules: list[str], workdir: Path, code: str = "mpy") -> int:
-    """Bytes of heap that importing `modules` holds in a fresh VM (bytecode, function objects,
-    module dicts, qstrs): what a frozen build keeps in flash instead (less the module dicts,
-    which stay in RAM, so frozen_resident = peak_live - code_cost is a slight underestimate)."""
+    """Bytes of heap that importing `modules` (those loaded at the peak) holds in a fresh VM
+    (bytecode, function objects, module dicts, qstrs): what a frozen build keeps in flash
+    instead (less the module dicts, which stay in RAM, so frozen_resident = peak_live -
+    code_cost is a slight underestimate)."""
     from pilehil import mpyapp
 
     with mpyapp.MpyApp(workdir, code=code) as vm:
