@@ -12,9 +12,12 @@ millisecond count that never wraps):
 
     next_txn(bus, ms) -> Txn | None          the next Modbus transaction to perform on a bus
     txn_done(bus, txn, ms, now, code, payload, elapsed_ms)    its outcome (reply or timeout)
-    second(now, ms)                          once a second: supervision, identity checks due,
-                                             bay inputs, interlocks, telemetry when due
+    second(now, ms, tsync)                   once a second: supervision, identity checks due,
+                                             bay inputs, interlocks, telemetry when due,
+                                             billing records, state saved by the policy
+    started(now, epoch)                      the start: birth, then the gateway.started event
     command(payload, now, ms) -> ack         an MQTT command payload (bytes), answered at once
+    emit(events)                             events from the port (the console's audit)
     plate(now, payload)                      a plate-reader message (bytes)
     outbox_dropped(now, [(seq, hash)])       telemetry the outbox thinned (take_dropped())
     seal(now, tsync, hist) -> [Prepared]     sign what waits to be stored ...
@@ -31,7 +34,8 @@ What the port is asked to do, through the `port` object it passes in (its hands)
     port.save(name, obj)                     persist "core", "settings" or "replay"
     port.log(level, text)                    a log line
 
-and by the answers of `reboot_due(ms, depth)` (reset now), `message_kinds` etc.
+and by the answer of `reboot_due(ms, outbox depth)`: restart now.  The console reads the
+driver's `meters`, `scheds`, `recent`, `storage` and settings; its jobs go through `request`.
 
 The flush contract (docs/outbox.md "The gateway's side"): events, billing records and acks wait
 in memory until the outbox stores them; what it refuses is kept (bounded: EVENTS_HELD, KEEP_HELD;
@@ -56,7 +60,6 @@ KEEP_HELD = 64  # billing records and acks kept in memory while the outbox refus
 EVENTS_PER_MESSAGE = 32  # one event message stays far below an outbox segment
 IDENTITY_HOLD_S = 60  # an identity check is not queued again while one runs
 FIRST_TELEMETRY_S = 5  # the first telemetry after start comes this soon at most
-PORT_FIELDS = ("platform",)  # birth fields that name the port (docs/telemetry.md)
 
 
 class Meter:
@@ -460,11 +463,6 @@ class SiteDriver:
 
     # ------------------------------------------------------------ the flush contract
 
-    def waiting(self):
-        """How many messages wait to be sealed."""
-        n = len(self.keep) + (1 if self.telemetry_due is not None else 0)
-        return n + (len(self.events) + EVENTS_PER_MESSAGE - 1) // EVENTS_PER_MESSAGE
-
     def outbox_dropped(self, now, dropped):
         """Telemetry the outbox thinned: declared lost by an `outbox.dropped` event."""
         if dropped:
@@ -583,7 +581,9 @@ class SiteDriver:
     def command(self, payload, now, ms):
         """Check and apply one command (bytes from the `cmd` topic); the signed ack is queued
         for the next seal and returned.  Every command gets one, whatever it holds."""
-        cmd, why = commands.check_bytes(payload, self.platform_pub, self.ident_gw(), now, self.replay, self.max_cmd_age)
+        cmd, why = commands.check_bytes(
+            payload, self.platform_pub, self.cfg["gateway"]["id"], now, self.replay, self.max_cmd_age
+        )
         if cmd is None:
             ack = {"cmd_id": commands.peek_id(payload), "ok": False, "reason": why}
             self.emit([{"type": "command.rejected", "t": now, "reason": why}])
@@ -601,9 +601,6 @@ class SiteDriver:
         self.keep.append(("ack", ack))
         self._bound_keep()
         return ack
-
-    def ident_gw(self):
-        return self.cfg["gateway"]["id"]
 
     def _apply(self, name, args, now):
         """(result, "") or (None, why the verified command cannot be applied)."""
