@@ -65,6 +65,22 @@ def test_tcp_reply_parser_never_raises(adu, req):
     _check(modbus.parse_tcp_reply(adu, address, function, register, count), function, count)
 
 
+@FUZZ
+@given(noise=st.binary(max_size=40), regs=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=60), req=READS)
+def test_the_pi_finds_the_frame_pymodbus_decoded_behind_noise_and_judges_it_alike(noise, regs, req):
+    # the Pi port judges the raw bytes pymodbus received: find_rtu_frame must never raise, and a
+    # valid reply after line noise gets the verdict it gets alone (the noise's own CRC-valid
+    # frame, if any, comes first and is judged instead, as pymodbus would decode it first)
+    address, function, register, _ = req
+    function = 3 if function < 3 else function
+    good = _reply(address, function, regs)
+    found = modbus.find_rtu_frame(noise + good)
+    assert found is not None and modbus.crc_ok(found)
+    if found == good:
+        assert modbus.parse_rtu_reply(found, address, function, register, len(regs)) == (modbus.OK, regs)
+    assert modbus.find_rtu_frame(noise[:3]) is None
+
+
 @pytest.mark.parametrize("data", corpus("modbus_rtu"), ids=lambda b: b.hex()[:24])
 def test_corpus_of_rtu_replies(data):
     _check(modbus.parse_rtu_reply(data, data[0] if data else 1, 3, 0, 2), 3, 2)
