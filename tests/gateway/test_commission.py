@@ -226,6 +226,43 @@ def test_a_dlt645_meter_is_read_at_its_address_and_proven(tmp_path):
     assert 'address = "000000000005", profile = "chint-ddsu666-dlt645", serial = "5"' in site.read_text()
 
 
+def test_prompted_load_test_the_installer_plugs_a_load_into_each_pile(tmp_path):
+    rig = cr.build()
+    for load in rig.loads.values():
+        load.set(False)  # no car anywhere: the installer carries the test load from pile to pile
+    asked: list[str] = []
+
+    def installer(prompt: str) -> str:
+        asked.append(prompt)
+        plug = re.search(r"into (P0\d)", prompt)
+        unplug = re.search(r"from (P0\d)", prompt)
+        if plug:
+            rig.loads[plug.group(1)].set(True)
+        if unplug:
+            rig.loads[unplug.group(1)].set(False)
+        return "y"
+
+    with rig.site:
+        rig.site.start()
+        site = tmp_path / "site.toml"
+        site.write_text(cr.site_text(rig.port, tmp_path / "data"))
+        parser, _ = cli.build_parser()
+        argv = ["commission", str(site), "--by", "tester", "-o", str(tmp_path / "out"), *SCAN]
+        code = commission.main(parser.parse_args(argv), ask=installer, wait=rig.clock.advance)
+    out = tmp_path / "out"
+    assert code == 0, texts(out)
+    assert asked[:2] == [
+        "Plug the test load (or a car) into P01 and start charging.  [Enter when done] ",
+        "Unplug the load from P01.  [Enter when done] ",
+    ]
+    assert asked[-1].startswith("Write these bindings into") and asked[-1].endswith("? [y/N] ")
+    for pid in cr.PILES:
+        p = pile(out, pid)
+        assert p["verdict"] == "proven" and p["evidence"]["method"] == "installer"
+        assert p["interlock"]["result"] == "not tested"  # no load plugged in any more: said so
+    assert 'serial = "20260003"' in site.read_text()
+
+
 def test_bad_arguments_are_clear(tmp_path, capsys):
     rig = cr.build()
     with rig.site:

@@ -1175,7 +1175,8 @@ def main(args: Any, ask: Callable[[str], str] | None = input, wait: Callable[[fl
         for name, port in ports.items()
     }
     prompter = Prompter(yes=args.yes, plan=plan, ask=None if (args.yes or plan) else ask)
-    c = Commissioning(cfg, links, prompter, wait, opts)
+    relays = _board_relays(cfg)
+    c = Commissioning(cfg, links, prompter, wait, opts, relays=relays)
     try:
         c.run(site_path if not args.no_write else None)
     except LinkError as exc:
@@ -1205,6 +1206,29 @@ def main(args: Any, ask: Callable[[str], str] | None = input, wait: Callable[[fl
         err = publish(cfg, jws)
         print(f"published on {topic(cfg)}" if err is None else f"not published: {err}")
     return 0 if c.verdict == "pass" else 1
+
+
+def _board_relays(cfg: dict[str, Any]) -> Any:
+    """The board's relay outputs when a pile is interlocked by one and this is the gateway
+    (pilegate.gpio on a Pi), else None: on a laptop the relay piles are load-tested by hand.
+    Every relay pile is switched on first, so a pile tested by hand has power."""
+    from pilegate import gpio
+
+    users = [p for p in cfg["pile"] if p.get("relay") and not p.get("coil")]
+    board = cfg.get("board_def") or {}
+    if not users or not board.get("relay"):
+        return None
+    try:
+        relays = gpio.BoardGpio(board)
+    except gpio.GpioUnavailable as exc:
+        print(f"note: the board's relays are not reachable here ({exc}): relay piles are tested by hand")
+        return None
+    except OSError as exc:  # lines held by a running gateway: stop it first
+        print(f"note: the board's relays are busy ({exc}); stop the gateway (systemctl stop pilegate) to use them")
+        return None
+    for p in users:
+        relays.set(p["relay"], True)
+    return relays
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
