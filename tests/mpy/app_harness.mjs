@@ -414,6 +414,7 @@ async function main() {
       copyTree(req.lib, "/lib");
       FS.writeFile("/lib/vmhw.py", fs.readFileSync(path.join(root, "tests", "mpy", "vmhw.py")));
       FS.writeFile("/lib/usocket.py", "from vmhw import socket, getaddrinfo  # noqa\n");
+      FS.writeFile("/lib/vmbinascii.py", fs.readFileSync(path.join(root, "tests", "mpy", "vmbinascii.py")));
       for (const [p, b64] of Object.entries(req.files || {})) {
         FS.mkdirTree(path.posix.dirname(p));
         FS.writeFile(p, Buffer.from(b64, "base64"));
@@ -421,6 +422,8 @@ async function main() {
       for (const [name, endpoint] of Object.entries(req.streams || {})) openStream(name, endpoint);
       mp.runPython(
         'import sys, gc, json, micropython\nsys.path.insert(0, "/lib")\n' +
+          // the ESP32's binascii is C; the VM's is O(n^2) in memory (tests/mpy/vmbinascii.py)
+          "import vmbinascii\nsys.modules['binascii'] = sys.modules['ubinascii'] = vmbinascii\n" +
           "def _mi():\n    micropython.mem_info()\n",
       );
       mp.runPython("_r = '%d.%d.%d' % sys.implementation.version[:3]");
