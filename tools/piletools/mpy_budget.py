@@ -333,7 +333,7 @@ def bench(workdir: Path, sizes: tuple[int, ...] = (8, 16)) -> list[dict[str, Any
         for r in results:
             fits, _, text = verdict(board, r)
             mark = "fits" if fits else "DOES NOT FIT"
-            status = board.get("status", "supported")
+            status = "marked unsupported" if board.get("unsupported") else "marked supported"
             print(f"  {bid:<26} {r['piles']:>2} piles: peak live / budget: {text}: {mark} ({status})")
     print(json.dumps(results))
     return results
