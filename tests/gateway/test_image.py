@@ -134,3 +134,5 @@ def test_refuses_secrets_wrong_files_and_other_boards(tmp_path, inputs, capsys):
     site.write_text(SITE)
     code = cli.main(["image", str(site), "--micropython", str(tmp_path / "micropython.bin"), "-o", "x.bin"])
     assert code == 2 and "give the file with --ca" in capsys.readouterr().err
+    code, _ = make(tmp_path, site, ca, cmd, extra=("--umqtt", str(tmp_path)))
+    assert code == 2 and "no umqtt/simple.py there" in capsys.readouterr().err

@@ -278,8 +278,7 @@ def _register_installer(sub: Any, handlers: dict[str, Handler]) -> None:
     p.add_argument(
         "--umqtt",
         type=Path,
-        default=Path("build/deps/umqtt"),
-        help="folder holding umqtt/simple.py (default build/deps/umqtt, made by make setup)",
+        help="folder holding umqtt/simple.py (default: build/deps/umqtt of this pilegate, made by make setup)",
     )
     handlers["image"] = _cmd_image
 

@@ -180,6 +180,11 @@ def board_files(
         rel = mpy.relative_to(firmware_dir)
         if rel.parts[0] in ("pilecore", "pilefw"):
             files["/lib/" + rel.as_posix()] = mpy.read_bytes()
+    if not (umqtt_dir / "umqtt" / "simple.py").is_file():
+        raise ImageError(
+            f"{umqtt_dir}: no umqtt/simple.py there (the board's MQTT client); run 'make setup', "
+            "or give --umqtt with the folder holding umqtt/simple.py"
+        )
     for py in sorted(umqtt_dir.rglob("*.py")):
         files["/lib/" + py.relative_to(umqtt_dir).as_posix()] = py.read_bytes()
     files["/config.json"] = site.json_bytes
@@ -296,7 +301,8 @@ def main(args: Any) -> int:
         region = fs_region(parts, int(board["flash_mb"]) * 2**20)
         with tempfile.TemporaryDirectory() as tmp:
             fwdir = compiled_firmware(Path(tmp) / "firmware")
-            files = board_files(site, fwdir, Path(args.umqtt), args.ca, args.command_key)
+            umqtt = Path(args.umqtt) if args.umqtt else ROOT / "build" / "deps" / "umqtt"
+            files = board_files(site, fwdir, umqtt, args.ca, args.command_key)
         fs = build_littlefs(files, region)
         image = merge(chip_of(board), offset, fw, region, fs)
         checks = check_merged(image, chip_of(board), offset, parts)
