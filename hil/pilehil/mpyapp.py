@@ -15,7 +15,7 @@ compiled site, and the main loop runs one pass at a time under the driver's cont
         figures = dut.step(100, mem=True)["mem"]      # live set measured between passes
 
 In the VM: ``_gw`` is the App, ``_hw`` its `hw` (tests/mpy/vmhw.py: ``_hw.pins``, ``_hw.dog``,
-``_hw.oom_at``), files live in the VM's in-memory file system (``/data`` is the App's root).
+``_hw.net_ok``, ``_hw.resets``), files live in the VM's in-memory file system (``/data`` is the App's root).
 `code="mpy"` loads the firmware compiled with mpy-cross (as on a board), `code="py"` the
 sources.  Needs Node.js and the MicroPython runtime (`make setup`).
 """

@@ -7,7 +7,8 @@ sends.  So UART reads and writes are plain file I/O here, as cheap in heap as on
 a blocking socket read blocks the VM in the harness (Atomics.wait) until bytes or the timeout.
 
 `VmHw(uarts, console)` maps board UART ids to stream names ({2: "uart2"}) and names the
-console's stream (or None).  `faults` lets a test inject a MemoryError at the next pass.
+console's stream (or None).  A test injects faults through the App's `on_step` hook (a
+MemoryError raised there is what `App.run` must survive).
 """
 
 import pgbridge
@@ -159,7 +160,6 @@ class VmHw:
         self.resets = 0
         self.ntp_ok = True
         self.net_ok = True
-        self.oom_at = None  # a pass number: raise MemoryError from ticks_ms then
         self._rand = open("/dev/urandom", "rb")  # noqa: SIM115 -- held open for urandom()
 
     def time(self):
