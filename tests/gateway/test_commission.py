@@ -263,6 +263,21 @@ def test_prompted_load_test_the_installer_plugs_a_load_into_each_pile(tmp_path):
     assert 'serial = "20260003"' in site.read_text()
 
 
+def test_an_interlock_that_does_not_switch_its_pile(tmp_path):
+    rig = cr.build(dead_coil="P02")
+    with rig.site:
+        code, _, out = run(rig, tmp_path)
+    assert code == 1
+    assert codes(out) == ["interlock_fail"]
+    words = texts(out)
+    assert (
+        "P02: with its enable coil 1 of the pile controller at bus1 address 50 off, its meter (bus1 address 2)" in words
+    )
+    assert "the interlock does not switch this pile's supply" in words
+    assert pile(out, "P02")["verdict"] == "not proven"
+    assert pile(out, "P01")["verdict"] == "proven"
+
+
 def test_bad_arguments_are_clear(tmp_path, capsys):
     rig = cr.build()
     with rig.site:

@@ -87,6 +87,7 @@ def build(
     foreign: int | None = None,
     power_w: int = 7000,
     dlt: bool = False,
+    dead_coil: str | None = None,
 ) -> Rig:
     """The rig, not started. `wiring`: pile -> meter address its load really runs through
     (default its own); `missing`: addresses with no meter; `baud`: address -> the meter's own
@@ -107,8 +108,8 @@ def build(
         rig.meters[addr] = site.add_meter("bus1", addr, profile, serial, load=load, baud=(baud or {}).get(addr))
     if twin is not None:
         site.add_twin("bus1", twin, PILES_BY_ADDR[twin][1], "20269999", load=ConstantLoad(1500, phases=1))
-    for i, pid in enumerate(PILES):
-        rig.controller.add_enable_coil(i, True, switch=loads[pid])
+    for i, pid in enumerate(PILES):  # `dead_coil`: that pile's coil is not wired to its contactor
+        rig.controller.add_enable_coil(i, True, switch=None if pid == dead_coil else loads[pid])
     if dlt:  # a DL/T 645 meter set to the bus's line, its pile on coil 4
         loads[DLT[0]] = SwitchedLoad(ConstantLoad(power_w, phases=1), clock)
         site.add_meter("bus1", DLT[1], DLT[2], DLT[3], load=loads[DLT[0]], baud=9600)

@@ -163,6 +163,7 @@ class PileResult:
     interlock: str = "none"  # pass | fail | error | not tested | none
     interlock_detail: str = ""
     final: dict[str, Any] = field(default_factory=dict)
+    own_base_a: float | None = None  # the pile's own meter during the baseline (pile off)
 
 
 # ------------------------------------------------------------------------------- reading
@@ -774,6 +775,8 @@ class Commissioning:
             pr.loaded_a = round(loaded[k] or 0.0, 2)
             others = [r for kk, r in rises.items() if kk != k]
             pr.others_max_rise_a = round(max(others), 2) if others else 0.0
+        exp = (pr.expected["bus"], pr.expected["address"])
+        pr.own_base_a = base.get(exp)  # its own meter with the pile switched off
         moved = ", ".join(f"{b} address {a}" for b, a in pr.moved) or "no meter"
         self.say(f"  {pr.pile}: current rose on {moved}")
 
@@ -791,6 +794,17 @@ class Commissioning:
             own = self.by_addr.get(exp)
             if not pr.moved and own is not None and (own.collision or not own.profile):
                 pr.verdict = "not proven"  # its meter cannot be read: the scan fault says why
+                continue
+            if not pr.moved and pr.method == "interlock" and (pr.own_base_a or 0.0) >= self.opt.threshold_a:
+                pr.verdict = "not proven"
+                self.fault(
+                    "interlock_fail",
+                    f"{pid}: with its {self.interlocks.describe(pid)} off, its meter ({exp[0]} address "
+                    f"{exp[1]}) still showed {pr.own_base_a:.1f} A, and switching it on changed nothing: the "
+                    "interlock does not switch this pile's supply. Check its wiring to the pile's contactor, "
+                    "then commission again.",
+                    pid,
+                )
                 continue
             if not pr.moved:
                 pr.verdict = "unmetered"
@@ -841,7 +855,15 @@ class Commissioning:
                 )
         for k, pid in owner.items():
             owned = self.by_addr.get(k)
-            if owned and owned.profile and k not in movers and self.piles[pid].method != "skip":
+            if (
+                owned
+                and owned.profile
+                and k not in movers
+                and self.piles[pid].method != "skip"
+                and (
+                    self.piles[pid].verdict != "not proven"  # its own fault already says why
+                )
+            ):
                 self.fault(
                     "idle_meter",
                     f"The meter at {k[0]} address {k[1]} ({pid}'s in the site file) measured no pile's load: "
