@@ -32,9 +32,10 @@ fuzz: ## the fuzz targets (tests/fuzz) with many random inputs; make test runs t
 test-mpy: ## run the portable-core tests on MicroPython (official WebAssembly build under Node)
 	@scripts/test-mpy.sh
 
-lint: ## ruff (checks and the one formatter, --check)
+lint: ## ruff (checks and the one formatter, --check) and mypy (strict on gateway/, tools/, hil/)
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
 
 firmware: ## compile firmware/ with mpy-cross into build/firmware/, with module sizes
 	@$(PY) -m piletools.firmware_build

@@ -206,11 +206,11 @@ class MpyApp:
         """Move the VM's clock (ticks_ms and time) forward."""
         self._call("advance", ms=ms)
 
-    def mem(self) -> dict[str, int]:
+    def mem(self) -> dict[str, Any]:
         """Memory figures over the measured passes, bytes: live (after the last pass),
         peak_live (largest live set after any pass, after a full collection), max_block (largest
         single heap block seen, live or garbage), max_pass_alloc (most bytes one pass allocated),
-        heap_total (the VM heap's size), passes."""
+        heap_total (the VM heap's size), passes; peak_modules, the modules loaded at the peak."""
         return self._call("mem")
 
     def measure(self) -> dict[str, int]:

@@ -217,10 +217,11 @@ def measure(
 
     def send_command(cmd_id: str, name: str, args: dict[str, Any]) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         now = int(time.time())
         jws = commands.make(gw, cmd_id, name, args, now - 1, now + 120, platform.sign_raw, platform.kid)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2)
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
         c.publish(f"pilegate/v1/mem-site/{gw}/cmd", jws, qos=1).wait_for_publish(5)
