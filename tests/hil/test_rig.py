@@ -212,7 +212,7 @@ boot_s = 5
         )
         dut.prepare(ctx)
         compiled = (tmp_path / "config.json").read_text()
-        assert '"port":"uart2"' in compiled.replace(" ", "") and "esp32-devkitc-max3485" in compiled
+        assert '"port":"uart2"' in compiled.replace(" ", "") and "esp32-wrover-e-max3485" in compiled
         dut.start()
         assert dut.public_key() == board.pem
         assert "keys" in board.lines

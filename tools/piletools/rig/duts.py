@@ -297,6 +297,7 @@ class Esp32CpythonDut(ProcessDut):
 
     kind = "esp32-cpython"
     platform = "esp32"
+    board = "esp32-wrover-e-max3485"  # a supported ESP32 board (docs/esp32.md: the devkitc's RAM is too small)
     max_speed = 30.0  # pure-Python ES256 per message: keep the site clock within reach
 
     def prepare(self, ctx: DutContext) -> None:
@@ -304,7 +305,7 @@ class Esp32CpythonDut(ProcessDut):
         from pilegate import siteconfig
 
         doc = _site_doc(ctx)
-        doc["gateway"]["board"] = "esp32-devkitc-max3485"
+        doc["gateway"]["board"] = self.board
         self.uarts: dict[int, str] = {}
         names = ["uart2"]
         for i, bus in enumerate(doc.get("bus", [])):
@@ -380,6 +381,7 @@ class RigFile:
     power_off: str = ""
     flash: str = ""  # a command run once per scenario: {config} is the compiled site JSON
     boot_s: float = 10.0
+    board: str = "esp32-wrover-e-max3485"  # the board file the compiled site names
 
     @classmethod
     def load(cls, path: Path) -> RigFile:
@@ -387,7 +389,7 @@ class RigFile:
 
         data = tomllib.loads(path.read_text())
         rig = data.get("rig", data)
-        unknown = set(rig) - {"console", "bus", "baud", "power_on", "power_off", "flash", "boot_s"}
+        unknown = set(rig) - {"console", "bus", "baud", "power_on", "power_off", "flash", "boot_s", "board"}
         if unknown:
             raise DutError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [rig]")
         return cls(**rig)
@@ -424,8 +426,8 @@ class BusBridge:
                 ready, _, _ = select.select([a, b], [], [], 0.05)
                 for fd in ready:
                     data = os.read(fd, 4096)
+                    self.bytes[0 if fd == a else 1] += len(data)  # counted before it can arrive
                     os.write(b if fd == a else a, data)
-                    self.bytes[0 if fd == a else 1] += len(data)
             except OSError:
                 if self._stop:
                     return
@@ -475,7 +477,7 @@ class SerialDut(Dut):
         from pilegate import siteconfig
 
         doc = _site_doc(ctx)
-        doc["gateway"]["board"] = "esp32-devkitc-max3485"
+        doc["gateway"]["board"] = self.rig.board
         for bus in doc.get("bus", []):
             bus["port"] = "uart2"
         if "console" in doc:
