@@ -145,6 +145,7 @@ class Dut:
     max_speed = 1.0  # the fastest site clock this DUT follows (1.0: real time only)
     simulated = True
     bus_transport = "pty"  # how the simulated bus reaches it: "pty" or "rtu+tcp"
+    flash_on_host = True  # its data dir is a host directory (can be filled; survives a power cut)
 
     def __init__(self) -> None:
         self.ctx: DutContext | None = None
@@ -357,6 +358,9 @@ class MpyDut(Esp32CpythonDut):
 
     kind = "mpy"
     max_speed = 10.0
+    # the harness keeps the VM's /data in memory: no host file system to fill, and a power cut
+    # (the Node process killed) loses it, where a board's flash survives
+    flash_on_host = False
 
     def prepare(self, ctx: DutContext) -> None:
         if all(importlib.util.find_spec(m) is None for m in ("pilehil.mpyapp", "piletools.mpyapp")):

@@ -263,6 +263,11 @@ class Runner:
             raise SkipScenario("the scenario switches the broker off: run it with the rig's own broker (no --broker)")
         if kinds & {"disk.fill", "disk.free"} and not self.dut.simulated:
             raise SkipScenario("filling the board's flash needs a special firmware build; not on a real board")
+        if kinds & {"disk.fill", "disk.free", "dut.kill", "dut.power_cut"} and not self.dut.flash_on_host:
+            raise SkipScenario(
+                f"the {self.dut.kind} DUT keeps its flash in the VM's memory: it cannot be filled from outside "
+                "and does not survive a power cut (a limit of the harness, not of the port)"
+            )
         if not self.dut.simulated and self.sc.real_board == "skip":
             raise SkipScenario(f"not on a real board: {self.sc.real_board_note or 'the scenario says skip'}")
 
