@@ -21,6 +21,12 @@ def main():
             time.sleep(30)
     try:
         gw = _app.App(cfg, hw, digest)
+    except _app.StartRefused as e:
+        # A full or failing flash before the start counter is stored: say why, then retry.
+        print("pilegate: refusing to start: %s; retrying in 30 s" % e)
+        time.sleep(30)
+        hw.reset()
+        return
     except MemoryError as e:
         # Too little heap to build the gateway at all (docs/esp32.md, Out of memory): say so
         # on the console and start again; the outbox and the chain are on flash, untouched.

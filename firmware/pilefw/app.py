@@ -59,6 +59,11 @@ NTP_RETRY_S = 60
 NTP_REFRESH_S = 6 * 3600
 
 
+class StartRefused(Exception):
+    """The App cannot start safely (the start counter cannot be stored on the flash: nothing
+    may be signed under an epoch that a restart could reuse).  The Pi exits 74 for the same."""
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; `problems` is a list of (key, message)."""
 
@@ -187,11 +192,18 @@ class App:
         self.on_step = None  # a test hook: called with "main" at every pass of the main loop
         self.clock = WallClock(hw.time, epoch_offset(hw.gmtime))
         self.state = keystore.StateDir(self.root + "/state")
+        self._unsaved = {}  # state objects the flash refused, retried each second
         self.keys = keystore.KeyStore(self.root, rand=hw.urandom)
         if self.keys.load_or_create():
             self.log("info", "generated a new device key (kid %s)" % self.keys.kid)
         self.outbox = self._open_outbox()
-        self.epoch = self.state.next_epoch()
+        try:
+            self.epoch = self.state.next_epoch()
+        except OSError as e:
+            raise StartRefused(
+                "cannot store the start counter on the flash (%s): nothing is signed until it can;"
+                " free space on the flash (or replace a failing board) and restart" % e
+            )
         seq, head = recover_chain(self.outbox)
         self.chain = Chain(self.gw, self.site_id, self.keys.kid, self.keys.sign_raw, self.epoch, seq, head)
         sign = cfg.get("signing", {})
@@ -388,7 +400,32 @@ class App:
         return self.link.resend(first, last)
 
     def save(self, name, obj):
-        self.state.save(name, obj)
+        """Persist a state object; a flash that refuses (full, failing) never ends the App: the
+        object is held in memory, reported in driver.storage["state_unsaved"] and retried each
+        second (and by the next save of the same name)."""
+        held = self._unsaved
+        held[name] = obj
+        try:
+            self.state.save(name, obj)
+        except OSError as e:
+            d = getattr(self, "driver", None)
+            if d is not None and d.storage.get("state_unsaved") != sorted(held):
+                self.log("error", "state %s not saved (kept in memory, retried): %s" % (name, e))
+            self._note_unsaved()
+            return False
+        del held[name]
+        self._note_unsaved()
+        return True
+
+    def _note_unsaved(self):
+        d = getattr(self, "driver", None)
+        if d is not None:
+            d.storage["state_unsaved"] = sorted(self._unsaved)
+
+    def _retry_saves(self):
+        for name in list(self._unsaved):
+            if not self.save(name, self._unsaved[name]):
+                return
 
     def log(self, level, msg):
         self.logs.append({"t": self.clock.now(), "level": level, "msg": msg})
@@ -567,6 +604,8 @@ class App:
                 deinit()
 
     def _second(self, now_ms):
+        if self._unsaved:
+            self._retry_saves()
         self._network(now_ms)
         self.driver.second(self.clock.now(), now_ms, self.clock.tsync)
         self.flush()
