@@ -337,3 +337,46 @@ def test_the_record_is_published_retained_on_its_topic_and_a_receiver_accepts_it
     register.add("GW-C1", key.public_pem)
     verdict = Receiver(register, "pilegate/v1").accept(msg.topic, msg.payload)
     assert verdict.status == "accepted" and verdict.kind == "commissioning"
+
+
+def _notes(out: Path) -> list[str]:
+    return json.loads((out / "record.json").read_text())["notes"]
+
+
+def test_the_scan_lists_a_dlt645_meter_found_by_the_broadcast_address_read(tmp_path):
+    rig = cr.build(dlt=True)
+    with rig.site:
+        rig.site.start()
+        site = tmp_path / "site.toml"
+        site.write_text(cr.site_text(rig.port, tmp_path / "data", dlt=True))
+        parser, _ = cli.build_parser()
+        out = tmp_path / "out"
+        argv = ["commission", str(site), "--yes", "--by", "tester", "-o", str(out), "--no-write", *SCAN]
+        commission.main(parser.parse_args(argv), ask=None, wait=rig.clock.advance)
+    found = [n for n in _notes(out) if "broadcast address read" in n]
+    assert found == ["bus1 at 9600 8N1: a DL/T 645 meter answered the broadcast address read: address 000000000005"]
+
+
+def test_two_dlt645_meters_answering_the_broadcast_read_are_reported_as_a_collision(tmp_path):
+    rig = cr.build(dlt=True)
+    rig.site.add_meter("bus1", "000000000006", cr.DLT[2], "000000000006", baud=9600)
+    with rig.site:
+        rig.site.start()
+        site = tmp_path / "site.toml"
+        second = '\n[[pile]]\nid = "P06"\nmeter = { bus = "bus1", address = "000000000006", profile = "%s" }\n'
+        site.write_text(cr.site_text(rig.port, tmp_path / "data", dlt=True) + second % cr.DLT[2])
+        parser, _ = cli.build_parser()
+        out = tmp_path / "out"
+        argv = ["commission", str(site), "--yes", "--by", "tester", "-o", str(out), "--no-write", *SCAN]
+        commission.main(parser.parse_args(argv), ask=None, wait=rig.clock.advance)
+    notes = [n for n in _notes(out) if "broadcast address read" in n]
+    assert len(notes) == 1 and "more than one DL/T 645 meter answered" in notes[0], notes
+    assert "connect that meter alone" in notes[0]
+
+
+def test_no_broadcast_read_note_without_a_dlt645_line(tmp_path):
+    rig = cr.build()
+    with rig.site:
+        code, _, out = run(rig, tmp_path, "--no-write")
+    assert code == 0, texts(out)  # no DL/T 645 line scanned: no broadcast read, no note
+    assert not [n for n in _notes(out) if "broadcast" in n]

@@ -526,7 +526,43 @@ class Commissioning:
             for dev in self._dlt_look(link, bus, own):
                 self.devices.append(dev)
                 self.say("  " + self.describe(dev))
+            self._dlt_broadcast(link, bus, own, lines)
         self._judge_scan()
+
+    def _dlt_broadcast(self, link: RtuLink, bus: str, own: Line, lines: list[Line]) -> None:
+        """At each scanned line that is a DL/T 645 line (the standard's 2400 8E1, or the bus's
+        own when the site has DL/T 645 meters on it), send the broadcast address read and list
+        what answered in the scan's notes: one meter's address, or a collision (several meters
+        answer at once: a shared bus, or a meter to isolate before its address can be learnt)."""
+        from pilecore import dlt645
+
+        std = Line(dlt645.DEFAULT_BAUD, dlt645.DEFAULT_PARITY, dlt645.DEFAULT_STOPBITS)
+        has_dlt = any(self.piles[pid].expected["bus"] == bus for pid in self.dlt645)
+        for line in dict.fromkeys(ln for ln in lines if ln == std or (has_dlt and ln == own)):
+            try:
+                link.set_line(line)
+            except LinkError:
+                continue  # scan_bus already noted the refused line
+            res = link.dlt_read_address()
+            # Colliding replies may garble or cancel to silence: silence while two or more of
+            # the site's DL/T 645 meters answered at their own addresses at this line is a collision.
+            here = [d for d in self.devices if d.bus == bus and d.protocol == "dlt645" and d.answers and d.line == line]
+            if res.kind == "silent" and len(here) >= 2:
+                res = Outcome("garbled")
+            if res.kind == "ok":
+                note = (
+                    f"{bus} at {line}: a DL/T 645 meter answered the broadcast address read: "
+                    f"address {res.data.decode()}"
+                )
+            elif res.kind == "garbled":
+                note = (
+                    f"{bus} at {line}: more than one DL/T 645 meter answered the broadcast address read "
+                    "(their replies collide); to learn one meter's address, connect that meter alone"
+                )
+            else:
+                continue
+            self.notes.append(note)
+            self.say("  " + note)
 
     def _dlt_look(self, link: RtuLink, bus: str, own: Line) -> list[Device]:
         """The site's DL/T 645 meters on this bus, read at their own 12-digit addresses: the

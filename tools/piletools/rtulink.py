@@ -297,6 +297,28 @@ class RtuLink:
         self.stats.crc_errors += 1
         return Outcome("garbled", raw=raw)
 
+    def dlt_read_address(self) -> Outcome:
+        """DL/T 645-2007 broadcast address read (address AA x 6, control 0x13): every DL/T 645
+        meter on the line answers with its own address, so only a meter ALONE answers cleanly.
+        "ok" (data = the 12 ASCII digits), "silent" (no DL/T 645 meter at this line) or
+        "garbled" (replies that do not parse: more than one meter answered at once)."""
+        from pilecore import dlt645
+
+        def whole(buf: bytes) -> bool:
+            n = dlt645.frame_length(buf)
+            return bool(n) and len(buf) >= n
+
+        raw = self.exchange(dlt645.read_address_frame(), whole, self.patient_timeout_s)
+        if not raw:
+            self.stats.timeouts += 1
+            return Outcome("silent")
+        code, address = dlt645.parse_address_response(raw)
+        if code == modbus.OK and address:
+            self.stats.answers += 1
+            return Outcome("ok", raw=raw, data=address.encode())
+        self.stats.crc_errors += 1
+        return Outcome("garbled", raw=raw)
+
     def write_coil(self, address: int, coil: int, on: bool, retries: int = 1) -> Outcome:
         """Function 5 (idempotent, so safe to repeat after silence); "ok" when echoed."""
         raw = self.exchange(modbus.write_coil_request(address, coil, on), _whole_reply, self.patient_timeout_s)
