@@ -380,3 +380,30 @@ def test_no_broadcast_read_note_without_a_dlt645_line(tmp_path):
         code, _, out = run(rig, tmp_path, "--no-write")
     assert code == 0, texts(out)  # no DL/T 645 line scanned: no broadcast read, no note
     assert not [n for n in _notes(out) if "broadcast" in n]
+
+
+def test_the_broadcast_address_read_on_the_link_alone_none_and_two():
+    """RtuLink.dlt_read_address(): one DL/T 645 meter alone -> its address; Modbus meters only
+    -> silent (no DL/T 645 meter answers); two DL/T 645 meters -> no clean answer."""
+    from piletools.rtulink import Line, RtuLink
+
+    rig = cr.build()  # Modbus meters only
+    with rig.site:
+        rig.site.start()
+        with RtuLink(rig.port, timeout_s=0.3, patient_timeout_s=1.0) as link:
+            link.set_line(Line(9600))
+            assert link.dlt_read_address().kind == "silent"
+    rig = cr.build(dlt=True)
+    with rig.site:
+        rig.site.start()
+        with RtuLink(rig.port, timeout_s=0.3, patient_timeout_s=5.0) as link:
+            link.set_line(Line(9600))
+            res = link.dlt_read_address()
+            assert (res.kind, res.data) == ("ok", b"000000000005")
+    rig = cr.build(dlt=True)
+    rig.site.add_meter("bus1", "000000000006", cr.DLT[2], "000000000006", baud=9600)
+    with rig.site:
+        rig.site.start()
+        with RtuLink(rig.port, timeout_s=0.3, patient_timeout_s=1.0) as link:
+            link.set_line(Line(9600))
+            assert link.dlt_read_address().kind != "ok"
