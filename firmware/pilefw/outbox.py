@@ -216,9 +216,13 @@ class Outbox:
         self._last_s = s
         if self._taken > self._floor:
             # After the message (likely the "declared lost" event): a cut before this marker
-            # only makes the drops be reported again, never forgotten.
-            self._write(TELE, T_TAKEN, 0, self._taken, b"", b"")
-            self._floor = self._taken
+            # only makes the drops be reported again, never forgotten. So does a flash that
+            # refuses the marker: the message is stored, and put must say so.
+            try:
+                self._write(TELE, T_TAKEN, 0, self._taken, b"", b"")
+                self._floor = self._taken
+            except OSError:
+                pass
         return True
 
     def pending(self, limit=16, after=-1):
@@ -527,24 +531,37 @@ class Outbox:
                 f.write(topic)
             if body:
                 f.write(body)
+            if sync:
+                # A full flash may accept the buffered write and refuse at the flush: the record
+                # is stored only once synced, so a refused sync is a refused write.
+                self._sync(s)
         except OSError:
-            # A partial record may be in the file: never append after it (recovery counts it).
-            self._close_head(s)
-            self._seal[s] = True
-            try:
-                size = self.fs.stat(self._name(s, seg[_ID]))[6]
-                self._used += size - seg[_SIZE]
-                seg[_SIZE] = size
-            except OSError:
-                pass
+            self._abandon_head(s, seg)
             raise
         seg[_SIZE] = off + n
         self._used += n
-        if sync:
-            self._sync(s)
-        else:
+        if not sync:
             self._unsynced[s] = True
         return seg, off
+
+    def _abandon_head(self, s, seg):
+        """After a refused write: a partial record may be in the file, so never append after it
+        (recovery skips what fails its CRC); the segment's size is what the file really holds."""
+        f = self._wf[s]
+        self._wf[s] = None
+        self._seal[s] = True
+        self._unsynced[s] = False
+        if f is not None:
+            try:
+                f.close()  # flushes what it can; the flash may refuse that too
+            except OSError:
+                pass
+        try:
+            size = self.fs.stat(self._name(s, seg[_ID]))[6]
+            self._used += size - seg[_SIZE]
+            seg[_SIZE] = size
+        except OSError:
+            pass
 
     def _sync(self, s):
         self._unsynced[s] = False
