@@ -12,6 +12,7 @@ read (tests/core/test_console_authz.py walks the table as anonymous and checks i
 from pilecore import pinhash
 from pilecore.console_text import (
     MASK,
+    STATUS_FIELDS,
     Fail,
     Usage,
     ceil_int,
@@ -186,25 +187,7 @@ class Commands:
             return json_text(st)
         if isinstance(st.get("storage"), dict):
             st["storage"] = _storage_text(st["storage"])
-        return kv_lines(
-            st,
-            (
-                "gateway",
-                "site",
-                "firmware",
-                "platform",
-                "board",
-                "uptime_s",
-                "time",
-                "time_sync",
-                "mem_free",
-                "mem_total",
-                "config_hash",
-                "kid",
-                "epoch",
-                "seq",
-            ),
-        )
+        return kv_lines(st, STATUS_FIELDS)
 
     def _c_piles(self, args, now, js):
         rows = clean_data(self.backend.piles())

@@ -211,6 +211,26 @@ def flatten_dict(d, prefix, out):
             out[name] = v
 
 
+# The fields of `status`, in the order the views pick them and the text shows them.
+STATUS_FIELDS = (
+    "gateway",
+    "site",
+    "firmware",
+    "platform",
+    "board",
+    "uptime_s",
+    "time",
+    "time_sync",
+    "mem_free",
+    "mem_total",
+    "config_hash",
+    "kid",
+    "epoch",
+    "seq",
+    "storage",
+)
+
+
 def kv_lines(d, preferred):
     """Aligned `key  value` lines; nested dicts flattened with dotted keys."""
     if not isinstance(d, dict):

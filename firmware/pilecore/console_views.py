@@ -34,6 +34,7 @@ view is made up: a value the port does not have is None.
 
 from pilecore import envelope
 from pilecore.console_cmds import LOG_LEVELS, filter_log
+from pilecore.console_text import STATUS_FIELDS
 
 # key -> (kind, low, high, what it does); "level" is one of LOG_LEVELS.  The whitelist of
 # docs/console.md: a key not here cannot be changed from the console.
@@ -44,23 +45,6 @@ SETTINGS = {
     "telemetry.interval_s": ("int", 1, 3600, "seconds between telemetry messages"),
 }
 
-STATUS_FIELDS = (
-    "gateway",
-    "site",
-    "firmware",
-    "platform",
-    "board",
-    "uptime_s",
-    "time",
-    "time_sync",
-    "mem_free",
-    "mem_total",
-    "config_hash",
-    "kid",
-    "epoch",
-    "seq",
-    "storage",
-)
 STORAGE_FIELDS = ("full", "since", "reason", "telemetry_not_stored", "events_given_up", "keep_given_up")
 PILE_FIELDS = (
     "id",
