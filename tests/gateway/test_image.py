@@ -122,7 +122,11 @@ def test_partition_table_round_trip_and_damage():
 def test_refuses_secrets_wrong_files_and_other_boards(tmp_path, inputs, capsys):
     site, ca, cmd = inputs
     key = tmp_path / "k.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n")
+    key.write_bytes(  # a real key, made now: the image must refuse any private key
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     code, _ = make(tmp_path, site, ca, key)
     assert code == 2 and "holds a PRIVATE KEY" in capsys.readouterr().err
     not_fw = tmp_path / "x.bin"
