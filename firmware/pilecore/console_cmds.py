@@ -11,7 +11,10 @@ read (tests/core/test_console_authz.py walks the table as anonymous and checks i
 
 from pilecore import pinhash
 from pilecore.console_text import (
+    BAY_FIELDS,
     MASK,
+    MQTT_FIELDS,
+    PILE_FIELDS,
     STATUS_FIELDS,
     Fail,
     Usage,
@@ -195,23 +198,7 @@ class Commands:
             return json_text({"piles": rows})
         if not rows:
             return "no piles configured\n"
-        return table_lines(
-            rows,
-            (
-                "id",
-                "name",
-                "state",
-                "power_w",
-                "energy_wh",
-                "t",
-                "bus",
-                "address",
-                "serial",
-                "metered",
-                "interlock",
-                "faults",
-            ),
-        )
+        return table_lines(rows, PILE_FIELDS)
 
     def _c_meter(self, args, now, js):
         if len(args) != 1:
@@ -232,9 +219,7 @@ class Commands:
             return json_text({"bays": rows})
         if not rows:
             return "no bays configured\n"
-        return table_lines(
-            rows, ("bay", "pile", "state", "plugged", "charging", "arrival", "classification", "fee_fen")
-        )
+        return table_lines(rows, BAY_FIELDS)
 
     def _c_bay(self, args, now, js):
         if len(args) != 1:
@@ -271,20 +256,7 @@ class Commands:
         m = clean_data(self.backend.mqtt())
         if js:
             return json_text(m)
-        return kv_lines(
-            m,
-            (
-                "broker",
-                "connected",
-                "connects",
-                "last_error",
-                "last_publish_t",
-                "outbox",
-                "oldest_unsent_seq",
-                "oldest_unsent_t",
-                "seq",
-            ),
-        )
+        return kv_lines(m, MQTT_FIELDS)
 
     def _c_bus(self, args, now, js):
         buses = clean_data(self.backend.bus())

@@ -231,6 +231,36 @@ STATUS_FIELDS = (
 )
 
 
+# The columns of `piles` and `bays` and the fields of `mqtt`, as the views pick them and the
+# text orders them.
+PILE_FIELDS = (
+    "id",
+    "name",
+    "state",
+    "power_w",
+    "energy_wh",
+    "t",
+    "bus",
+    "address",
+    "serial",
+    "metered",
+    "interlock",
+    "faults",
+)
+BAY_FIELDS = ("bay", "pile", "state", "plugged", "charging", "arrival", "classification", "fee_fen")
+MQTT_FIELDS = (
+    "broker",
+    "connected",
+    "connects",
+    "last_error",
+    "last_publish_t",
+    "outbox",
+    "oldest_unsent_seq",
+    "oldest_unsent_t",
+    "seq",
+)
+
+
 def kv_lines(d, preferred):
     """Aligned `key  value` lines; nested dicts flattened with dotted keys."""
     if not isinstance(d, dict):

@@ -34,7 +34,7 @@ view is made up: a value the port does not have is None.
 
 from pilecore import envelope
 from pilecore.console_cmds import LOG_LEVELS, filter_log
-from pilecore.console_text import STATUS_FIELDS
+from pilecore.console_text import BAY_FIELDS, MQTT_FIELDS, STATUS_FIELDS
 
 # key -> (kind, low, high, what it does); "level" is one of LOG_LEVELS.  The whitelist of
 # docs/console.md: a key not here cannot be changed from the console.
@@ -46,20 +46,6 @@ SETTINGS = {
 }
 
 STORAGE_FIELDS = ("full", "since", "reason", "telemetry_not_stored", "events_given_up", "keep_given_up")
-PILE_FIELDS = (
-    "id",
-    "name",
-    "state",
-    "power_w",
-    "energy_wh",
-    "t",
-    "bus",
-    "address",
-    "serial",
-    "metered",
-    "interlock",
-    "faults",
-)
 METER_FIELDS = (
     "pile",
     "profile",
@@ -76,18 +62,6 @@ METER_FIELDS = (
     "polls",
     "failures",
     "stats",
-)
-BAY_FIELDS = ("bay", "pile", "state", "plugged", "charging", "arrival", "classification", "fee_fen")
-MQTT_FIELDS = (
-    "broker",
-    "connected",
-    "connects",
-    "last_error",
-    "last_publish_t",
-    "outbox",
-    "oldest_unsent_seq",
-    "oldest_unsent_t",
-    "seq",
 )
 
 

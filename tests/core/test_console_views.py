@@ -4,7 +4,7 @@ bus scheduler; settings checked in the core; `log` only reads."""
 
 from mpytest import new_key
 
-from pilecore import console_views, ocmf
+from pilecore import console_text, console_views, ocmf
 from pilecore.console import AuthState, Console
 from pilecore.console_views import ViewBackend
 from pilecore.scheduler import BusScheduler
@@ -142,7 +142,7 @@ def test_piles_have_a_state_column_and_the_meter_of_each_pile():
     rows = p.piles()
     assert [r["id"] for r in rows] == ["P01", "P02"]
     for r in rows:
-        assert sorted(r) == sorted(console_views.PILE_FIELDS)
+        assert sorted(r) == sorted(console_text.PILE_FIELDS)
         assert r["state"] in ("charging", "idle", "offline", "unknown")
     assert rows[0]["interlock"] == "report" and rows[1]["interlock"] == "auto (off)"
     assert rows[0]["bus"] == "rs485-1" and rows[1]["address"] == 2
@@ -176,7 +176,7 @@ def test_bays_mqtt_and_bus():
     ]
     assert p.bay("B01")["state"] == "unmonitored" and p.bay("B09") is None
     m = p.mqtt()
-    assert sorted(m) == sorted(console_views.MQTT_FIELDS)
+    assert sorted(m) == sorted(console_text.MQTT_FIELDS)
     assert m["broker"] == "mqtts://broker.example:8883" and m["seq"] == 42 and m["oldest_unsent_t"] is None
     assert p.bus()["rs485-1"]["devices"]["P02"]["address"] == 2
 
