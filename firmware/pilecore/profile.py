@@ -224,23 +224,8 @@ def _check_dlt(p, phases, errors):
     _check_timing(p, errors)
     _check_quirks(p, errors)
     _check_serial(p.get("serial"), errors)
-    values = p.get("values")
     seen = {}
-    if not isinstance(values, dict):
-        errors.append(("values", "missing table of canonical values"))
-        values = {}
-    for req in _REQUIRED_VALUES:
-        if req not in values:
-            errors.append(("values." + req, "required value is missing"))
-    for vname in values:
-        path = "values." + vname
-        spec = values[vname]
-        if vname not in _UNITS:
-            errors.append((path, "unknown value; canonical names are " + ", ".join(_VALUE_NAMES)))
-            continue
-        if not isinstance(spec, dict):
-            errors.append((path, "must be a table, got %s" % _kind(spec)))
-            continue
+    for vname, spec, path in _value_tables(p.get("values"), errors):
         for key in spec:
             if key not in _DLT_VALUE_KEYS:
                 errors.append((path + "." + key, "unknown key"))
@@ -376,12 +361,13 @@ def _check_register(reg, path, width, errors):
     return True
 
 
-def _check_values(values, phases, max_block, errors):
-    """Check the [values] tables; return (function or None, first, last, path) spans."""
-    spans = []
+def _value_tables(values, errors):
+    """The [values] tables worth checking further, as (name, table, path): what every protocol
+    shares (a table of canonical names, the required ones present) is checked here once."""
+    out = []
     if not isinstance(values, dict):
         errors.append(("values", "missing table of canonical values"))
-        return spans
+        return out
     for req in _REQUIRED_VALUES:
         if req not in values:
             errors.append(("values." + req, "required value is missing"))
@@ -390,10 +376,17 @@ def _check_values(values, phases, max_block, errors):
         spec = values[vname]
         if vname not in _UNITS:
             errors.append((path, "unknown value; canonical names are " + ", ".join(_VALUE_NAMES)))
-            continue
-        if not isinstance(spec, dict):
+        elif not isinstance(spec, dict):
             errors.append((path, "must be a table, got %s" % _kind(spec)))
-            continue
+        else:
+            out.append((vname, spec, path))
+    return out
+
+
+def _check_values(values, phases, max_block, errors):
+    """Check the [values] tables; return (function or None, first, last, path) spans."""
+    spans = []
+    for vname, spec, path in _value_tables(values, errors):
         spans.extend(_check_value(vname, spec, path, phases, max_block, errors))
     return spans
 
