@@ -189,11 +189,12 @@ class MpyApp:
         """A JSON-able Python expression evaluated in the VM."""
         return self.exec(f"_r = json.dumps({expr})")
 
-    def step(self, n: int = 1, mem: bool = False, until: str | None = None) -> dict[str, Any]:
+    def step(self, n: int = 1, mem: bool = False, until: str | None = None, idle_ms: int = 0) -> dict[str, Any]:
         """n passes of the main loop (fewer if the Python expression `until` turned true).
         Returns {"passes", "did", "until", "mem"}; with mem, memory is measured around every
-        pass (see `mem`)."""
-        return self._call("step", n=n, mem=mem, until=until or "")
+        pass (see `mem`); with idle_ms, a pass that did nothing is followed by a nap of that
+        many ms, as `App.run` naps on a board."""
+        return self._call("step", n=n, mem=mem, until=until or "", idle_ms=idle_ms)
 
     def run_until(self, until: str, max_passes: int, mem: bool = False, what: str = "") -> dict[str, Any]:
         """Passes until the Python expression `until` is true; AssertionError after max_passes."""

@@ -25,9 +25,10 @@
 //        endpoint "pty:/dev/pts/N" or "tcp:host:port"; lib is copied to /lib (pilecore, pilefw,
 //        umqtt as .py or .mpy, plus vmhw.py); files are written into the VM's file system.
 //   {"op": "exec", "code": str}          run Python; answers the JSON text left in `_r`, if any
-//   {"op": "step", "n": int, "mem": bool, "until": str?}
+//   {"op": "step", "n": int, "mem": bool, "until": str?, "idle_ms": int?}
 //        n main-loop passes (`_h.step()`), stopping early when the Python expression `until`
-//        is true; with mem, the live set after each pass and the pass's allocations
+//        is true; with mem, the live set after each pass and the pass's allocations; with
+//        idle_ms, a pass that did nothing is followed by a nap that long (App.run's idle nap)
 //   {"op": "advance", "ms": int}         move the VM's clock forward
 //   {"op": "mem"}                        the memory figures so far (see memState)
 //   {"op": "exit"}
@@ -358,7 +359,9 @@ async function main() {
     return mp.globals.get("_m");
   }
 
-  function stepPasses(n, withMem, until) {
+  // idleMs > 0: a pass that did nothing is followed by a nap of idleMs, as App.run naps on a
+  // board (hw.sleep_ms(5)), so a free-running VM does not spin a host core at 100 %.
+  function stepPasses(n, withMem, until, idleMs) {
     let did = 0;
     let passes = 0;
     let stopped = false;
@@ -369,6 +372,7 @@ async function main() {
       passes += 1;
       memState.passes += 1;
       if (mp.globals.get("_d")) did += 1;
+      else if (idleMs > 0) bridge.sleep_ms(idleMs);
       if (withMem) {
         const after = mp.globals.get("_a");
         const info = gcInfo();
@@ -439,7 +443,7 @@ async function main() {
       return { value: typeof r === "string" ? JSON.parse(r) : null, stdout: out };
     },
     step(req) {
-      return stepPasses(req.n || 1, !!req.mem, req.until || "");
+      return stepPasses(req.n || 1, !!req.mem, req.until || "", req.idle_ms || 0);
     },
     advance(req) {
       skewMs += req.ms;

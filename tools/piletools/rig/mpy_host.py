@@ -24,6 +24,10 @@ from typing import Any
 
 from pilehil.clock import ENV_VAR, SiteClock
 
+# App.run naps this long after a pass that did nothing (firmware/pilefw/app.py): the free-running
+# VM does the same, so it leaves the host's cores to the simulator and the broker as a board would.
+IDLE_NAP_MS = 5
+
 
 def _clock_code(clock: SiteClock, vm_ticks_ms: int) -> str:
     site_now = clock()
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         info = vm.boot()
         print(f"mpy_host: App started on MicroPython {vm.version}, epoch {info['epoch']}", flush=True)
         while running:
-            vm.step(20)
+            vm.step(20, idle_ms=IDLE_NAP_MS)
         vm.exec("_gw.close()")
     return 0
 
