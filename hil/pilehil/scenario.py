@@ -8,9 +8,10 @@ without reading Python.  Times are "HH:MM:SS" (or whole seconds) from the scenar
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ class Scenario:
     real_board: str
     real_board_note: str
     data_fs_kb: int | None
+    real_board_until: int | None = None  # "shorten": a real board's timeline ends here
     smoke: bool = False
     vehicles: list[VehiclePlan] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
@@ -208,7 +210,7 @@ def load(path: Path | str) -> Scenario:
     if not isinstance(sc, dict):
         raise ScenarioError(path, [("scenario", "missing: every scenario starts with a [scenario] table")])
     known = {"id", "title", "description", "site", "start", "duration", "speed", "settle", "real_board"}
-    known |= {"real_board_note", "data_fs_kb", "smoke"}
+    known |= {"real_board_note", "real_board_until", "data_fs_kb", "smoke"}
     for k in sorted(set(sc) - known):
         problems.append((f"scenario.{k}", f"unknown key (allowed: {', '.join(sorted(known))})"))
     missing = [k for k in ("title", "site", "start", "duration") if k not in sc]
@@ -246,6 +248,9 @@ def load(path: Path | str) -> Scenario:
         real_board_note=str(sc.get("real_board_note", "")),
         data_fs_kb=sc.get("data_fs_kb"),
         smoke=bool(sc.get("smoke", False)),
+        real_board_until=_time(problems, "scenario.real_board_until", sc["real_board_until"])
+        if "real_board_until" in sc
+        else None,
     )
     for i, v in enumerate(data.get("vehicle", [])):
         plan = _vehicle(problems, i, v)
@@ -271,6 +276,7 @@ def load(path: Path | str) -> Scenario:
     for i, e in enumerate(scen.expect["console"]):
         if "name" not in e:
             problems.append((f"expect.console[{i}].name", "missing: the name of a console action"))
+    _check_shortening(problems, scen)
     xf = data.get("xfail", {})
     if not isinstance(xf, dict) or not all(isinstance(v, str) for v in xf.values()):
         problems.append(("xfail", 'must map a DUT kind (or "*") to the defect that makes it fail'))
@@ -279,6 +285,55 @@ def load(path: Path | str) -> Scenario:
     if problems:
         raise ScenarioError(path, problems)
     return scen
+
+
+def _check_shortening(problems: list[tuple[str, str]], sc: Scenario) -> None:
+    """`real_board = "shorten"` needs `real_board_until` (and only then): a cut inside the
+    timeline that no vehicle visit straddles, so the shortened run is a whole scenario."""
+    for kind, items in sc.expect.items():
+        for i, e in enumerate(items):
+            if "real_board" in e and not isinstance(e["real_board"], bool):
+                problems.append((f"expect.{kind}[{i}].real_board", "must be true or false"))
+    cut = sc.real_board_until
+    if sc.real_board != "shorten":
+        if cut is not None:
+            problems.append(("scenario.real_board_until", 'only with real_board = "shorten"'))
+        return
+    if cut is None or sc.duration is None:
+        if sc.duration is None:
+            return
+        problems.append(("scenario.real_board_until", 'missing: real_board = "shorten" says where a real board stops'))
+        return
+    if not 0 < cut < sc.duration:
+        problems.append(
+            ("scenario.real_board_until", f"must be inside the timeline (00:00:00 < t < {hms(sc.duration)})")
+        )
+    for i, v in enumerate(sc.vehicles):
+        if v.arrive < cut < v.leave:
+            problems.append(
+                (
+                    f"vehicle[{i}]",
+                    f"is in bay {v.bay} at real_board_until ({hms(cut)}): cut before it arrives or after it leaves",
+                )
+            )
+
+
+def for_real_board(sc: Scenario) -> Scenario:
+    """The scenario as a real board (real time) runs it (docs/hil.md): a "shorten" scenario ends
+    at `real_board_until` (the vehicles that arrive later and the actions due later are left out)
+    and is judged without the expectations marked `real_board = false`; any other scenario is
+    returned unchanged."""
+    cut = sc.real_board_until
+    if sc.real_board != "shorten" or cut is None:
+        return sc
+    expect = {k: [copy.deepcopy(e) for e in v if e.get("real_board", True)] for k, v in sc.expect.items()}
+    return replace(
+        sc,
+        duration=cut,
+        vehicles=[v for v in sc.vehicles if v.arrive < cut],
+        actions=[a for a in sc.actions if a.t < cut],
+        expect=expect,
+    )
 
 
 def load_all(folder: Path | str) -> list[Scenario]:

@@ -324,3 +324,44 @@ def test_a_bus_with_a_stray_master_is_recognised_at_the_start(tmp_path):
     ok = {"type": "meter.verified", "pile": "P03", "t": sc.start - 150}
     r.run.messages.append(Message(sc.start - 90, "accepted", "event", 3, {"data": {"events": [ok]}}, []))
     r._check_bus()
+
+
+def test_a_real_board_runs_a_shortened_scenario_only_up_to_its_cut(tmp_path):
+    """real_board = "shorten": on a real-time DUT the timeline ends at real_board_until, later
+    vehicles and actions are left out and `real_board = false` expectations are not judged; a
+    simulated DUT runs the whole scenario, and the report says where the real board stopped."""
+    from piletools.rig.duts import make_dut
+    from piletools.rig.runner import Runner
+
+    sc = load(SCENARIOS / "sensor-stuck-and-flapping.toml")
+    real = Runner(sc, make_dut(f"serial:{tmp_path / 'ttyUSB0'}", bus=str(tmp_path / "ttyUSB1")), tmp_path)
+    assert real.sc.duration == seconds("00:40:00") < sc.duration
+    assert [v.arrive for v in real.sc.vehicles] == [seconds("00:08:00")]
+    assert all(a.t < seconds("00:40:00") for a in real.sc.actions) and real.sc.actions
+    assert [e["type"] for e in real.sc.expect["event"]] == ["sensor.flapping", "sensor.recovered"]
+    assert real.sc.expect["billing"] == []
+    assert any(what == "rig.shortened" and "00:40:00" in note for _, what, note in real.run.actions)
+    whole = Runner(sc, make_dut("pi"), tmp_path)
+    assert whole.sc is sc and len(whole.sc.expect["event"]) == 3 and not whole.run.actions
+    # the expectation marked real_board = false is judged on the simulated DUT, never on the board
+    assert len(expect.judge(whole.run, final=False)) == len(expect.judge(real.run, final=False)) + 2
+
+
+def test_a_shortening_that_cuts_a_visit_or_has_no_cut_is_refused_with_its_key(tmp_path):
+    site = (SCENARIOS / "sites" / "four-bays.toml").resolve()
+    head = f'[scenario]\ntitle = "x"\nsite = "{site}"\nstart = "2026-06-01T08:00:00+08:00"\nduration = "01:00:00"\n'
+    visit = '[[vehicle]]\nbay = "B01"\nkind = "ev"\narrive = "00:10:00"\nleave = "00:30:00"\n'
+    cases = {
+        'real_board = "shorten"\n': "scenario.real_board_until",
+        'real_board = "shorten"\nreal_board_until = "00:20:00"\n': "vehicle[0]",
+        'real_board = "shorten"\nreal_board_until = "02:00:00"\n': "scenario.real_board_until",
+        'real_board_until = "00:40:00"\n': "scenario.real_board_until",
+        '[[expect.event]]\ntype = "bay.arrived"\nreal_board = "no"\n': "expect.event[0].real_board",
+    }
+    for i, (extra, key) in enumerate(cases.items()):
+        path = tmp_path / f"s{i}.toml"
+        scenario, _, rest = extra.partition("[[")
+        path.write_text(head + scenario + visit + ("[[" + rest if rest else ""))
+        with pytest.raises(ScenarioError) as e:
+            load(path)
+        assert key in [k for k, _ in e.value.problems], (extra, e.value.problems)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pilehil.scenario import hms, seconds
 
-CONTROL = {"within", "count", "min", "fields", "note", "index", "tolerance_s"}
+CONTROL = {"within", "count", "min", "fields", "note", "index", "tolerance_s", "real_board"}
 
 
 @dataclass

@@ -69,6 +69,9 @@ def _cases(config: pytest.Config) -> list[Any]:
                 continue
         for d in duts:
             out.append(pytest.param(sc, d, id=f"{path.stem}[{d.split(':')[0]}]"))
+    # longest site time first, so that parallel workers (make hil: -n 2) finish together instead
+    # of one of them starting an hour-long scenario last; a broken file (no duration) goes first
+    out.sort(key=lambda p: -getattr(p.values[0], "duration", 1 << 30))
     return out
 
 

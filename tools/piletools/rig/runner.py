@@ -35,7 +35,7 @@ from pilehil.bays import Vehicle
 from pilehil.broker import Broker
 from pilehil.clock import SiteClock
 from pilehil.load import ConstantLoad
-from pilehil.scenario import Scenario, hms
+from pilehil.scenario import Scenario, for_real_board, hms
 from piletools.receiver import KeyRegister, Receiver, Verdict
 from piletools.rig.duts import Dut, DutContext, DutError
 from piletools.verify import Subscriber
@@ -240,6 +240,9 @@ class Runner:
     """One scenario on one DUT; see the module docstring."""
 
     def __init__(self, scenario: Scenario, dut: Dut, workdir: Path, broker_url: str | None = None) -> None:
+        whole = scenario
+        if not dut.simulated:  # real time: a "shorten" scenario is cut where it says (docs/hil.md)
+            scenario = for_real_board(scenario)
         self.sc = scenario
         self.dut = dut
         self.workdir = workdir
@@ -254,6 +257,8 @@ class Runner:
         self.clock: SiteClock | None = None
         self._flap: tuple[Any, int, int, float] | None = None
         self._restart_at: float | None = None
+        if scenario is not whole:
+            self._note(0, "rig.shortened", f"a real board stops at {hms(scenario.duration)}: {whole.real_board_note}")
 
     # ------------------------------------------------------------ set-up
 
