@@ -15,9 +15,14 @@ compiled site, and the main loop runs one pass at a time under the driver's cont
         figures = dut.step(100, mem=True)["mem"]      # live set measured between passes
 
 In the VM: ``_gw`` is the App, ``_hw`` its `hw` (tests/mpy/vmhw.py: ``_hw.pins``, ``_hw.dog``,
-``_hw.net_ok``, ``_hw.resets``), files live in the VM's in-memory file system (``/data`` is the App's root).
-`code="mpy"` loads the firmware compiled with mpy-cross (as on a board), `code="py"` the
-sources.  Needs Node.js and the MicroPython runtime (`make setup`).
+``_hw.net_ok``, ``_hw.resets``).  The App's flash (``/data``, its root) is a host directory,
+`data_dir` (default ``workdir/data``), mounted into the VM: what the App writes is in that
+directory as soon as its write() returns, a full host file system is the board's OSError(28)
+(ENOSPC) in the VM, and the directory outlives the Node process (a SIGKILL is a power cut: a
+new `MpyApp` over the same `data_dir` boots on the same flash).  Everything else (/lib,
+/config.json, `files` outside /data) is in the VM's memory.  `code="mpy"` loads the firmware
+compiled with mpy-cross (as on a board), `code="py"` the sources.  Needs Node.js and the
+MicroPython runtime (`make setup`).
 """
 
 from __future__ import annotations
@@ -87,12 +92,19 @@ def _compile_tree(src: Path, out: Path) -> None:
 class MpyApp:
     """See the module docstring.  Always `close()` (or use `with`): it ends the Node process."""
 
-    def __init__(self, workdir: Path | None = None, code: str = "mpy", timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        code: str = "mpy",
+        timeout_s: float = 600.0,
+        data_dir: Path | None = None,
+    ) -> None:
         why = available()
         if why:
             raise HarnessError(why)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="pilegate-mpy-")
         self.workdir = Path(workdir) if workdir else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
         self.code = code
         self.timeout_s = timeout_s
         self._seq = 0
@@ -135,10 +147,12 @@ class MpyApp:
         files: dict[str, bytes] | None = None,
         root: str = "/data",
     ) -> None:
-        """Load the VM with the firmware in /lib, bridge the streams (board UART id ->
-        endpoint; the console's endpoint), write `files` ({vm path: bytes}) and make `_hw`."""
+        """Load the VM with the firmware in /lib, mount `data_dir` at `root` (the flash),
+        bridge the streams (board UART id -> endpoint; the console's endpoint), write `files`
+        ({vm path: bytes}; under `root` they land in `data_dir`) and make `_hw`."""
         uarts = uarts or {}
         lib = build_lib(self.workdir / "lib", self.code)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         streams = {f"uart{n}": ep for n, ep in uarts.items()}
         if console:
             streams["console"] = console
@@ -147,6 +161,7 @@ class MpyApp:
             lib=str(lib),
             files={p: base64.b64encode(b).decode() for p, b in (files or {}).items()},
             streams=streams,
+            data={"mount": root, "dir": str(self.data_dir)},
         )
         self.version = result["version"]
         ids = ", ".join(f"{n}: 'uart{n}'" for n in uarts)
@@ -170,7 +185,7 @@ class MpyApp:
         return self.boot()
 
     def boot(self) -> dict[str, Any]:
-        """Build a (new) App over the VM's file system, as a reset would."""
+        """Build a (new) App over the same flash, as a reset would."""
         return self.exec(
             "from pilefw import app as _app\n"
             "_cfg, _hash = _app.load_config_file('/config.json')\n"
@@ -220,6 +235,13 @@ class MpyApp:
 
     def reset_mem(self) -> None:
         self._call("reset_mem")
+
+    def power_cut(self) -> None:
+        """SIGKILL the Node process (no handler runs, nothing is flushed or closed): what is in
+        `data_dir` stays, as a board's flash does.  `close()` afterwards still cleans up."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -15,15 +15,22 @@
 //   blocks this thread in Atomics.wait on a SharedArrayBuffer until the worker has answered
 //   (data copied into the shared buffer), so a blocking socket read in MicroPython is a real
 //   blocking read with its timeout.
+// * The flash (/data) is a host directory mounted into the VM's file system (hostDirFs): what
+//   the App writes is in the host's file system when write() returns, ENOSPC from the host is
+//   the board's OSError(28), and a SIGKILL of this process keeps it all, as a board keeps its
+//   flash through a power cut.  Everything else (/lib, /config.json) is in the VM's memory.
 // * The clock is this process's: ticks_ms from performance.now(), time from Date.now(), both
 //   plus a skew that the driver moves forward (`advance`) to skip idle time.
 // * This VM collects garbage only when control returns to JavaScript, so memory is measured
 //   between main-loop passes, each pass being its own runPython call (see `step`).
 //
 // Requests (one JSON object per line on stdin), answers {"id", "ok", "result" | "error"}:
-//   {"op": "init", "lib": dir, "files": {vmpath: base64}, "streams": {name: endpoint}}
+//   {"op": "init", "lib": dir, "files": {vmpath: base64}, "streams": {name: endpoint},
+//    "data": {"mount": "/data", "dir": hostdir}}
 //        endpoint "pty:/dev/pts/N" or "tcp:host:port"; lib is copied to /lib (pilecore, pilefw,
-//        umqtt as .py or .mpy, plus vmhw.py); files are written into the VM's file system.
+//        umqtt as .py or .mpy, plus vmhw.py); data mounts a host directory at /data (the
+//        flash, see hostDirFs); files are written into the VM's file system (through the
+//        mount for paths under it, into the VM's memory for the rest).
 //   {"op": "exec", "code": str}          run Python; answers the JSON text left in `_r`, if any
 //   {"op": "step", "n": int, "mem": bool, "until": str?, "idle_ms": int?}
 //        n main-loop passes (`_h.step()`), stopping early when the Python expression `until`
@@ -40,6 +47,11 @@ import { Worker, isMainThread, parentPort, workerData } from "node:worker_thread
 import { fileURLToPath } from "node:url";
 
 const DATA_BYTES = 1 << 16;
+// Emscripten errno numbers (WASI's: the VM's libc), for the errors its FS layer understands.
+const EM = { ENOENT: 44, EEXIST: 20, ENOTDIR: 54, EISDIR: 31, ENOTEMPTY: 55, EINVAL: 28, EBADF: 8, EIO: 29 };
+// ENOSPC as the ESP32's MicroPython raises it from LittleFS: OSError(28) (newlib's number).
+// The VM's own ENOSPC would be 51 (WASI); a full flash must look the same as on a board.
+const BOARD_ENOSPC = 28;
 
 if (!isMainThread) {
   netWorker();
@@ -161,6 +173,188 @@ function netWorker() {
       answer(0, null);
     }
   });
+}
+
+// ------------------------------------------------------------------ the flash: a host directory
+
+// A host directory mounted into the VM (`FS.mount(hostDirFs(FS), {root: dir}, "/data")`): this
+// build has no NODEFS, so this is the part of it the App needs.  MicroPython's VfsPosix file
+// objects (the ones `open()` returns) call the VM's libc, whose syscalls end here, one host
+// syscall each: a write() is a pwrite on the host file (so the bytes are in the host's file
+// system, and survive a SIGKILL of this process, once write() returns), flush() is an fsync,
+// os.rename a rename(2) (atomic replace), os.remove an unlink.  A write is whole or refused, as
+// LittleFS's: when the host refuses part of it (a full file system) what it did write is cut
+// off again and the VM gets OSError(28).  Nothing is cached here: sizes and listings are the
+// host's at each call.  The file contents never enter the VM's heap.
+function hostDirFs(FS) {
+  function errno(e) {
+    if (e && e.name === "ErrnoError") return e;
+    const code = e && e.code;
+    if (code === "ENOSPC" || code === "EDQUOT") return new FS.ErrnoError(BOARD_ENOSPC);
+    return new FS.ErrnoError(EM[code] || EM.EIO);
+  }
+  function host(fn) {
+    try {
+      return fn();
+    } catch (e) {
+      throw errno(e);
+    }
+  }
+  function realPath(node) {
+    const parts = [];
+    while (node.parent !== node) {
+      parts.push(node.name);
+      node = node.parent;
+    }
+    parts.push(node.mount.opts.root);
+    return path.join(...parts.reverse());
+  }
+  function statOf(p) {
+    const st = fs.lstatSync(p);
+    return {
+      dev: st.dev,
+      ino: st.ino,
+      mode: st.mode,
+      nlink: st.nlink,
+      uid: st.uid,
+      gid: st.gid,
+      rdev: st.rdev,
+      size: st.size,
+      blksize: st.blksize,
+      blocks: st.blocks,
+      atime: st.atime,
+      mtime: st.mtime,
+      ctime: st.ctime,
+    };
+  }
+  let node_ops = null;
+  let stream_ops = null;
+  function createNode(parent, name, mode) {
+    const node = FS.createNode(parent, name, mode, 0);
+    node.node_ops = node_ops;
+    node.stream_ops = stream_ops;
+    return node;
+  }
+  node_ops = {
+    getattr: (node) => host(() => statOf(realPath(node))),
+    setattr(node, attr) {
+      const p = realPath(node);
+      host(() => {
+        if (attr.mode !== undefined) {
+          fs.chmodSync(p, attr.mode & 0o7777);
+          node.mode = (node.mode & ~0o7777) | (attr.mode & 0o7777);
+        }
+        if (attr.size !== undefined) fs.truncateSync(p, attr.size);
+      });
+    },
+    lookup(parent, name) {
+      const p = path.join(realPath(parent), name);
+      let st;
+      try {
+        st = fs.lstatSync(p);
+      } catch (e) {
+        throw errno(e);
+      }
+      return createNode(parent, name, st.mode);
+    },
+    mknod(parent, name, mode) {
+      const p = path.join(realPath(parent), name);
+      host(() => {
+        if (FS.isDir(mode)) fs.mkdirSync(p, { mode: mode & 0o7777 });
+        else fs.closeSync(fs.openSync(p, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, 0o600));
+      });
+      return createNode(parent, name, FS.isDir(mode) ? mode : (mode & ~0o7777) | 0o600);
+    },
+    rename(oldNode, newDir, newName) {
+      const from = realPath(oldNode);
+      const to = path.join(realPath(newDir), newName);
+      host(() => fs.renameSync(from, to)); // replaces `to` in one step, as LittleFS's rename
+      // the replaced file's node (FS.rename looked it up before calling here) is gone
+      for (let n = FS.nameTable[FS.hashName(newDir.id, newName)]; n; n = n.name_next) {
+        if (n !== oldNode && n.parent.id === newDir.id && n.name === newName) {
+          FS.hashRemoveNode(n);
+          break;
+        }
+      }
+      oldNode.name = newName;
+    },
+    unlink: (parent, name) => host(() => fs.unlinkSync(path.join(realPath(parent), name))),
+    rmdir: (parent, name) => host(() => fs.rmdirSync(path.join(realPath(parent), name))),
+    readdir: (node) => [".", "..", ...host(() => fs.readdirSync(realPath(node)))],
+    statfs(root) {
+      const st = host(() => fs.statfsSync(root));
+      return {
+        bsize: st.bsize,
+        frsize: st.bsize,
+        blocks: st.blocks,
+        bfree: st.bfree,
+        bavail: st.bavail,
+        files: st.files,
+        ffree: st.ffree,
+      };
+    },
+  };
+  stream_ops = {
+    open(stream) {
+      if (FS.isFile(stream.node.mode)) stream.nfd = host(() => fs.openSync(realPath(stream.node), stream.flags & 3));
+    },
+    dup(stream) {
+      if (FS.isFile(stream.node.mode)) stream.nfd = host(() => fs.openSync(realPath(stream.node), stream.flags & 3));
+    },
+    close(stream) {
+      if (stream.nfd !== undefined) {
+        const fd = stream.nfd;
+        stream.nfd = undefined;
+        host(() => fs.closeSync(fd));
+      }
+    },
+    read(stream, buffer, offset, length, position) {
+      if (!length) return 0;
+      return host(() => fs.readSync(stream.nfd, buffer, offset, length, position));
+    },
+    write(stream, buffer, offset, length, position) {
+      if (!length) return 0;
+      const fd = stream.nfd;
+      const before = host(() => fs.fstatSync(fd).size);
+      let n = 0;
+      try {
+        while (n < length) {
+          const k = fs.writeSync(fd, buffer, offset + n, length - n, position + n);
+          if (k <= 0) throw Object.assign(new Error("short write"), { code: "ENOSPC" });
+          n += k;
+        }
+      } catch (e) {
+        // whole or nothing: cut off what this write added past the old end
+        if (n > 0 && position + n > before) {
+          try {
+            fs.ftruncateSync(fd, Math.max(before, position));
+          } catch {
+            // the host cannot even do that: the App's recovery finds a torn tail
+          }
+        }
+        throw errno(e);
+      }
+      return n;
+    },
+    llseek(stream, offset, whence) {
+      let pos = offset;
+      if (whence === 1) pos += stream.position;
+      else if (whence === 2 && FS.isFile(stream.node.mode)) pos += host(() => fs.fstatSync(stream.nfd).size);
+      if (pos < 0) throw new FS.ErrnoError(EM.EINVAL);
+      return pos;
+    },
+    fsync(stream) {
+      if (stream.nfd !== undefined) host(() => fs.fsyncSync(stream.nfd));
+      return 0;
+    },
+  };
+  return {
+    mount(mount) {
+      const st = host(() => fs.statSync(mount.opts.root));
+      if (!st.isDirectory()) throw new FS.ErrnoError(EM.ENOTDIR);
+      return createNode(null, "/", st.mode);
+    },
+  };
 }
 
 // ------------------------------------------------------------------ the main thread
@@ -415,6 +609,11 @@ async function main() {
 
   const ops = {
     init(req) {
+      if (req.data) {
+        // the App's flash: a host directory, so it can fill up and survives this process
+        FS.mkdirTree(req.data.mount);
+        FS.mount(hostDirFs(FS), { root: path.resolve(req.data.dir) }, req.data.mount);
+      }
       copyTree(req.lib, "/lib");
       FS.writeFile("/lib/vmhw.py", fs.readFileSync(path.join(root, "tests", "mpy", "vmhw.py")));
       FS.writeFile("/lib/usocket.py", "from vmhw import socket, getaddrinfo  # noqa\n");

@@ -358,9 +358,7 @@ class MpyDut(Esp32CpythonDut):
 
     kind = "mpy"
     max_speed = 60.0  # measured: every scenario keeps up at 60x with an idle nap per pass (docs/hil.md)
-    # the harness keeps the VM's /data in memory: no host file system to fill, and a power cut
-    # (the Node process killed) loses it, where a board's flash survives
-    flash_on_host = False
+    # flash_on_host: the harness mounts the data dir into the VM as the App's /data (mpy_host)
 
     def prepare(self, ctx: DutContext) -> None:
         if all(importlib.util.find_spec(m) is None for m in ("pilehil.mpyapp", "piletools.mpyapp")):
@@ -371,7 +369,9 @@ class MpyDut(Esp32CpythonDut):
         super().prepare(ctx)
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "piletools.rig.mpy_host", *super().argv()[3:]]
+        assert self.ctx is not None
+        vm = ["--workdir", str(self.ctx.workdir / "vm")]  # the compiled firmware, off the flash
+        return [sys.executable, "-m", "piletools.rig.mpy_host", *super().argv()[3:], *vm]
 
 
 @dataclass

@@ -1,16 +1,22 @@
 """Run the ESP32 App on the MicroPython WebAssembly VM as a free-running process: the rig's `mpy`
 DUT (docs/hil.md), on the harness of issue 11 (pilehil.mpyapp, tests/mpy/app_harness.mjs).
 
-    python -m piletools.rig.mpy_host config.json --root DIR --uart 2=/dev/pts/5 --console /dev/pts/6
+    python -m piletools.rig.mpy_host config.json --root DIR [--workdir DIR] --uart 2=/dev/pts/5 --console /dev/pts/6
 
 The harness drives the App pass by pass; this host runs passes in a loop.  Time: before the App
 is built, the VM's `hw.time()` and `hw.ticks_ms()` are rebound to the rig's shared site clock
 (PILEGATE_HIL_CLOCK): the host reads the site time and the VM's real ticks at one instant and
 the VM extrapolates with the speed, so both sides agree to within one bridge call.  The RTU
-master's reply timeouts keep the VM's real ticks, as on a board.  /data lives in the VM's memory:
-the device key is provisioned by the rig (device.key in --root is copied in), and a SIGKILL (the
-rig's power cut) loses the VM's file system with the process, as a board that loses its flash
-would; clean stops (SIGTERM) close the App.
+master's reply timeouts keep the VM's real ticks, as on a board.
+
+The flash: --root (the rig's data dir, holding the device.key the rig provisioned; on the
+scenario's small tmpfs when it sets data_fs_kb) is mounted into the VM as the App's /data, so
+every write the App makes is in that directory when its write() returns, a full file system
+is OSError(28) (ENOSPC) in the VM where a full LittleFS raises it on a board, and a SIGKILL of
+this process group (the rig's power cut) keeps everything written before it: the next start
+boots on the same flash, as a board does.  Clean stops (SIGTERM) close the App.  The compiled
+firmware (the VM's /lib) goes to --workdir (default: a temporary directory), never onto the
+flash.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def harness() -> Any:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="compiled site JSON (pilegate check --json)")
-    p.add_argument("--root", required=True, help="the rig's data dir (device.key is provisioned from here)")
+    p.add_argument("--root", required=True, help="the rig's data dir: the App's /data (its flash)")
+    p.add_argument("--workdir", help="where the VM's compiled /lib is built (default: a temporary directory)")
     p.add_argument("--uart", action="append", default=[], metavar="ID=PATH")
     p.add_argument("--console")
     args = p.parse_args(argv)
@@ -69,9 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     clock = SiteClock.parse(env) if env else None
     uarts = {int(k): "pty:" + v for k, _, v in (u.partition("=") for u in args.uart)}
     files: dict[str, bytes] = {"/config.json": Path(args.config).read_bytes()}
-    key = Path(args.root) / "device.key"
-    if key.exists():
-        files["/data/device.key"] = key.read_bytes()
     running = True
 
     def stop(*_: Any) -> None:
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         running = False
 
     signal.signal(signal.SIGTERM, stop)
-    with mpyapp.MpyApp(Path(args.root) / "vm") as vm:
+    workdir = Path(args.workdir) if args.workdir else None
+    with mpyapp.MpyApp(workdir, data_dir=Path(args.root)) as vm:
         vm.load(uarts, "pty:" + args.console if args.console else None, files)
         if clock is not None:
             vm.exec(_clock_code(clock, int(vm.value("__import__('time').ticks_ms()"))))

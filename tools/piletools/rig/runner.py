@@ -270,8 +270,8 @@ class Runner:
             raise SkipScenario("filling the board's flash needs a special firmware build; not on a real board")
         if kinds & {"disk.fill", "disk.free", "dut.kill", "dut.power_cut"} and not self.dut.flash_on_host:
             raise SkipScenario(
-                f"the {self.dut.kind} DUT keeps its flash in the VM's memory: it cannot be filled from outside "
-                "and does not survive a power cut (a limit of the harness, not of the port)"
+                f"the {self.dut.kind} DUT's flash is not a host directory: it cannot be filled from outside "
+                "and does not survive a power cut (a limit of the DUT, not of the port)"
             )
         if not self.dut.simulated and self.sc.real_board == "skip":
             raise SkipScenario(f"not on a real board: {self.sc.real_board_note or 'the scenario says skip'}")
