@@ -22,6 +22,7 @@ E_FUNCTION = 4  # answer to another function than the one asked
 E_LENGTH = 5  # byte count does not match the registers asked for
 E_EXCEPTION = 6  # a Modbus exception response (to the function asked); its code is returned with it
 E_TIMEOUT = 7  # no (complete) answer in time; set by the ports, never by the parser
+E_LATE = 8  # only a late reply to an earlier request came in time (scheduler.LateReplies); by the ports
 
 RESULT_NAMES = (
     "ok",
@@ -32,6 +33,7 @@ RESULT_NAMES = (
     "wrong byte count",
     "Modbus exception",
     "timeout",
+    "late reply",
 )
 
 _EXCEPTIONS = {

@@ -135,6 +135,80 @@ class Txn:
         return modbus.parse_rtu_reply(frm, self.address, self.function, self.register, self.count, self.value)
 
 
+class LateReplies:
+    """A master's memory of requests whose replies have not been seen: which received frame
+    answers which request, when a reply comes after its request timed out.
+
+    A device on a half-duplex line answers in order, and a reply that misses the master's
+    timeout still goes out.  An RTU frame carries no transaction number, so a late reply to
+    a read of register 0x12 arrives looking exactly like the reply to the next read of 0x13
+    of the same device (same address, function, byte count): taken as that reply it is a
+    false reading.  The port (which moves the bytes) tells this object what it sends, what
+    it discards before sending and each complete frame it receives; `claim` then says whether
+    the frame is the current request's reply or an earlier one's late reply.
+
+    Rules, oldest unanswered request first:
+    - a frame that could not answer the oldest (another device, function or byte count)
+      means that request's reply was lost: it is forgotten and the next is tried;
+    - a frame that could answer it is its reply: for the current request, or for an earlier
+      request identical to the current one (the same registers read again: its data is as
+      good), the frame is taken; for an earlier different request it is a late reply, which
+      the port discards (counted in `late`) while it keeps waiting for the current one's;
+    - a port that drains input before a request reports how many frames it found
+      (`drained`): those were the oldest requests' late replies;
+    - a request whose reply was taken is no longer awaited; one that timed out or whose wait
+      ended with only a late reply stays awaited (its reply may come in the next wait), and
+      one answered by an identical earlier request's reply does too;
+    - the memory ends `grace_ms` (at least the request's timeout) after the last plain
+      timeout (`timed_out`): a reply is not expected later than that.  A wait that ended
+      with a late reply does not extend it, so a lost reply costs at most that long.
+    """
+
+    def __init__(self, grace_ms=1000):
+        self.grace_ms = grace_ms
+        self.items = []  # [(request bytes, Txn)], oldest first
+        self.until_ms = 0  # the memory is forgotten at this time
+        self.late = 0  # late replies recognised (discarded) so far
+
+    def before_send(self, now_ms, drained_frames=0):
+        """Call before sending a request: forget what expired, and the requests whose late
+        replies were drained from the input (`drained_frames` complete frames)."""
+        if self.items and now_ms - self.until_ms >= 0:
+            self.items = []
+        n = min(drained_frames, len(self.items))
+        if n:
+            self.late += n
+            self.items = self.items[n:]
+
+    def sent(self, txn, request):
+        """Call when `request` (the bytes of `txn`) has been sent."""
+        self.items.append((bytes(request), txn))
+
+    def claim(self, txn, request, frm):
+        """A complete frame `frm` arrived while waiting for `txn`'s reply: True when it is to
+        be judged as that reply (`txn.parse`), False when it is a late reply to discard."""
+        request = bytes(request)
+        while self.items:
+            old_req, old = self.items[0]
+            if old is txn:
+                self.items.pop(0)
+                return True
+            code = old.parse(frm)[0]
+            self.items.pop(0)
+            if code in (modbus.E_ADDRESS, modbus.E_FUNCTION, modbus.E_LENGTH):
+                continue  # not that request's reply: its reply was lost
+            if code == modbus.E_CRC or old_req == request:
+                return True  # damaged (judge it as ours), or the same read's data
+            self.late += 1
+            return False
+        return True
+
+    def timed_out(self, txn, now_ms):
+        """Call when `txn`'s wait ended with nothing received: its reply may still come."""
+        grace = txn.timeout_ms if txn.timeout_ms > self.grace_ms else self.grace_ms
+        self.until_ms = now_ms + grace
+
+
 class Device:
     """A polled device (a meter) and what the scheduler has learned about it."""
 
@@ -478,11 +552,12 @@ class BusScheduler:
             dev.errors += 1
             out.append(("exception", dev.key, list(dev.plan.reads[txn.read_index]), payload))
         else:
+            # The reply may just be slower than the estimate: wait longer next time (a late
+            # reply to an earlier request says so too).
+            if (code == modbus.E_TIMEOUT or code == modbus.E_LATE) and dev.boost < 8:
+                dev.boost *= 2
             if code == modbus.E_TIMEOUT:
                 dev.timeouts += 1
-                # The reply may just be slower than the estimate: wait longer next time.
-                if dev.boost < 8:
-                    dev.boost *= 2
             else:
                 dev.errors += 1
             if txn.attempt == 0:

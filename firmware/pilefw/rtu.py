@@ -13,13 +13,16 @@ scheduler.Txn), this module only moves the bytes, with the same quiet-time rules
    frame's length follows its header) or the transaction's timeout expires;
 4. checks it with the transaction's parser (`Txn.parse`): CRC or checksum first, then that it
    answers the request (for Modbus the core's `check_reply`: device address, function code,
-   byte count, register count, exactly as the Pi port checks it).
+   byte count, register count, exactly as the Pi port checks it); a complete frame that the
+   core's `scheduler.LateReplies` names an earlier request's late reply is dropped and the
+   wait goes on (docs/metering.md, "Late replies").
 
 No allocation happens per transaction except what the UART driver does; the reply is parsed in
 place through a memoryview.
 """
 
 from pilecore import modbus
+from pilecore.scheduler import LateReplies
 from pilefw.ticks import sleep_ms, sleep_us, ticks_diff, ticks_ms, ticks_us
 
 
@@ -43,15 +46,40 @@ class RtuMaster:
         self.last_us = ticks_us()
         self.tx_bytes = 0
         self.rx_bytes = 0
+        self.late = LateReplies()  # requests whose replies are still due (the core's rule)
+        self.discarded = 0  # late replies dropped during the current wait
+        self._t_ms = 0  # a millisecond count that never wraps (ESP32 ticks do), for self.late
+        self._last_tick = ticks_ms()
         if de is not None:
             de.value(0)  # receive by default: never hold the bus
 
+    def _ms(self):
+        t = ticks_ms()
+        self._t_ms += ticks_diff(t, self._last_tick)
+        self._last_tick = t
+        return self._t_ms
+
     def _quiet(self):
+        """Wait for the line's quiet time, then discard any input (late replies); returns how
+        many late replies were discarded (the CRC-valid frames in it, at least 1 if any)."""
         wait = self.gap_us - ticks_diff(ticks_us(), self.last_us)
         if wait > 0:
             sleep_us(wait)
+        stale = b""
         while self.uart.any():  # a late answer to an earlier request
-            self.uart.read()
+            chunk = self.uart.read()
+            if chunk:
+                stale += chunk
+        if not stale:
+            return 0
+        frames = 0
+        while stale:
+            frm = modbus.find_rtu_frame(stale)
+            if frm is None:
+                break
+            frames += 1
+            stale = stale[stale.find(frm) + len(frm) :]
+        return frames or 1
 
     def _send(self, frame):
         if self.de is not None:
@@ -64,14 +92,21 @@ class RtuMaster:
                 self.de.value(0)
         self.tx_bytes += len(frame)
 
-    def _receive(self, txn, timeout_ms):
+    def _receive(self, txn, request, timeout_ms):
         n = 0
         start = ticks_ms()
         limit = len(self.buf)
         while True:
             need = txn.reply_needed(self.buf, n)
             if need and n >= need:
-                break
+                if self.late.claim(txn, request, bytes(self.view[:need])):
+                    break
+                # an earlier request's late reply: drop it, keep waiting for this one's
+                self.discarded += 1
+                self.rx_bytes += need
+                self.buf[: n - need] = self.buf[need:n]
+                n -= need
+                continue
             if ticks_diff(ticks_ms(), start) >= timeout_ms:
                 break
             if not self.uart.any():
@@ -90,16 +125,23 @@ class RtuMaster:
 
     def transact(self, txn):
         """Perform a core scheduler Txn; return (result code, payload, elapsed ms)."""
-        self._quiet()
+        drained = self._quiet()
+        self.late.before_send(self._ms(), drained)
         t0 = ticks_ms()
-        self._send(txn.request())
-        n = self._receive(txn, txn.timeout_ms)
+        request = txn.request()
+        self._send(request)
+        self.late.sent(txn, request)
+        self.discarded = 0
+        n = self._receive(txn, request, txn.timeout_ms)
         self.last_us = ticks_us()
         elapsed = ticks_diff(ticks_ms(), t0)
         if n == 0:
+            if self.discarded:
+                return modbus.E_LATE, None, elapsed
+            self.late.timed_out(txn, self._ms())
             return modbus.E_TIMEOUT, None, elapsed
         code, payload = txn.parse(self.view[:n])
         if code == modbus.E_SHORT:
             # a reply that stopped short is either a damaged frame or a device that gave up
-            code = modbus.E_CRC if n >= 4 else modbus.E_TIMEOUT
+            code = modbus.E_CRC if n >= 4 else (modbus.E_LATE if self.discarded else modbus.E_TIMEOUT)
         return code, payload, elapsed

@@ -1,8 +1,10 @@
 """The Pi's Modbus transport: pymodbus clients performing the core scheduler's transactions.
 
-One `BusPort` per configured bus: serial RTU (`/dev/...`), Modbus TCP (`tcp://host:port`) or
-RTU frames over TCP (`rtu+tcp://host:port`, RS-485-to-Ethernet converters).  pymodbus does
-the framing and I/O; this module sets each request's timeout from the scheduler (adaptive,
+The gateway drives its Modbus TCP buses (`tcp://host:port`) with a `BusPort`; serial lines and
+RTU-over-TCP converters get `pilegate.serial_port.RawBusPort` (`serial_port.bus_port`), because
+an RTU frame has no transaction number and pymodbus cannot tell a late reply from the one it
+waits for.  (`BusPort` still speaks serial RTU and `rtu+tcp://` when built directly, for tools.)
+pymodbus does the framing and I/O; this module sets each request's timeout from the scheduler (adaptive,
 per meter), and taps the raw bytes so that every reply is judged by the core's check against
 its request (`modbus.check_reply`), exactly as on the ESP32, and a damaged reply counts as a CRC
 error rather than a plain timeout.
@@ -138,9 +140,10 @@ class BusPort:
         raw = bytes(self.tap.rx)
         if self.kind == "tcp":
             tid = getattr(self.client.ctx, "request_transaction_id", None)
-            if len(raw) < 9 or (tid is not None and (raw[0] << 8 | raw[1]) != tid):
-                # nothing, or a late answer to an earlier request: this one got none
-                return modbus.E_TIMEOUT, None
+            while tid is not None and len(raw) >= 9 and (raw[0] << 8 | raw[1]) != tid:
+                raw = raw[6 + (raw[4] << 8 | raw[5]) :]  # a late answer to an earlier request
+            if len(raw) < 9:
+                return modbus.E_TIMEOUT, None  # nothing, or only late answers: this one got none
             code, payload = modbus.parse_tcp_reply(raw, txn.address, txn.function, txn.register, txn.count, txn.value)
             if code == modbus.E_SHORT:
                 code = modbus.E_TIMEOUT

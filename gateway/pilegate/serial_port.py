@@ -1,16 +1,22 @@
-"""The Pi's raw-frame bus port: one owner of a serial line that carries Modbus RTU and DL/T 645.
+"""The Pi's RTU master: one owner of a serial line (or an `rtu+tcp://` converter) that carries
+Modbus RTU and DL/T 645.
 
-pymodbus frames Modbus only; a DL/T 645 meter on the same RS-485 line needs frames pymodbus
-cannot send, and two libraries must never own one serial port.  So a bus with any DL/T 645
-meter is driven by `RawBusPort`: pyserial moves the bytes, the core transaction builds the
-request frame and checks the reply (`Txn.request`, `Txn.reply_needed`, `Txn.parse`, the same
-code the ESP32's RTU master runs), for both protocols.  Buses with Modbus meters only keep
-`pilegate.modbus_port.BusPort` (pymodbus).  See docs/metering.md, "Two protocols on one bus".
+pymodbus frames Modbus only, and its client cannot tell a late reply from the reply it waits
+for: an RTU frame carries no transaction number, and pymodbus neither discards input left over
+from a timed-out request before the next one nor remembers that a reply is still due (its
+maintainers: only a long enough timeout avoids it).  A late reply to a read of register 0x12
+then became the reading of 0x13 of the same device.  So every RTU bus is driven by
+`RawBusPort`: pyserial moves the bytes, the core transaction builds the request frame and
+checks the reply (`Txn.request`, `Txn.reply_needed`, `Txn.parse`, the same code the ESP32's RTU
+master runs), for both protocols, and the core's `scheduler.LateReplies` says which request a
+frame answers.  Modbus TCP buses (`tcp://`) keep `pilegate.modbus_port.BusPort` (pymodbus),
+whose transaction id tells a late reply apart.  See docs/metering.md, "Ports".
 
 Quiet-time rules are the ESP32's: before each request the line must have been silent for 3.5
-character times (1.75 ms above 19200 baud); stale bytes (a late reply) are discarded; the
-reply is read until the frame is complete or the transaction's timeout expires.  Serial I/O
-runs in a worker thread so the asyncio loop of the other buses never blocks.
+character times (1.75 ms above 19200 baud); input left over (a late reply) is read and
+discarded; the reply is read until the frame is complete or the transaction's timeout expires,
+and a complete frame that is an earlier request's late reply is discarded while the wait goes
+on.  Serial I/O runs in a worker thread so the asyncio loop of the other buses never blocks.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import serial
 
 from pilecore import modbus, profile
-from pilecore.scheduler import Txn
+from pilecore.scheduler import LateReplies, Txn
 from pilegate.modbus_port import BusPort, parse_port
 
 log = logging.getLogger("pilegate.serial")
@@ -38,7 +44,11 @@ def frame_gap_s(baud: int, parity: str = "N", stopbits: int = 1) -> float:
 
 
 class RawBusPort:
-    """Performs transactions of either protocol on a serial line (or `rtu+tcp://`)."""
+    """Performs transactions of either protocol on a serial line (or `rtu+tcp://`).
+
+    `perform` returns the core's result codes; besides the parser's, E_TIMEOUT (nothing came)
+    and E_LATE (only an earlier request's late reply came in time).  `stale_bytes` counts the
+    input discarded before requests, `late.late` the late replies recognised."""
 
     def __init__(self, bus: dict[str, Any]):
         self.name = bus["name"]
@@ -56,6 +66,8 @@ class RawBusPort:
         self.last_rx = 0.0
         self.tx_bytes = 0
         self.rx_bytes = 0
+        self.stale_bytes = 0  # bytes discarded before a request (late replies)
+        self.late = LateReplies()
 
     async def connect(self) -> bool:
         """Open the line; False (and a log line) when it cannot be opened yet."""
@@ -97,18 +109,26 @@ class RawBusPort:
         wait = self.gap_s - (time.monotonic() - self.last_rx)
         if wait > 0:
             time.sleep(wait)  # the line's quiet time before a request (worker thread)
-        ser.reset_input_buffer()  # a late answer to an earlier request
+        stale = self._drain()  # late answers to earlier requests: never this request's reply
+        self.late.before_send(_ms(), rtu_frames_in(stale))
         request = txn.request()
         t0 = time.monotonic()
         ser.write(request)
         ser.flush()
+        self.late.sent(txn, request)
         self.tx_bytes += len(request)
         buf = bytearray()
+        discarded = 0
         deadline = t0 + txn.timeout_ms / 1000
         while True:
             need = txn.reply_needed(buf, len(buf))
             if need and len(buf) >= need:
-                break
+                if self.late.claim(txn, request, bytes(buf[:need])):
+                    break
+                discarded += 1  # an earlier request's late reply: keep waiting for ours
+                self.rx_bytes += need
+                del buf[:need]
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -120,11 +140,45 @@ class RawBusPort:
         self.rx_bytes += len(buf)
         elapsed = int((self.last_rx - t0) * 1000)
         if not buf:
+            if discarded:
+                return modbus.E_LATE, None, elapsed
+            self.late.timed_out(txn, _ms())
             return modbus.E_TIMEOUT, None, elapsed
         code, payload = txn.parse(bytes(buf))
         if code == modbus.E_SHORT:
-            code = modbus.E_CRC if len(buf) >= 4 else modbus.E_TIMEOUT
+            code = modbus.E_CRC if len(buf) >= 4 else (modbus.E_LATE if discarded else modbus.E_TIMEOUT)
         return code, payload, elapsed
+
+    def _drain(self) -> bytes:
+        """Read and return whatever waits in the input (a late reply), without blocking."""
+        ser = self.ser
+        ser.timeout = 0
+        stale = bytearray()
+        for _ in range(64):  # bounded: a line that never stops talking is not drained forever
+            chunk = ser.read(4096)
+            if not chunk:
+                break
+            stale += chunk
+        self.rx_bytes += len(stale)
+        self.stale_bytes += len(stale)
+        return bytes(stale)
+
+
+def _ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+def rtu_frames_in(data: bytes) -> int:
+    """How many late replies `data` (input drained before a request) holds: its CRC-valid RTU
+    frames, and at least one if it holds anything (a DL/T 645 reply, or a damaged one)."""
+    n, i = 0, 0
+    while i < len(data):
+        frm = modbus.find_rtu_frame(data[i:])
+        if frm is None:
+            break
+        n += 1
+        i = data.index(frm, i) + len(frm)
+    return n if n or not data else 1
 
 
 def speaks_dlt645(cfg: dict[str, Any], bus_name: str) -> bool:
@@ -136,7 +190,9 @@ def speaks_dlt645(cfg: dict[str, Any], bus_name: str) -> bool:
 
 
 def bus_port(bus: dict[str, Any], cfg: dict[str, Any]) -> BusPort | RawBusPort:
-    """The port for one bus: raw frames when it carries DL/T 645, pymodbus otherwise."""
-    if speaks_dlt645(cfg, bus["name"]):
-        return RawBusPort(bus)
-    return BusPort(bus)
+    """The port for one bus: the raw-frame port on a serial line or an `rtu+tcp://` converter
+    (RTU has no transaction number: only a master that owns the bytes can tell a late reply
+    from the reply it waits for), pymodbus for Modbus TCP (whose transaction id does)."""
+    if parse_port(bus["port"])[0] == "tcp":
+        return BusPort(bus)
+    return RawBusPort(bus)

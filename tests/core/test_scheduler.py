@@ -223,3 +223,82 @@ def test_trace_hook_sees_every_completed_transaction_and_what_it_finished():
     assert [(k, c) for k, c, _ in seen] == [(k, e[6]) for (k, _, _), e in zip(seen, bus.log)]
     assert [r for _, _, rs in seen for r in rs] == bus.results  # exactly what complete() returned
     assert any(k == "M2" and c == modbus.E_TIMEOUT for k, c, _ in seen)
+
+
+# ------------------------------------------------------------ late replies (issue 13)
+
+
+def _read(address, reg, timeout_ms=100):
+    return scheduler.Txn("poll", None, address, 3, reg, 1, timeout_ms)
+
+
+def _reply(address, value):
+    return modbus.frame(bytes([address, 3, 2, value >> 8, value & 0xFF]))
+
+
+def _send(late, txn):
+    req = txn.request()
+    late.sent(txn, req)
+    return req
+
+
+def test_a_late_reply_to_another_register_of_the_same_device_is_not_taken():
+    late = scheduler.LateReplies(grace_ms=1000)
+    a, b = _read(50, 0x12), _read(50, 0x13)
+    late.before_send(0)
+    _send(late, a)
+    late.timed_out(a, 100)  # a's reply (0) is still due
+    late.before_send(100)
+    req = _send(late, b)
+    assert late.claim(b, req, _reply(50, 0)) is False  # a's late reply: discarded
+    assert late.claim(b, req, _reply(50, 1)) is True  # b's own
+    assert late.late == 1 and late.items == []
+
+
+def test_an_identical_earlier_reads_reply_is_good_data_and_its_own_stays_due():
+    late = scheduler.LateReplies()
+    a, retry, b = _read(50, 0x12), _read(50, 0x12), _read(50, 0x13)
+    late.before_send(0)
+    _send(late, a)
+    late.timed_out(a, 100)
+    late.before_send(100)
+    req = _send(late, retry)
+    assert late.claim(retry, req, _reply(50, 0)) is True  # a's reply: the same registers
+    late.before_send(150)
+    req = _send(late, b)
+    assert late.claim(b, req, _reply(50, 0)) is False  # the retry's own reply, late
+    assert late.claim(b, req, _reply(50, 1)) is True
+
+
+def test_a_reply_from_another_device_means_the_earlier_reply_was_lost():
+    late = scheduler.LateReplies()
+    dead, other = _read(7, 0x12), _read(50, 0x12)
+    late.before_send(0)
+    _send(late, dead)
+    late.timed_out(dead, 100)
+    late.before_send(100)
+    req = _send(late, other)
+    assert late.claim(other, req, _reply(50, 1)) is True  # not the dead device's answer
+    assert late.late == 0 and late.items == []
+
+
+def test_replies_drained_before_a_request_settle_the_oldest_and_the_memory_expires():
+    late = scheduler.LateReplies(grace_ms=1000)
+    a, b, c = _read(50, 0x10), _read(50, 0x11), _read(50, 0x12)
+    late.before_send(0)
+    _send(late, a)
+    late.timed_out(a, 100)
+    late.before_send(120, drained_frames=1)  # a's late reply was waiting in the input
+    req = _send(late, b)
+    assert late.claim(b, req, _reply(50, 1)) is True
+    _send(late, c)
+    late.timed_out(c, 300)
+    late.before_send(300 + 1000)  # a second later nothing is still due
+    d = _read(50, 0x13)
+    req = _send(late, d)
+    assert late.claim(d, req, _reply(50, 5)) is True
+    assert late.late == 1
+
+
+def test_a_late_reply_is_a_failure_reason_of_its_own():
+    assert modbus.RESULT_NAMES[modbus.E_LATE] == "late reply"
