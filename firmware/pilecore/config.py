@@ -732,6 +732,11 @@ def _check_topics(cfg, problems):
         why = topic_problem(bays["plate_topic"], filter_ok=True)
         if why:
             problems.append(("bays.plate_topic", why))
+    if bays.get("plate_broker"):
+        try:
+            parse_mqtt_url(bays["plate_broker"])
+        except ValueError as e:
+            problems.append(("bays.plate_broker", "%s (the plate readers' broker, e.g. mqtt://192.168.1.5:1883)" % e))
 
 
 # ---------------------------------------------------------------- helpers

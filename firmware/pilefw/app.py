@@ -12,6 +12,8 @@ validated again here) to:
   `outbox.last()` (prev = SHA-256 of that record's signing input);
 - the MQTT link (`pilefw.mqtt.Link` over umqtt.simple) and signed downlink commands
   (`pilecore.commands`);
+- the plate reader (`pilefw.plates`, a second MQTT client on the cameras' broker) when the
+  site names `[bays] plate_broker`;
 - the technician console on the board's console UART (`pilefw.uart_console`, `pilefw.backend`);
 - the watchdog, fed once per main-loop pass.
 
@@ -241,6 +243,7 @@ class App:
             keepalive_s=mq.get("keepalive_s", 30),
             rand=hw.urandom,
         )
+        self.plates = self._plate_reader(cfg.get("bays", {}))
         self.auth = None  # the console's AuthState while a session is loaded
         self.console = None
         self.console = self._open_console()
@@ -292,6 +295,44 @@ class App:
         want = self.cfg.get("telemetry", {}).get("outbox_mb", 64) * 1024 * 1024
         max_bytes = min(want, flash // 8)  # 512 KiB on a 4 MB board
         return Outbox(self.root + "/outbox", max_bytes=max_bytes, segment_bytes=32 * 1024)
+
+    def _plate_reader(self, bays):
+        """The cameras' broker ([bays] plate_broker), or None: pilefw.plates is imported only
+        when the site has one, so a site without cameras pays no RAM for it."""
+        url = bays.get("plate_broker")
+        if not url:
+            return None
+        from pilefw.plates import PlateReader
+
+        self._plates_up = None
+        factory = self.hw.mqtt_factory({"url": url}, self.gw + "-plates", 5)
+        topic = bays.get("plate_topic", "pilegate/local/plates")
+        self.log("info", "plate readers: %s, topic %s" % (url, topic))
+        return PlateReader(factory, topic, self._plate, rand=self.hw.urandom)
+
+    def _plate(self, payload):
+        """One message from the cameras' broker: the driver's; an unusable one is a warning."""
+        try:
+            why = self.driver.plate(self.clock.now(), payload)
+        except MemoryError:
+            raise
+        except Exception as e:  # the core's defect must not stop the gateway for one read
+            why = "plate reader message not used (%s: %s)" % (type(e).__name__, e)
+        if why:
+            self.log("warning", "%s: %r" % (why, bytes(payload[:120])))
+
+    def _plates_step(self, now_ms):
+        """The plate reader's bounded step; its connection changes go to the log, once each."""
+        p = self.plates
+        did = p.step(now_ms)
+        up = True if p.connected else (False if p.failures else None)
+        if up is not None and up != self._plates_up:
+            self._plates_up = up
+            if up:
+                self.log("info", "plate broker connected")
+            else:
+                self.log("warning", "plate broker not reachable (retrying): %s" % p.last_error)
+        return did
 
     def _uart_def(self, name):
         for u in self.board["uart"]:
@@ -491,6 +532,8 @@ class App:
             did = True
         if self.net_up:
             did = self.link.step(self.ms()) or did
+            if self.plates is not None:
+                did = self._plates_step(self.ms()) or did
         if self.console is not None:
             did = self.console.step(self.clock.now()) or did
         if self.driver.reboot_due(self.ms(), self.outbox.depth()):
@@ -596,6 +639,8 @@ class App:
                 break
             self.link.step(self.ms())
         self.link.close(self._state_msg("offline", reason))
+        if self.plates is not None:
+            self.plates.close()
         self.outbox.close()
         self.metering.close()
         if self.console is not None:

@@ -102,13 +102,16 @@ class BoundedSocket:
     `sock` is what umqtt reads and writes (the TLS socket with TLS), `raw` the TCP socket that
     carries the timeout.  `got` turns True whenever bytes arrive."""
 
-    def __init__(self, sock, raw, timeout_s):
+    def __init__(self, sock, raw, timeout_s, max_read=None):
         self.sock = sock
         self.raw = raw
         self.timeout_s = timeout_s
+        self.max_read = max_read
         self.got = False
 
     def read(self, n):
+        if self.max_read is not None and n > self.max_read:
+            raise OSError("a packet of more than %d bytes (%d): refused unread" % (self.max_read, n))
         data = self.sock.read(n)
         if data:
             self.got = True
@@ -132,50 +135,30 @@ class BoundedSocket:
         self.sock.close()
 
 
-class Link:
-    """See the module docstring.
+class Session:
+    """One umqtt client kept connected, a bounded `step(now_ms)` at a time: connect when due
+    (`_prepare` before CONNECT, `_ready` after it), bounded waits (`BoundedSocket`), up to
+    MAX_IN_PER_STEP incoming packets per step, keepalive, and on any failure a close and a
+    reconnect after the jittered exponential backoff (see the module docstring).  `Link` (the
+    platform's broker) and `pilefw.plates.PlateReader` (the cameras' broker) are the two.
 
-    factory()       -> a new umqtt.simple.MQTTClient-like object (not connected)
-    outbox          pilefw.outbox.Outbox (or anything with pending/ack/get/depth)
-    prefix          "<prefix>/<site>/<gateway>"; topics are prefix + "/" + kind
-    will(), online() -> the JWS text of the state messages, signed when called
-    on_command(payload bytes) for every message on <prefix>/cmd
-    rand(n)         random bytes for the jitter (os.urandom on the device)
+    factory() -> a new umqtt.simple.MQTTClient-like object (not connected)
+    rand(n)   random bytes for the jitter (os.urandom on the device)
     """
 
-    def __init__(
-        self,
-        factory,
-        outbox,
-        prefix,
-        will,
-        online,
-        on_command=None,
-        keepalive_s=30,
-        timeout_ms=5000,
-        backoff_min_ms=1000,
-        backoff_max_ms=60000,
-        batch=4,
-        rand=None,
-    ):
+    max_read = None  # the longest single read (bytes) a kind accepts; None: no limit
+
+    def __init__(self, factory, keepalive_s=30, timeout_ms=5000, backoff_min_ms=1000, backoff_max_ms=60000, rand=None):
         self.factory = factory
-        self.outbox = outbox
-        self.prefix = prefix
-        self.will = will
-        self.online = online
-        self.on_command = on_command
         self.keepalive_ms = keepalive_s * 1000
         self.timeout_ms = timeout_ms
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
-        self.batch = batch
         if rand is None:
             import os
 
             rand = os.urandom
         self.rand = rand
-        self.t_state = (prefix + "/state").encode()
-        self.t_cmd = (prefix + "/cmd").encode()
         self.client = None
         self.sock = None
         self.connected = False
@@ -184,16 +167,26 @@ class Link:
         self.delays = []  # the last few backoff delays (console, tests)
         self.last_error = None
         self.connects = 0
-        self.published = 0
-        self.last_publish_ms = None
         self.last_tx_ms = 0
         self.last_rx_ms = 0
-        self.inbox = []
-        self.dropped_cmds = 0
-        self._resend = None  # [next seq, last seq]
 
-    def topic(self, kind):
-        return self.prefix + "/" + kind
+    # ------------------------------------------------------------ what the kinds add
+
+    def _prepare(self, client):
+        """Before CONNECT (the will)."""
+
+    def _ready(self, client):
+        """After CONNECT, on the bounded socket (SUBSCRIBE, the online state)."""
+
+    def _work(self, now_ms):
+        """The step's own work while connected; True when something was done."""
+        return False
+
+    def _deliver(self):
+        """Hand what umqtt's callback queued to the application, outside the client's calls."""
+
+    def _on_message(self, topic, msg):
+        """umqtt's callback, called from inside its calls: only queue."""
 
     # ------------------------------------------------------------ the main-loop step
 
@@ -206,7 +199,7 @@ class Link:
         did = False
         try:
             did = self._receive(now_ms) or did
-            did = self._drain(now_ms) or did
+            did = self._work(now_ms) or did
             if not did:
                 self._keepalive(now_ms)
         except Exception as e:  # whatever the client raised: the link is unusable
@@ -221,14 +214,13 @@ class Link:
             self.client = client
             client.keepalive = self.keepalive_ms // 1000
             client.set_callback(self._on_message)
-            client.set_last_will(self.t_state, self.will().encode(), True, 1)
+            self._prepare(client)
             self._client_connect(client)
             raw = getattr(getattr(client, "ssl", None), "raw", None) or client.sock
-            self.sock = BoundedSocket(client.sock, raw, self.timeout_ms / 1000)
+            self.sock = BoundedSocket(client.sock, raw, self.timeout_ms / 1000, self.max_read)
             client.sock = self.sock
             self.sock.setblocking(True)
-            client.publish(self.t_state, self.online().encode(), True, 1)
-            client.subscribe(self.t_cmd, 1)
+            self._ready(client)
         except Exception as e:
             self._down(now_ms, e)
             return True
@@ -262,6 +254,91 @@ class Link:
             did = True
         return did
 
+    def _keepalive(self, now_ms):
+        if self.keepalive_ms <= 0:
+            return
+        if now_ms - self.last_rx_ms > self.keepalive_ms * 3 // 2:
+            raise OSError("no answer from the broker for %d s" % (self.keepalive_ms * 3 // 2000))
+        if now_ms - self.last_tx_ms >= self.keepalive_ms // 2:
+            self.client.ping()
+            self.last_tx_ms = now_ms
+
+    def _down(self, now_ms, exc):
+        self.last_error = "%s: %s" % (type(exc).__name__, exc)
+        self._close_socket()
+        self.connected = False
+        self.failures += 1
+        delay = backoff_delay(self.failures, self.backoff_min_ms, self.backoff_max_ms, self.rand)
+        self.delays.append(delay)
+        if len(self.delays) > 8:
+            self.delays.pop(0)
+        self.next_try_ms = now_ms + delay
+
+    def _close_socket(self):
+        c = self.client
+        sock = getattr(c, "sock", None) if c is not None else None
+        if sock is not None:
+            try:
+                sock.close()
+            except Exception:
+                pass
+        self.sock = None
+
+
+class Link(Session):
+    """The platform's broker (see the module docstring).
+
+    factory()       -> a new umqtt.simple.MQTTClient-like object (not connected)
+    outbox          pilefw.outbox.Outbox (or anything with pending/ack/get/depth)
+    prefix          "<prefix>/<site>/<gateway>"; topics are prefix + "/" + kind
+    will(), online() -> the JWS text of the state messages, signed when called
+    on_command(payload bytes) for every message on <prefix>/cmd
+    rand(n)         random bytes for the jitter (os.urandom on the device)
+    """
+
+    def __init__(
+        self,
+        factory,
+        outbox,
+        prefix,
+        will,
+        online,
+        on_command=None,
+        keepalive_s=30,
+        timeout_ms=5000,
+        backoff_min_ms=1000,
+        backoff_max_ms=60000,
+        batch=4,
+        rand=None,
+    ):
+        super().__init__(factory, keepalive_s, timeout_ms, backoff_min_ms, backoff_max_ms, rand)
+        self.outbox = outbox
+        self.prefix = prefix
+        self.will = will
+        self.online = online
+        self.on_command = on_command
+        self.batch = batch
+        self.t_state = (prefix + "/state").encode()
+        self.t_cmd = (prefix + "/cmd").encode()
+        self.published = 0
+        self.last_publish_ms = None
+        self.inbox = []
+        self.dropped_cmds = 0
+        self._resend = None  # [next seq, last seq]
+
+    def topic(self, kind):
+        return self.prefix + "/" + kind
+
+    def _prepare(self, client):
+        client.set_last_will(self.t_state, self.will().encode(), True, 1)
+
+    def _ready(self, client):
+        client.publish(self.t_state, self.online().encode(), True, 1)
+        client.subscribe(self.t_cmd, 1)
+
+    def _work(self, now_ms):
+        return self._drain(now_ms)
+
     def _publish(self, now_ms, topic, payload, retain):
         if isinstance(topic, str):
             topic = topic.encode()
@@ -286,15 +363,6 @@ class Link:
                 n += 1
         return n > 0
 
-    def _keepalive(self, now_ms):
-        if self.keepalive_ms <= 0:
-            return
-        if now_ms - self.last_rx_ms > self.keepalive_ms * 3 // 2:
-            raise OSError("no answer from the broker for %d s" % (self.keepalive_ms * 3 // 2000))
-        if now_ms - self.last_tx_ms >= self.keepalive_ms // 2:
-            self.client.ping()
-            self.last_tx_ms = now_ms
-
     def _on_message(self, topic, msg):
         """umqtt's callback, called from inside its calls: only queue."""
         if bytes(topic) != self.t_cmd:
@@ -309,27 +377,6 @@ class Link:
             payload = self.inbox.pop(0)
             if self.on_command is not None:
                 self.on_command(payload)
-
-    def _down(self, now_ms, exc):
-        self.last_error = "%s: %s" % (type(exc).__name__, exc)
-        self._close_socket()
-        self.connected = False
-        self.failures += 1
-        delay = backoff_delay(self.failures, self.backoff_min_ms, self.backoff_max_ms, self.rand)
-        self.delays.append(delay)
-        if len(self.delays) > 8:
-            self.delays.pop(0)
-        self.next_try_ms = now_ms + delay
-
-    def _close_socket(self):
-        c = self.client
-        sock = getattr(c, "sock", None) if c is not None else None
-        if sock is not None:
-            try:
-                sock.close()
-            except Exception:
-                pass
-        self.sock = None
 
     # ------------------------------------------------------------ for the application
 
