@@ -16,12 +16,14 @@ is OSError(28) (ENOSPC) in the VM where a full LittleFS raises it on a board, an
 this process group (the rig's power cut) keeps everything written before it: the next start
 boots on the same flash, as a board does.  Clean stops (SIGTERM) close the App.  The compiled
 firmware (the VM's /lib) goes to --workdir (default: a temporary directory), never onto the
-flash.
+flash.  The files the site names that an installer provisions (the platform's command key, the
+broker password) are copied into the VM at their paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -46,6 +48,14 @@ def _clock_code(clock: SiteClock, vm_ticks_ms: int) -> str:
         "_hw.time = lambda: _S0 + _time.ticks_diff(_time.ticks_ms(), _M0) * _X / 1000\n"
         "_hw.ticks_ms = lambda: _K0 + int(_time.ticks_diff(_time.ticks_ms(), _M0) * _X)\n"
     )
+
+
+def _provisioned(cfg: dict[str, Any]) -> dict[str, bytes]:
+    """The files the compiled site names that an installer puts on the board's flash (the
+    platform's command key, the broker password), copied into the VM at the same path: without
+    them the App refuses every command ("no platform key configured")."""
+    paths = [cfg.get("signing", {}).get("platform_key"), cfg.get("mqtt", {}).get("password_file")]
+    return {p: Path(p).read_bytes() for p in paths if p and Path(p).is_file()}
 
 
 def harness() -> Any:
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = SiteClock.parse(env) if env else None
     uarts = {int(k): "pty:" + v for k, _, v in (u.partition("=") for u in args.uart)}
     files: dict[str, bytes] = {"/config.json": Path(args.config).read_bytes()}
+    files.update(_provisioned(json.loads(files["/config.json"])))
     running = True
 
     def stop(*_: Any) -> None:
