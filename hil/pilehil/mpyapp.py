@@ -58,18 +58,38 @@ def available() -> str | None:
 
 
 def build_lib(dest: Path, code: str = "mpy") -> Path:
-    """The VM's /lib: pilecore, pilefw and umqtt, as sources ("py") or compiled ("mpy")."""
-    dest.mkdir(parents=True, exist_ok=True)
-    fw = ROOT / "firmware"
-    if code == "mpy":
-        for pkg, src in (("pilecore", fw / "pilecore"), ("pilefw", fw / "pilefw"), ("umqtt", UMQTT)):
-            _compile_tree(src, dest / pkg)
-    elif code == "py":
-        for pkg, src in (("pilecore", fw / "pilecore"), ("pilefw", fw / "pilefw"), ("umqtt", UMQTT)):
-            shutil.copytree(src, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-    else:
+    """The VM's /lib: pilecore, pilefw and umqtt, as sources ("py") or compiled ("mpy").
+
+    Kept when dest already holds this build of these sources (a stamp of every source file's
+    path, size and mtime): compiling takes seconds, and a restart (the rig's power cut) must
+    boot as quickly as a board does."""
+    if code not in ("py", "mpy"):
         raise ValueError(f"code must be 'py' or 'mpy', not {code!r}")
+    fw = ROOT / "firmware"
+    pkgs = (("pilecore", fw / "pilecore"), ("pilefw", fw / "pilefw"), ("umqtt", UMQTT))
+    stamp = dest / ".build-stamp"
+    want = _sources_stamp(code, [src for _, src in pkgs])
+    if stamp.exists() and stamp.read_text() == want:
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    for pkg, src in pkgs:
+        shutil.rmtree(dest / pkg, ignore_errors=True)
+        if code == "mpy":
+            _compile_tree(src, dest / pkg)
+        else:
+            shutil.copytree(src, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    stamp.write_text(want)
     return dest
+
+
+def _sources_stamp(code: str, trees: list[Path]) -> str:
+    rows = [code]
+    for tree in trees:
+        for py in sorted(tree.rglob("*.py")):
+            if "__pycache__" not in py.parts:
+                st = py.stat()
+                rows.append(f"{py} {st.st_size} {st.st_mtime_ns}")
+    return "\n".join(rows) + "\n"
 
 
 def _compile_tree(src: Path, out: Path) -> None:
