@@ -23,16 +23,34 @@ Events are dicts {"type", "pile", "t", ...}:
   meter.offline         no valid reading for offline_after_s; pile unmetered
   meter.online          readings again after offline (identity is re-checked)
   meter.wiring_swapped  the pile charges but its meter stays flat while another rises
-  site.unmetered_load   main meter exceeds the sum of pile meters beyond tolerance
+  site.unmetered_load   main meter exceeds the sum of pile meters beyond tolerance (the
+                        configured one plus the meters' energy steps: see _balance)
   site.load_balanced    the difference is back within tolerance
   pile.metered / pile.unmetered   the pile's state changed (with the reasons)
 """
+
+from pilecore import profile as _profile
 
 DEFAULTS = {"offline_after_s": 120, "verify_serial_s": 3600, "idle_power_w": 50.0, "swap_window_s": 120}
 
 # A first-read binding needs the same serial read twice, this many seconds apart: one reply,
 # however well-formed, may come from a rogue or confused responder (issue 9, defect #3).
 BIND_CONFIRM_S = 30
+
+
+MAIN_KEY = "_main"  # the main meter's key in SiteGuard.steps (pilecore.site.MAIN)
+
+
+def _energy_step(prof):
+    """A profile's energy step in Wh at a transformer ratio of 1 (1 when it names no energy)."""
+    if "energy_import" not in prof.get("values", {}):
+        return 1
+    return _profile.energy_step_wh(prof)
+
+
+def _ceil(x):
+    n = int(x)
+    return n if n >= x else n + 1
 
 
 def decode_identity(ident, regs):
@@ -282,6 +300,10 @@ class SiteGuard:
             self.piles[pile["id"]] = PileGuard(pile, prof, params, piles_state.get(pile["id"]))
             self.order.append(pile["id"])
         self.main = cfg.get("main_meter")
+        # each meter's energy step (Wh): a counter reading is truncated to it (set_energy_step)
+        self.steps = dict([(pid, _energy_step(self.piles[pid].profile)) for pid in self.order])
+        if self.main is not None:
+            self.steps[MAIN_KEY] = _energy_step(cfg["profiles"].get(self.main["profile"], {}))
         self.main_window = []  # [(t, main_wh, {pile: wh})]
         self.unbalanced = False
         self.swap_since = {}
@@ -307,6 +329,12 @@ class SiteGuard:
     def charging(self, pile_id, state):
         """The pile's own charging indication (plug/contactor), when the site has one."""
         self.piles[pile_id].charging = state
+
+    def set_energy_step(self, key, step_wh):
+        """The energy step of a pile's meter (`key` its pile id) or of the main meter
+        (MAIN_KEY), once the transformer ratios its energy is scaled by are known."""
+        if key in self.steps and step_wh:
+            self.steps[key] = step_wh
 
     def main_reading(self, now, main_wh):
         """A reading of the site main meter's total energy (Wh)."""
@@ -340,7 +368,18 @@ class SiteGuard:
         diff = d_main - d_piles
         hours_x1000 = (now - t0) * 1000 // 3600
         tol = max(int(self.main["tolerance_w"] * hours_x1000) // 1000, int(d_main * self.main["tolerance_pct"]) // 100)
-        if diff > tol and not self.unbalanced:
+        # Every reading is a counter truncated to its meter's energy step, so a difference of
+        # two readings is off by less than one step: the main meter's window may show up to a
+        # step more than was drawn and each pile's up to a step less.  That much difference is
+        # quantisation, never a load (a 100 Wh main meter against a 75 Wh tolerance would
+        # otherwise raise and clear the alarm all day on a site with nothing unmetered).
+        quant = 0
+        for key in self.steps:
+            if key == MAIN_KEY or key in p1:
+                quant += _ceil(self.steps[key])
+        # raised above tolerance + quantisation, cleared at or below the tolerance: the band
+        # between keeps a load whose window fills or empties from flapping on the steps
+        if diff > tol + quant and not self.unbalanced:
             self.unbalanced = True
             out.append(
                 {
@@ -350,12 +389,21 @@ class SiteGuard:
                     "piles_wh": d_piles,
                     "difference_wh": diff,
                     "tolerance_wh": tol,
+                    "quantisation_wh": quant,
                     "window_s": now - t0,
                 }
             )
         elif diff <= tol and self.unbalanced:
             self.unbalanced = False
-            out.append({"type": "site.load_balanced", "t": now, "difference_wh": diff, "tolerance_wh": tol})
+            out.append(
+                {
+                    "type": "site.load_balanced",
+                    "t": now,
+                    "difference_wh": diff,
+                    "tolerance_wh": tol,
+                    "quantisation_wh": quant,
+                }
+            )
         return out
 
     def tick(self, now):

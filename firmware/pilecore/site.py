@@ -24,7 +24,7 @@ from pilecore import profile as _profile
 from pilecore import tariff as _tariff
 
 EVENT_RING = 64
-MAIN = "_main"  # the device key of the site main meter
+MAIN = metering.MAIN_KEY  # the device key of the site main meter
 
 
 def _energy_ratio(plan):
@@ -139,10 +139,14 @@ class SiteCore:
             error = modbus.RESULT_NAMES[res["code"]] if res["code"] is not None else "failed"
             return None, error, ([] if key == MAIN else self.failure(now, key, error)), []
         reading, faults = plan.decode(res["blocks"])
+        ratio = _energy_ratio(plan)
+        if ratio is not None and "energy_import" in plan.profile.get("values", {}):
+            # the main-meter balance allows for each meter's step (pilecore.metering._balance)
+            step = _profile.energy_step_wh(plan.profile, ratio)
+            self.guard.set_energy_step(metering.MAIN_KEY if key == MAIN else key, step)
         if key == MAIN:
             events = self.main_reading(now, reading)
             return self.main, None, events, faults
-        ratio = _energy_ratio(plan)
         if ratio is not None:
             self.energy_ratio[key] = ratio  # the PT x CT the energy was scaled by, for billing
         before = self.latest.get(key)

@@ -300,3 +300,65 @@ def test_wiring_flag_clears_when_the_pattern_stops():
     ev = g.tick(1300)
     assert g.piles["P1"].metered and g.piles["P2"].metered
     assert types(ev).count("pile.metered") == 2
+
+
+# ------------------------------------------------------------ main meter and its energy step
+
+
+def stepped_cfg(main_scale_kwh=0.1, tolerance_w=300.0, tolerance_pct=5.0):
+    """Two piles whose meters count in 1 Wh steps and a main meter counting in
+    `main_scale_kwh` steps (0.1 kWh: 100 Wh), tolerance below one main step per window."""
+    c = cfg(main=True)
+    c["profiles"]["m"]["values"] = {"energy_import": {"register": 0, "type": "u32", "scale": 0.001}}
+    c["profiles"]["main"] = {
+        "id": "main",
+        "identity": {"kind": "address"},
+        "values": {"energy_import": {"register": 0, "type": "u32", "scale": main_scale_kwh}},
+    }
+    c["main_meter"].update(profile="main", tolerance_w=tolerance_w, tolerance_pct=tolerance_pct)
+    return c
+
+
+def run_site(g, hours, hidden_w=lambda t: 0, step_wh=100, t0=1000, every_s=10):
+    """Piles drawing 2 kW and 1 kW, the main meter their sum plus `hidden_w(t)`; every meter
+    a counter truncated to its step.  Returns the balance events."""
+    ev = []
+    main_true = p1 = p2 = 0.0
+    for k in range(int(hours * 3600 / every_s) + 1):
+        t = t0 + every_s * k
+        g.reading(t, "P1", {"energy_wh": 100000 + int(p1)})
+        g.reading(t, "P2", {"energy_wh": 200000 + int(p2)})
+        ev += g.main_reading(t, 500000 + int(main_true // step_wh) * step_wh)
+        p1 += 2000 * every_s / 3600
+        p2 += 1000 * every_s / 3600
+        main_true += (3000 + hidden_w(t)) * every_s / 3600
+    return ev
+
+
+def test_the_main_meters_energy_step_alone_never_raises_the_unmetered_alarm():
+    # 75 Wh of tolerance per 900 s window against a main meter counting in 100 Wh steps: the
+    # quantisation alone used to raise and clear site.unmetered_load ~55 times an hour
+    g = metering.SiteGuard(stepped_cfg(tolerance_pct=0.0))
+    assert g.steps == {"P1": 1, "P2": 1, metering.MAIN_KEY: 100}
+    assert run_site(g, hours=4) == []
+
+
+def test_a_real_unmetered_load_still_raises_and_clears_with_a_coarse_main_meter():
+    # 1 kW hidden for an hour: 250 Wh per window, above 75 Wh + 102 Wh of steps
+    hidden = lambda t: 1000 if 1000 + 3600 <= t < 1000 + 7200 else 0  # noqa: E731
+    ev = run_site(metering.SiteGuard(stepped_cfg(tolerance_pct=0.0)), hours=4, hidden_w=hidden)
+    assert types(ev) == ["site.unmetered_load", "site.load_balanced"]
+    raised, cleared = ev
+    assert 1000 + 3600 < raised["t"] <= 1000 + 3600 + 900
+    assert raised["quantisation_wh"] == 102 and raised["tolerance_wh"] == 75
+    assert raised["difference_wh"] > raised["tolerance_wh"] + raised["quantisation_wh"]
+    assert cleared["difference_wh"] <= cleared["tolerance_wh"]
+    assert 1000 + 7200 < cleared["t"] <= 1000 + 7200 + 900
+
+
+def test_the_main_meters_step_follows_its_transformer_ratio():
+    # an ADL400-like counter of 0.01 kWh behind a CT of 10: 100 Wh steps, known once read
+    g = metering.SiteGuard(stepped_cfg(main_scale_kwh=0.01, tolerance_pct=0.0))
+    assert g.steps[metering.MAIN_KEY] == 10
+    g.set_energy_step(metering.MAIN_KEY, 100)
+    assert run_site(g, hours=2) == []
