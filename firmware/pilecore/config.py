@@ -734,9 +734,18 @@ def _check_topics(cfg, problems):
             problems.append(("bays.plate_topic", why))
     if bays.get("plate_broker"):
         try:
-            parse_mqtt_url(bays["plate_broker"])
+            tls = parse_mqtt_url(bays["plate_broker"])[0]
         except ValueError as e:
             problems.append(("bays.plate_broker", "%s (the plate readers' broker, e.g. mqtt://192.168.1.5:1883)" % e))
+        else:
+            if tls:  # the ESP32 has no CA for a local broker: one rule for both ports
+                problems.append(
+                    (
+                        "bays.plate_broker",
+                        "mqtts:// is not supported for the plate readers' broker (a broker on the site's"
+                        " own network, with no CA to check it against): use mqtt://host:port",
+                    )
+                )
 
 
 # ---------------------------------------------------------------- helpers

@@ -294,10 +294,8 @@ class Gateway:
         url = bays.get("plate_broker")
         if not url:
             return None
-        tls, host, port = parse_mqtt_url(url)
+        _, host, port = parse_mqtt_url(url)  # plain mqtt://: the check refuses mqtts:// here
         c = mqtt_client.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.gw}-plates")
-        if tls:
-            c.tls_set()
         topic = bays.get("plate_topic", "pilegate/local/plates")
         c.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
         loop = self.loop

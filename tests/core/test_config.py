@@ -285,6 +285,14 @@ def test_plate_topic_may_be_a_filter_but_a_well_formed_one():
         assert "bays.plate_topic" in d, (bad, d)
 
 
+def test_the_plate_broker_is_a_plain_mqtt_url_on_both_ports():
+    compiled, d, _ = check(site(bays={"plate_broker": "mqtt://192.168.1.5:1883"}))
+    assert d == {}, d
+    for bad, why in (("mqtts://192.168.1.5:8883", "mqtts:// is not supported"), ("http://192.168.1.5", "mqtt://")):
+        _, d, _ = check(site(bays={"plate_broker": bad}))
+        assert why in d.get("bays.plate_broker", ""), (bad, d)
+
+
 def test_topic_problem_names_the_rule():
     assert config.topic_problem("a/b") == ""
     assert "wildcard" in config.topic_problem("a/#")
