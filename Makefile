@@ -45,7 +45,7 @@ bench: ## benchmarks, each printed as a ratio against a baseline measured in the
 
 HIL_DUTS ?= pi mpy
 hil: ## every HIL scenario on the simulated DUTs (HIL_DUTS="pi mpy"); report in build/hil/index.html
-	@mkdir -p build/hil
+	@rm -rf build/hil && mkdir -p build/hil  # the report is this run's, not a mix with older ones
 	@$(PY) -m pytest tests/hil/test_scenarios.py -p no:cacheprovider -n 2 --dist worksteal -q $(foreach d,$(HIL_DUTS),--dut=$(d)) \
 	  --junitxml=build/hil/junit.xml -o junit_family=xunit2; \
 	  status=$$?; echo "HIL report: build/hil/index.html"; exit $$status

@@ -277,8 +277,14 @@ def test_a_failed_expectation_reads_from_the_report_alone(tmp_path):
     text = page.read_text()
     assert "<svg" in text and "FAIL" in text and "fee 1500 fen" in text and "bay.fuel_suspected" in text
     assert "meter.silent" in text and "fuel_car 15.00" in text
-    index = report.write_index(tmp_path, [{"scenario": "x", "title": "t", "dut": "pi", "status": "FAIL"}])
-    assert "FAIL" in index.read_text()
+    rows = [
+        {"scenario": "x", "title": "t", "dut": "pi", "status": "FAIL", "wall_s": 60},
+        {"scenario": "y", "title": "t", "dut": "pi", "status": "PASS", "wall_s": 30},
+    ]
+    text = report.write_index(tmp_path, rows).read_text()
+    # the summary: one row per DUT with its count per status and the summed wall time
+    assert '<tr><td>pi</td><td class="pass">1</td><td class="fail">1</td><td class="">0</td>' in text
+    assert "<td>90 s</td>" in text
 
 
 @pytest.mark.slow

@@ -207,6 +207,24 @@ def write_page(folder: Path, run: Any, checks: list[Check], xfail: str | None = 
     return path
 
 
+STATUSES = ("PASS", "FAIL", "XFAIL", "XPASS", "SKIPPED")
+
+
+def _summary(rows: list[dict[str, Any]]) -> str:
+    """One line per DUT: how many scenarios ended in each status, and their summed wall time."""
+    out = ["<table><tr><th>DUT</th>", *(f"<th>{s}</th>" for s in STATUSES), "<th>wall time (sum)</th></tr>"]
+    for dut in sorted({r["dut"] for r in rows}):
+        mine = [r for r in rows if r["dut"] == dut]
+        out.append(f"<tr><td>{_e(dut)}</td>")
+        for st in STATUSES:
+            n = sum(1 for r in mine if r["status"] == st)
+            cls = {"PASS": "pass", "XPASS": "pass", "FAIL": "fail"}.get(st, "skip") if n else ""
+            out.append(f'<td class="{cls}">{n}</td>')
+        out.append(f"<td>{sum(r.get('wall_s', 0) for r in mine):.0f} s</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
 def write_index(folder: Path, rows: list[dict[str, Any]]) -> Path:
     """rows: {scenario, title, dut, status, wall_s, page, failed: [names]}."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +241,8 @@ def write_index(folder: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text(
         f"""<!doctype html><html lang="en"><meta charset="utf-8"><title>pilegate HIL report</title>
 <style>{CSS}</style><body><h1>pilegate HIL report</h1>
-<table><tr><th>scenario</th><th>title</th><th>DUT</th><th>result</th><th>wall time</th>
+<h2>By device under test</h2>{_summary(rows)}
+<h2>Scenarios</h2><table><tr><th>scenario</th><th>title</th><th>DUT</th><th>result</th><th>wall time</th>
 <th>failed checks / reason</th></tr>
 {"".join(body)}</table></body></html>
 """,
