@@ -274,6 +274,17 @@ class Session:
             self.delays.pop(0)
         self.next_try_ms = now_ms + delay
 
+    def close(self):
+        """Clean stop: DISCONNECT if connected, close the socket.  Never raises: a broker
+        already gone is the usual case at a stop."""
+        if self.connected:
+            try:
+                self.client.disconnect()
+            except Exception:
+                pass
+        self._close_socket()
+        self.connected = False
+
     def _close_socket(self):
         c = self.client
         sock = getattr(c, "sock", None) if c is not None else None
@@ -394,15 +405,12 @@ class Link(Session):
 
     def close(self, offline=None):
         """Clean stop: publish the retained offline state (if given and connected), disconnect."""
-        if self.connected:
+        if self.connected and offline is not None:
             try:
-                if offline is not None:
-                    self.client.publish(self.t_state, offline.encode(), True, 1)
-                self.client.disconnect()
+                self.client.publish(self.t_state, offline.encode(), True, 1)
             except Exception:
                 pass
-        self._close_socket()
-        self.connected = False
+        Session.close(self)
 
     def status(self):
         return {

@@ -72,16 +72,6 @@ class PlateReader(Session):
         while self.queue:
             self.on_plate(self.queue.pop(0))
 
-    def close(self):
-        """Clean stop: DISCONNECT if connected, close the socket."""
-        if self.connected:
-            try:
-                self.client.disconnect()
-            except Exception:
-                pass
-        self._close_socket()
-        self.connected = False
-
     def status(self):
         return {
             "connected": self.connected,
