@@ -139,6 +139,23 @@ def _site_doc(ctx: DutContext) -> Any:
     return doc
 
 
+def _compile_esp32_site(ctx: DutContext, doc: Any, who: str) -> Path:
+    """An ESP32's site as it is flashed: no [console] section (the board's console is its UART),
+    checked and compiled to config.json in the run's folder; DutError with the problems."""
+    from pilegate import siteconfig
+
+    if "console" in doc:
+        del doc["console"]
+    src = ctx.workdir / "dut-site.toml"
+    src.write_text(tomlkit.dumps(doc))
+    site, problems = siteconfig.load_site(src)
+    if site is None:
+        raise DutError(f"the site for {who} does not check:\n" + "\n".join(map(str, problems)))
+    config = ctx.workdir / "config.json"
+    config.write_bytes(site.json_bytes + b"\n")
+    return config
+
+
 class Dut:
     kind = "?"
     platform = "?"
@@ -303,7 +320,6 @@ class Esp32CpythonDut(ProcessDut):
 
     def prepare(self, ctx: DutContext) -> None:
         super().prepare(ctx)
-        from pilegate import siteconfig
 
         doc = _site_doc(ctx)
         doc["gateway"]["board"] = self.board
@@ -314,15 +330,7 @@ class Esp32CpythonDut(ProcessDut):
                 raise DutError("the esp32 DUT has one RS-485 UART: a scenario site for it has one [[bus]]")
             self.uarts[2] = str(bus["port"])
             bus["port"] = names[i]
-        if "console" in doc:
-            del doc["console"]
-        src = ctx.workdir / "dut-site.toml"
-        src.write_text(tomlkit.dumps(doc))
-        site, problems = siteconfig.load_site(src)
-        if site is None:
-            raise DutError("the site for the esp32 DUT does not check:\n" + "\n".join(map(str, problems)))
-        self.config = ctx.workdir / "config.json"
-        self.config.write_bytes(site.json_bytes + b"\n")
+        self.config = _compile_esp32_site(ctx, doc, "the esp32 DUT")
         self.master, self.console_path, self._slave = pty_pair()
         ctx.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -478,21 +486,12 @@ class SerialDut(Dut):
 
     def prepare(self, ctx: DutContext) -> None:
         super().prepare(ctx)
-        from pilegate import siteconfig
 
         doc = _site_doc(ctx)
         doc["gateway"]["board"] = self.rig.board
         for bus in doc.get("bus", []):
             bus["port"] = "uart2"
-        if "console" in doc:
-            del doc["console"]
-        src = ctx.workdir / "dut-site.toml"
-        src.write_text(tomlkit.dumps(doc))
-        site, problems = siteconfig.load_site(src)
-        if site is None:
-            raise DutError("the site for the board does not check:\n" + "\n".join(map(str, problems)))
-        self.config = ctx.workdir / "config.json"
-        self.config.write_bytes(site.json_bytes + b"\n")
+        self.config = _compile_esp32_site(ctx, doc, "the board")
         sim_bus = next(iter(ctx.endpoints.values()))
         if not sim_bus.startswith("/"):
             raise DutError("a serial DUT needs the scenario site's bus on a pseudo-terminal (a serial port)")
