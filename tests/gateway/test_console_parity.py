@@ -16,14 +16,13 @@ from typing import Any
 
 import machine  # the fake, from tests/helpers
 import pytest
-from e2e import Platform, start_gateway, stop, wait_for, write_site
+from e2e import Platform, compile_esp32_site, start_gateway, stop, wait_for, write_site
 from fwhw import FakeHw, FwTerminal
 from ptyterm import Terminal as PiTerminal
 from simsite import pile_block
 
 from pilecore import pinhash
 from pilefw.app import App, load_config_file
-from pilegate import siteconfig
 from pilehil import ConstantLoad
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,14 +91,7 @@ def pi_answers(s: Any, broker: Any, platform: Platform, tmp_path: Path, pin_reco
 
 
 def esp32_answers(s: Any, tmp_path: Path, pin_record: str, pin: str) -> dict[str, Any]:
-    text = (tmp_path / "gw-site.toml").read_text().split("\n[console]\n")[0]
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = re.sub(r'port = "/dev/[^"]+"', 'port = "uart2"', text)
-    path = tmp_path / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    (tmp_path / "config.json").write_bytes(site.json_bytes)
+    compile_esp32_site((tmp_path / "gw-site.toml").read_text().split("\n[console]\n")[0], tmp_path)
     cfg, digest = load_config_file(str(tmp_path / "config.json"))
     machine.UART_DEVICES[2] = s.sim.endpoints["bus1"]
     term = FwTerminal()

@@ -7,12 +7,11 @@ from __future__ import annotations
 import machine  # the fake, from tests/helpers
 import pytest
 import umqtt_compat
-from e2e import Platform, wait_for
+from e2e import Platform, compile_esp32_site, wait_for
 from fwhw import FakeHw
 from simsite import pile_block
 
 from pilefw.app import App, load_config_file
-from pilegate import siteconfig
 from pilehil import ConstantLoad
 
 simple = umqtt_compat.require()
@@ -31,18 +30,11 @@ def test_the_esp32_reads_a_mixed_dlt645_and_modbus_bus(sim_site, broker, tmp_pat
     machine.UART_DEVICES[2] = s.sim.endpoints["bus1"]
     platform = Platform(tmp_path, broker)
     text = (tmp_path / "site.toml").read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = text.replace('port = "/dev/ttyUSB0"', 'port = "uart2"')
     text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker.url}"')
     text = text.replace("[metering]\n", "[metering]\npoll_s = 1\n")
     text += f'\n[telemetry]\ninterval_s = 2\n\n[signing]\nplatform_key = "{platform.key_file}"\n'
-    path = tmp_path / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    cfg_file = tmp_path / "config.json"
-    cfg_file.write_bytes(site.json_bytes + b"\n")
-    cfg, digest = load_config_file(str(cfg_file))
+    compile_esp32_site(text, tmp_path)
+    cfg, digest = load_config_file(str(tmp_path / "config.json"))
     (tmp_path / "data").mkdir()
     app = App(cfg, FakeHw(tmp_path / "data"), digest)
     try:

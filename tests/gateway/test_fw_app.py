@@ -16,14 +16,13 @@ import struct
 import machine  # the fake, from tests/helpers
 import pytest
 import umqtt_compat
-from e2e import Platform, wait_for
+from e2e import Platform, compile_esp32_site, wait_for
 from fwhw import FakeHw
 from fwhw import FwTerminal as Terminal
 from simsite import pile_block
 
 from pilecore import pinhash
 from pilefw.app import App, ConfigError, load_config_file
-from pilegate import siteconfig
 from pilehil import ConstantLoad
 
 simple = umqtt_compat.require()
@@ -32,19 +31,11 @@ simple = umqtt_compat.require()
 def esp32_site(s, tmp_path, broker, platform: Platform):
     """The simulated site's file, for an ESP32 board: bus on uart2, P1 interlocked on relay K1."""
     text = (tmp_path / "site.toml").read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = text.replace('port = "/dev/ttyUSB0"', 'port = "uart2"')
     text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker.url}"')
     text = text.replace("[metering]\n", "[metering]\npoll_s = 1\n")
     text = text.replace('id = "P1"\n', 'id = "P1"\ninterlock = "relay"\nrelay = "K1"\n')
     text += f'\n[telemetry]\ninterval_s = 2\n\n[signing]\nplatform_key = "{platform.key_file}"\n'
-    path = tmp_path / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    cfg_file = tmp_path / "config.json"
-    cfg_file.write_bytes(site.json_bytes + b"\n")  # what `pilegate check --json` prints
-    return site, cfg_file
+    return compile_esp32_site(text, tmp_path), tmp_path / "config.json"
 
 
 @pytest.fixture

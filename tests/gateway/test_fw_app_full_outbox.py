@@ -10,30 +10,23 @@ arrives, in one unbroken chain, with `outbox.full` and `outbox.resumed` declarin
 
 from __future__ import annotations
 
-import re
 import time
 
 import machine  # the fake, from tests/helpers
-from e2e import Platform, wait_for, write_site
+from e2e import Platform, compile_esp32_site, wait_for, write_site
 from fwhw import FakeHw
 from simsite import pile_block
 
 from pilefw.app import App, load_config_file
-from pilegate import siteconfig
 from pilehil import ConstantLoad
 
 
 def test_a_full_esp32_outbox_keeps_events_and_acks_in_memory_and_resumes_by_itself(sim_site, broker, tmp_path):
     s = sim_site(pile_block("P1", 1, "eastron-sdm120", serial="10000001"), loads={1: ConstantLoad(2000, 1)})
     platform = Platform(tmp_path, broker)
-    text = write_site(s, tmp_path, broker, platform).read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = re.sub(r'port = "/dev/[^"]+"', 'port = "uart2"', text)
-    text += "\n[telemetry]\ninterval_s = 1\n"
-    (tmp_path / "esp32-site.toml").write_text(text)
-    site, problems = siteconfig.load_site(tmp_path / "esp32-site.toml")
-    assert site is not None, problems
-    (tmp_path / "config.json").write_bytes(site.json_bytes)
+    compile_esp32_site(
+        write_site(s, tmp_path, broker, platform, "\n[telemetry]\ninterval_s = 1\n").read_text(), tmp_path
+    )
     cfg, digest = load_config_file(str(tmp_path / "config.json"))
     machine.UART_DEVICES[2] = s.sim.endpoints["bus1"]
     (tmp_path / "data").mkdir()

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from e2e import Platform, wait_for
+from e2e import Platform, compile_esp32_site, wait_for
 from simsite import pile_block
 
 from pilecore import pinhash
-from pilegate import siteconfig
 from pilehil import ConstantLoad, mpyapp
 from piletools import mpy_budget
 
@@ -26,17 +25,11 @@ pytestmark = pytest.mark.skipif(mpyapp.available() is not None, reason=str(mpyap
 def esp32_config(s, tmp_path, broker, platform: Platform) -> bytes:
     """The simulated site compiled for an ESP32 board (what `pilegate check --json` prints)."""
     text = s.path.read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = text.replace(f'port = "{s.sim.endpoints["bus1"]}"', 'port = "uart2"')
     text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker.url}"')
     text = text.replace("[metering]\n", "[metering]\npoll_s = 1\n")
     text = text.replace('id = "P1"\n', 'id = "P1"\ninterlock = "relay"\nrelay = "K1"\n')
     text += f'\n[telemetry]\ninterval_s = 2\n\n[signing]\nplatform_key = "{platform.key_file}"\n'
-    path = tmp_path / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    return site.json_bytes
+    return compile_esp32_site(text, tmp_path).json_bytes
 
 
 @pytest.fixture

@@ -16,15 +16,13 @@ Every message is verified by the reference receiver.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from e2e import Platform, wait_for, write_site
+from e2e import Platform, compile_esp32_site, wait_for, write_site
 from simsite import pile_block
 from smallfs import small_fs
 
-from pilegate import siteconfig
 from pilehil import ConstantLoad, mpyapp
 
 pytestmark = pytest.mark.skipif(mpyapp.available() is not None, reason=str(mpyapp.available()))
@@ -34,13 +32,7 @@ ENOSPC_ON_A_BOARD = 28  # MicroPython on the ESP32 (LittleFS, newlib errno)
 
 def esp32_config(s, tmp_path: Path, broker, platform: Platform) -> bytes:
     text = write_site(s, tmp_path, broker, platform, "\n[telemetry]\ninterval_s = 2\n").read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-wrover-e-max3485"')
-    text = re.sub(r'port = "/dev/[^"]+"', 'port = "uart2"', text)
-    path = tmp_path / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    return site.json_bytes
+    return compile_esp32_site(text, tmp_path, "esp32-wrover-e-max3485").json_bytes
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ import json
 
 import paho.mqtt.client as mqtt
 import pytest
-from e2e import Platform, wait_for
+from e2e import Platform, compile_esp32_site, wait_for
 from simsite import pile_block
 
-from pilegate import siteconfig
 from pilehil import ConstantLoad, mpyapp
 from pilehil.broker import Broker
 
@@ -26,17 +25,11 @@ pytestmark = pytest.mark.skipif(mpyapp.available() is not None, reason=str(mpyap
 
 def esp32_config(s, tmp_path, broker, cameras, platform: Platform) -> bytes:
     text = s.path.read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-wrover-e-max3485"')
-    text = text.replace(f'port = "{s.sim.endpoints["bus1"]}"', 'port = "uart2"')
     text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker.url}"')
     text += f'\n[telemetry]\ninterval_s = 5\n\n[signing]\nplatform_key = "{platform.key_file}"\n'
     text += f'\n[bays]\nplate_broker = "{cameras.url}"\n'
     text += '\n[[bay]]\nid = "B1"\npile = "P1"\npresence = [{ type = "input", input = "DI1" }]\ncamera = "cam-01"\n'
-    path = tmp_path / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    return site.json_bytes
+    return compile_esp32_site(text, tmp_path, "esp32-wrover-e-max3485").json_bytes
 
 
 def test_plates_reach_the_app_on_micropython_through_a_second_bridged_connection(sim_site, broker, tmp_path):

@@ -16,12 +16,11 @@ import machine  # the fake, from tests/helpers
 import paho.mqtt.client as mqtt
 import pytest
 import umqtt_compat
-from e2e import Platform, wait_for
+from e2e import Platform, compile_esp32_site, wait_for
 from fwhw import FakeHw
 from simsite import pile_block
 
 from pilefw.app import App, ConfigError, load_config_file
-from pilegate import siteconfig
 from pilehil import ConstantLoad
 from pilehil.broker import Broker, free_port
 
@@ -32,19 +31,12 @@ TOPIC = "site/cams/+/plates"
 def esp32_site(s, tmp_path, broker, platform: Platform, bays: str):
     """The simulated site's file for an ESP32 board, with one bay watched by camera cam-01."""
     text = (tmp_path / "site.toml").read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = text.replace('port = "/dev/ttyUSB0"', 'port = "uart2"')
     text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{broker.url}"')
     text += f'\n[telemetry]\ninterval_s = 2\n\n[signing]\nplatform_key = "{platform.key_file}"\n'
     text += bays
     text += '\n[[bay]]\nid = "B1"\npile = "P1"\npresence = [{ type = "input", input = "DI1" }]\ncamera = "cam-01"\n'
-    path = tmp_path / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    cfg_file = tmp_path / "config.json"
-    cfg_file.write_bytes(site.json_bytes + b"\n")
-    return cfg_file
+    compile_esp32_site(text, tmp_path)
+    return tmp_path / "config.json"
 
 
 @pytest.fixture

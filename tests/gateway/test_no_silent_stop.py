@@ -18,7 +18,7 @@ from typing import Any
 
 import machine  # the fake, from tests/helpers
 import pytest
-from e2e import Platform, wait_for, write_site
+from e2e import Platform, compile_esp32_site, wait_for, write_site
 from fwhw import FakeHw
 from simsite import pile_block
 
@@ -94,13 +94,7 @@ def test_a_dying_pi_task_ends_the_gateway_non_zero_and_the_restart_continues_the
 
 def test_a_dying_esp32_main_loop_raises_after_storing_and_the_restart_continues_the_chain(sim_site, broker, tmp_path):
     s, platform, site_path = site_files(sim_site, broker, tmp_path)
-    text = site_path.read_text().replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = text.replace(f'port = "{s.sim.endpoints["bus1"]}"', 'port = "uart2"')
-    esp_path = tmp_path / "esp32-site.toml"
-    esp_path.write_text(text)
-    site, problems = siteconfig.load_site(esp_path)
-    assert site is not None, problems
-    (tmp_path / "config.json").write_bytes(site.json_bytes)
+    compile_esp32_site(site_path.read_text(), tmp_path)
     cfg, digest = load_config_file(str(tmp_path / "config.json"))
     machine.UART_DEVICES[2] = s.sim.endpoints["bus1"]
     data = tmp_path / "esp"

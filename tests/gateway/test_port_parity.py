@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -24,13 +23,12 @@ from typing import Any
 import machine  # the fake, from tests/helpers
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import ec
-from e2e import Platform, device_pem, start_gateway, stop, wait_for, write_site
+from e2e import Platform, compile_esp32_site, device_pem, start_gateway, stop, wait_for, write_site
 from fwhw import FakeHw
 from simsite import pile_block
 
 from pilecore import envelope, tariff
 from pilefw.app import App, load_config_file
-from pilegate import siteconfig
 from pilegate.keys import DeviceKey
 from pilegate.runtime import EXIT_REBOOT
 from pilehil import ConstantLoad
@@ -174,15 +172,9 @@ def run_pi(s: Any, broker: Any, tmp_path: Path) -> Recorder:
 def run_esp32(s: Any, broker: Any, tmp_path: Path) -> Recorder:
     platform = Recorder(tmp_path / "esp", broker)
     text = write_site(s, tmp_path / "esp", broker, platform).read_text()
-    text = text.replace('board = "rpi4-usb-rs485"', 'board = "esp32-devkitc-max3485"')
-    text = re.sub(r'port = "/dev/[^"]+"', 'port = "uart2"', text)
     text += "\n[telemetry]\ninterval_s = 1\n"  # as `pilegate run --interval 1` for the Pi
     text = text.replace("[metering]\n", "[metering]\npoll_s = 1\n")  # the Pi runs with --poll 0.5
-    path = tmp_path / "esp" / "esp32-site.toml"
-    path.write_text(text)
-    site, problems = siteconfig.load_site(path)
-    assert site is not None, "\n".join(map(str, problems))
-    (tmp_path / "esp" / "config.json").write_bytes(site.json_bytes)
+    compile_esp32_site(text, tmp_path / "esp")
     cfg, digest = load_config_file(str(tmp_path / "esp" / "config.json"))
     machine.UART_DEVICES[2] = s.sim.endpoints["bus1"]
     data = tmp_path / "esp" / "data"

@@ -4,12 +4,14 @@ sender) and running `pilegate run` as a real process."""
 from __future__ import annotations
 
 import ctypes
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
@@ -110,6 +112,22 @@ def write_site(s, tmp: Path, broker, platform: Platform, extra: str = "") -> Pat
     path = tmp / "gw-site.toml"
     path.write_text(text)
     return path
+
+
+def compile_esp32_site(text: str, tmp: Path, board: str = "esp32-devkitc-max3485") -> Any:
+    """A Pi site file's text made an ESP32 board's (the board; every bus on uart2), checked and
+    compiled: writes tmp/esp32-site.toml and tmp/config.json (what `pilegate check --json`
+    prints) and returns the checked site (its `json_bytes` are the compiled config)."""
+    from pilegate import siteconfig
+
+    text = text.replace('board = "rpi4-usb-rs485"', f'board = "{board}"')
+    text = re.sub(r'port = "/dev/[^"]+"', 'port = "uart2"', text)
+    path = tmp / "esp32-site.toml"
+    path.write_text(text)
+    site, problems = siteconfig.load_site(path)
+    assert site is not None, "\n".join(map(str, problems))
+    (tmp / "config.json").write_bytes(site.json_bytes + b"\n")
+    return site
 
 
 # Every gateway process a test starts, so that teardown can end the ones a failing test left
