@@ -179,6 +179,20 @@ def find_rtu_frame(buf):
     return None
 
 
+def late_replies_in(data):
+    """How many late replies `data` (input a port drained before a request) holds: its
+    CRC-valid RTU frames, and at least one if it holds anything (a DL/T 645 reply, or a
+    damaged one).  Both ports tell `scheduler.LateReplies.before_send` this count."""
+    n, i = 0, 0
+    while i < len(data):
+        frm = find_rtu_frame(data[i:])
+        if frm is None:
+            break
+        n += 1
+        i = data.find(frm, i) + len(frm)
+    return n if n or not data else 1
+
+
 def parse_rtu_reply(frm, address, function, register, count, value=None):
     """Check and unpack an RTU reply frame (address, PDU, CRC; trailing bytes ignored).
 

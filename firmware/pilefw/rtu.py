@@ -70,16 +70,7 @@ class RtuMaster:
             chunk = self.uart.read()
             if chunk:
                 stale += chunk
-        if not stale:
-            return 0
-        frames = 0
-        while stale:
-            frm = modbus.find_rtu_frame(stale)
-            if frm is None:
-                break
-            frames += 1
-            stale = stale[stale.find(frm) + len(frm) :]
-        return frames or 1
+        return modbus.late_replies_in(stale)
 
     def _send(self, frame):
         if self.de is not None:

@@ -110,7 +110,7 @@ class RawBusPort:
         if wait > 0:
             time.sleep(wait)  # the line's quiet time before a request (worker thread)
         stale = self._drain()  # late answers to earlier requests: never this request's reply
-        self.late.before_send(_ms(), rtu_frames_in(stale))
+        self.late.before_send(_ms(), modbus.late_replies_in(stale))
         request = txn.request()
         t0 = time.monotonic()
         ser.write(request)
@@ -166,19 +166,6 @@ class RawBusPort:
 
 def _ms() -> int:
     return int(time.monotonic() * 1000)
-
-
-def rtu_frames_in(data: bytes) -> int:
-    """How many late replies `data` (input drained before a request) holds: its CRC-valid RTU
-    frames, and at least one if it holds anything (a DL/T 645 reply, or a damaged one)."""
-    n, i = 0, 0
-    while i < len(data):
-        frm = modbus.find_rtu_frame(data[i:])
-        if frm is None:
-            break
-        n += 1
-        i = data.index(frm, i) + len(frm)
-    return n if n or not data else 1
 
 
 def speaks_dlt645(cfg: dict[str, Any], bus_name: str) -> bool:

@@ -100,6 +100,16 @@ def test_find_rtu_frame_skips_noise_before_the_reply():
     assert modbus.find_rtu_frame(b"\x00\xff\x05\x03") is None
 
 
+def test_late_replies_in_counts_the_frames_a_port_drained():
+    one = modbus.frame(b"\x05\x03\x02\x00\x07")
+    two = modbus.frame(b"\x05\x03\x02\x00\x08")
+    assert modbus.late_replies_in(b"") == 0
+    assert modbus.late_replies_in(one) == 1
+    assert modbus.late_replies_in(b"\x00" + one + b"\xff" + two) == 2
+    assert modbus.late_replies_in(one + one) == 2  # the same bytes twice are two replies
+    assert modbus.late_replies_in(b"\x68\x11\x22") == 1  # not a Modbus frame, still a reply
+
+
 def test_write_coil_round_trip():
     req = modbus.write_coil_request(50, 0, False)
     assert req[:6] == bytes((50, 5, 0, 0, 0, 0))
